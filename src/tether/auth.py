@@ -1,0 +1,129 @@
+"""Connection and subscription tokens: HMAC-signed JWTs (PyJWT), Centrifugo claim names.
+
+Connection token claims: ``sub`` (user ID, required, may be ""), ``exp`` (optional; when set
+the connection expires unless refreshed), ``info`` (any JSON, shown in presence and
+publications), ``channels`` (server-side subscriptions made at connect).
+
+Subscription token claims: ``sub`` (must equal the connection's user), ``channel`` (must
+equal the channel subscribed), ``exp``, ``info`` (channel info).
+
+Only HS256/HS384/HS512 are accepted: ``alg: none`` and every other algorithm are rejected.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import msgspec
+
+from tether.errors import TokenError
+
+ALGORITHMS = ["HS256", "HS384", "HS512"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClaims:
+    user: str
+    expire_at: int | None = None
+    info: bytes | None = None
+    """Raw JSON of the ``info`` claim."""
+    channels: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionClaims:
+    user: str
+    channel: str
+    expire_at: int | None = None
+    info: bytes | None = None
+
+
+def _decode(token: str, secret: str) -> dict[str, Any]:
+    if not token:
+        raise TokenError("token required")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=ALGORITHMS,
+            options={"require": ["sub"], "verify_aud": False},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token expired", expired=True) from None
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"invalid token: {exc}") from None
+    if not isinstance(claims.get("sub"), str):
+        raise TokenError("invalid token: sub must be a string")
+    return claims
+
+
+def _raw_info(claims: dict[str, Any]) -> bytes | None:
+    info = claims.get("info")
+    return None if info is None else msgspec.json.encode(info)
+
+
+def _expire_at(claims: dict[str, Any]) -> int | None:
+    exp = claims.get("exp")
+    return int(exp) if exp is not None else None
+
+
+def verify_connection_token(token: str, secret: str) -> ConnectionClaims:
+    """Verify signature, algorithm and expiry. Raises :class:`TokenError`."""
+    claims = _decode(token, secret)
+    channels = claims.get("channels", [])
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise TokenError("invalid token: channels must be a list of strings")
+    return ConnectionClaims(
+        user=claims["sub"],
+        expire_at=_expire_at(claims),
+        info=_raw_info(claims),
+        channels=tuple(channels),
+    )
+
+
+def verify_subscription_token(token: str, secret: str) -> SubscriptionClaims:
+    """Verify a subscription token. Raises :class:`TokenError`."""
+    claims = _decode(token, secret)
+    channel = claims.get("channel")
+    if not isinstance(channel, str) or not channel:
+        raise TokenError("invalid token: channel claim required")
+    return SubscriptionClaims(
+        user=claims["sub"],
+        channel=channel,
+        expire_at=_expire_at(claims),
+        info=_raw_info(claims),
+    )
+
+
+def mint_connection_token(
+    secret: str,
+    user: str,
+    *,
+    ttl: float | None = None,
+    channels: list[str] | None = None,
+    info: Any = None,
+) -> str:
+    """A connection token for ``user``; ``ttl`` seconds of validity (None: no expiry)."""
+    claims: dict[str, Any] = {"sub": user, "iat": int(time.time())}
+    if ttl is not None:
+        claims["exp"] = int(time.time() + ttl)
+    if channels:
+        claims["channels"] = channels
+    if info is not None:
+        claims["info"] = info
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def mint_subscription_token(
+    secret: str, user: str, channel: str, *, ttl: float | None = None, info: Any = None
+) -> str:
+    """A subscription token letting ``user`` subscribe to ``channel``."""
+    claims: dict[str, Any] = {"sub": user, "channel": channel, "iat": int(time.time())}
+    if ttl is not None:
+        claims["exp"] = int(time.time() + ttl)
+    if info is not None:
+        claims["info"] = info
+    return jwt.encode(claims, secret, algorithm="HS256")

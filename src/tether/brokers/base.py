@@ -1,0 +1,142 @@
+"""The Broker and PresenceStore contracts every implementation keeps.
+
+A node talks to exactly one Broker (channels, streams, fan-out between nodes) and one
+PresenceStore (who is subscribed where). The embedded :mod:`memory` implementations serve
+a single node; the Redis ones (issue 4) serve many. Every implementation must pass the
+contract suite in :mod:`tether.testing.broker_contract`.
+
+Streams. A channel whose namespace keeps history is a stream: every publication gets the
+next ``offset`` (1, 2, 3, ...), and the stream has an ``epoch``, a string that changes
+whenever the stream's continuity is lost (the stream expired, was removed, or the broker
+lost its memory, as an in-memory broker does on restart). A position ``(offset, epoch)``
+names a point in one stream; a position whose epoch differs from the stream's is in no
+stream at all. Channels without history have no stream: their publications carry offset 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from tether.protocol.messages import ClientInfo, Publication
+
+
+class StreamPosition(NamedTuple):
+    offset: int
+    epoch: str
+
+
+class PublishOptions(NamedTuple):
+    history_size: int = 0
+    """Keep at most this many publications (0: keep none, publication gets offset 0)."""
+    history_ttl: float = 0
+    """Seconds the stream's publications live after the latest publish."""
+    idempotency_key: str = ""
+    """If set, a publish with the same key on the same channel within ``idempotency_ttl``
+    stores nothing, delivers nothing, and returns the first publish's position."""
+    idempotency_ttl: float = 300
+
+
+class PublishResult(NamedTuple):
+    position: StreamPosition
+    duplicate: bool
+    """True when the idempotency key matched an earlier publish (nothing was stored)."""
+
+
+class HistoryPage(NamedTuple):
+    publications: list[Publication]
+    position: StreamPosition
+    """The stream's top: offset of its latest publication, and its epoch."""
+
+
+class BrokerEventHandler(Protocol):
+    """What a broker calls on the node, on the event loop, never concurrently."""
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        """A publication for a channel this node subscribed to. Per channel, calls come in
+        offset order, each publication exactly once."""
+
+    def on_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+
+class Broker(Protocol):
+    """Channels, streams and fan-out between nodes.
+
+    Contract (each point is a test in the contract suite):
+
+    * ``publish`` is atomic: the idempotency check, the offset increment, the append to
+      the stream and the delivery to subscribed nodes happen together or not at all. When it
+      returns, the publication is in the stream (if the channel keeps history); when it
+      raises :class:`~tether.errors.BrokerUnavailable`, nothing was stored or delivered
+      that the caller may count on, and retrying with the same idempotency key is safe.
+    * Per channel, publications reach every subscribed node's handler in offset order,
+      exactly once, with no gaps while the node stays subscribed.
+    * ``history`` and ``position`` never run ahead of delivery: when they return top
+      offset N for a channel this node subscribes to, every publication up to N has already
+      been handed to the handler. (The recovery invariant rests on this.)
+    * ``history(since=...)`` returns the publications after ``since`` in offset order, or
+      raises :class:`~tether.errors.UnrecoverablePosition` when the stream no longer holds
+      all of them (trimmed, expired, or another epoch).
+    * A stream's publications expire ``history_ttl`` seconds after its latest publish; the
+      stream's offset and epoch are kept for ``meta_ttl`` seconds; after that the stream
+      restarts at offset 1 with a new epoch.
+    """
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Connect; from now on deliver events of subscribed channels to ``handler``."""
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, channel: str) -> None:
+        """This node has local subscribers of ``channel``: deliver its events here. When it
+        returns, every later publish to the channel reaches the handler."""
+
+    async def unsubscribe(self, channel: str) -> None:
+        """This node has no local subscriber of ``channel`` any more."""
+
+    async def publish(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> PublishResult:
+        """Store (if history is kept) and deliver ``publication``; its ``offset`` is
+        assigned here. Raises ``BrokerUnavailable``."""
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+    ) -> HistoryPage:
+        """Up to ``limit`` publications (0: none, only the position; -1: all) from the
+        start of the stream (or after ``since``), newest first if ``reverse``.
+        Raises ``UnrecoverablePosition`` (only with ``since``), ``BrokerUnavailable``."""
+
+    async def remove_history(self, channel: str) -> None:
+        """Drop the stream's publications (the offset and epoch stay)."""
+
+    async def channels(self) -> set[str]:
+        """Channels with subscribers on this node (the memory broker) or on any node."""
+
+
+class PresenceStore(Protocol):
+    """Who is subscribed to a channel, keyed by client ID.
+
+    Contract: ``add`` is idempotent (a second add refreshes the entry); ``remove`` of an
+    absent entry is not an error; an entry that is not refreshed within the store's TTL
+    disappears (for stores shared by nodes, so a dead node's clients vanish).
+    """
+
+    async def add(self, channel: str, client_id: str, info: ClientInfo) -> None: ...
+
+    async def remove(self, channel: str, client_id: str) -> None: ...
+
+    async def get(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def stats(self, channel: str) -> tuple[int, int]:
+        """``(num_clients, num_users)`` of the channel."""

@@ -1,0 +1,269 @@
+"""One typed configuration: a TOML file, then ``TETHER_*`` environment overrides.
+
+Validation happens once, at start; every message names the bad key and what is expected.
+``tether genconfig`` prints :data:`DEFAULT_CONFIG_TOML`, the commented reference of every
+option (also in ``docs/reference/config.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tether.errors import ConfigError
+from tether.protocol.channels import DEFAULT_NAMESPACE
+
+_NAMESPACE_NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+
+
+class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Options of every channel in one namespace (``[namespaces.NAME]``)."""
+
+    history_size: int = 0
+    """Publications kept per channel (0: no history, no recovery)."""
+    history_ttl: float = 0
+    """Seconds a channel's stream is kept after its last publication."""
+    recover: bool = False
+    """Recovery on for every subscriber (``recoverable`` forced in subscribe replies)."""
+    presence: bool = False
+    """Track who is subscribed; enables presence and presence_stats."""
+    join_leave: bool = False
+    """Send join/leave pushes to subscribers."""
+    allow_publish: bool = False
+    """Subscribers may publish from the client."""
+    allow_subscribe: bool = False
+    """Any connected client may subscribe without a subscription token."""
+    allow_history: bool = False
+    """Subscribers may call history, presence and presence_stats from the client."""
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The whole configuration. Every field has a default; see docs/reference/config.md."""
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    http_port: int = 9000
+    token_secret: str = ""
+    api_key: str = ""
+    allow_anonymous: bool = False
+    allowed_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    node_name: str = ""
+    ping_interval: int = 25
+    pong_timeout: int = 8
+    connect_timeout: float = 10
+    max_message_size: int = 65536
+    max_commands_per_frame: int = 100
+    max_subscriptions: int = 128
+    max_channel_length: int = 255
+    max_presence_entries: int = 1000
+    outbound_queue_bytes: int = 1 << 20
+    recovery_max_publications: int = 300
+    history_max_limit: int = 1000
+    idempotency_ttl: float = 300
+    log_level: str = "info"
+    log_format: str = "console"
+    use_uvloop: bool = True
+    namespaces: dict[str, NamespaceConfig] = {}
+
+    def namespace(self, name: str) -> NamespaceConfig | None:
+        """Options of namespace ``name``, or None if it is not configured."""
+        return self.namespaces.get(name)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    source: str
+    """Where the config came from: a path, or "defaults"."""
+    generated_token_secret: bool
+    """True when token_secret was generated for this run (development setup)."""
+    generated_api_key: bool
+
+    @property
+    def generated_secrets(self) -> bool:
+        return self.generated_token_secret or self.generated_api_key
+
+
+ENV_PREFIX = "TETHER_"
+_SCALAR_ENV = {
+    name: f"{ENV_PREFIX}{name.upper()}"
+    for name in Config.__struct_fields__
+    if name not in ("namespaces", "allowed_origins")
+}
+
+
+def _validate(config: Config) -> None:
+    def bad(key: str, expected: str) -> ConfigError:
+        return ConfigError(f"invalid config: `{key}` {expected}")
+
+    for key in ("port", "http_port"):
+        if not 0 <= getattr(config, key) <= 65535:
+            raise bad(key, "must be a TCP port between 0 and 65535")
+    positive = (
+        "ping_interval",
+        "pong_timeout",
+        "connect_timeout",
+        "max_message_size",
+        "max_commands_per_frame",
+        "max_subscriptions",
+        "max_channel_length",
+        "max_presence_entries",
+        "outbound_queue_bytes",
+        "recovery_max_publications",
+        "history_max_limit",
+        "idempotency_ttl",
+    )
+    for key in positive:
+        if getattr(config, key) <= 0:
+            raise bad(key, "must be greater than 0")
+    if config.pong_timeout >= config.ping_interval:
+        raise bad("pong_timeout", "must be smaller than ping_interval")
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        raise bad("log_level", "must be one of debug, info, warning, error")
+    if config.log_format not in ("console", "json"):
+        raise bad("log_format", "must be console or json")
+    for name, ns in config.namespaces.items():
+        where = f"namespaces.{name}"
+        if not _NAMESPACE_NAME.match(name):
+            raise bad(where, "has an invalid name (letters, digits, _ - . only, 1-64 chars)")
+        if ns.history_size < 0:
+            raise bad(f"{where}.history_size", "must be 0 or more")
+        if ns.history_ttl < 0:
+            raise bad(f"{where}.history_ttl", "must be 0 or more")
+        if (ns.history_size > 0) != (ns.history_ttl > 0):
+            raise bad(where, "needs both history_size and history_ttl above 0, or neither")
+        if ns.recover and ns.history_size == 0:
+            raise bad(f"{where}.recover", "needs history (history_size and history_ttl)")
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, var in _SCALAR_ENV.items():
+        if var in env:
+            out[key] = env[var]
+    if f"{ENV_PREFIX}ALLOWED_ORIGINS" in env:
+        raw = env[f"{ENV_PREFIX}ALLOWED_ORIGINS"]
+        out["allowed_origins"] = [o.strip() for o in raw.split(",") if o.strip()]
+    return out
+
+
+def _convert(raw: dict[str, Any], *, from_env: bool) -> Config:
+    try:
+        return msgspec.convert(raw, Config, strict=not from_env)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Expected `int`, got `str` - at `$.namespaces.chat.history_size`"
+        text = str(exc).replace("$.", "")
+        raise ConfigError(f"invalid config: {text}") from None
+
+
+def load_config(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Read the TOML file (``path``, else ``$TETHER_CONFIG``, else none), apply environment
+    overrides, validate. Without a token secret or API key, generates development ones.
+
+    Raises :class:`ConfigError` naming the key for any invalid value or unknown key.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get(f"{ENV_PREFIX}CONFIG") or None
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        source = str(path)
+    file_config = _convert(raw, from_env=False)
+    overrides = _env_overrides(env)
+    if overrides:
+        merged = msgspec.to_builtins(file_config)
+        merged.update(overrides)
+        config = _convert(merged, from_env=True)
+    else:
+        config = file_config
+    if DEFAULT_NAMESPACE not in config.namespaces:
+        namespaces = {DEFAULT_NAMESPACE: NamespaceConfig(), **config.namespaces}
+        config = msgspec.structs.replace(config, namespaces=namespaces)
+    generated_secret, generated_key = not config.token_secret, not config.api_key
+    if generated_secret or generated_key:
+        config = msgspec.structs.replace(
+            config,
+            token_secret=config.token_secret or secrets.token_urlsafe(32),
+            api_key=config.api_key or secrets.token_urlsafe(24),
+        )
+    _validate(config)
+    return LoadedConfig(
+        config=config,
+        source=source,
+        generated_token_secret=generated_secret,
+        generated_api_key=generated_key,
+    )
+
+
+DEFAULT_CONFIG_TOML = """\
+# Tether configuration. Every key is optional; shown here with its default.
+# Environment variables override the file: TETHER_<KEY> for every top-level key
+# (TETHER_PORT, TETHER_HTTP_PORT, TETHER_TOKEN_SECRET, TETHER_API_KEY, ...), and
+# TETHER_CONFIG names this file.
+
+host = "0.0.0.0"            # address both listeners bind to
+port = 8000                 # client WebSocket: ws://HOST:PORT/connection/websocket
+http_port = 9000            # server API (/api/<method>), /health, /ready, /metrics, page
+token_secret = ""           # HMAC secret (HS256) of connection/subscription JWTs; empty: generated
+api_key = ""                # server API key (X-API-Key); empty: generated (development only)
+allow_anonymous = false     # connect without a token (user "")
+allowed_origins = ["*"]     # browser Origin values accepted on the WebSocket ("*": any)
+node_name = ""              # shown in info and connect replies; empty: hostname-port
+
+ping_interval = 25          # seconds between server pings ({}); announced to the client
+pong_timeout = 8            # seconds a client has to answer a ping (disconnect 3012)
+connect_timeout = 10        # seconds to send connect after the upgrade (disconnect 3502)
+
+max_message_size = 65536    # bytes in one client frame (larger: close 1009)
+max_commands_per_frame = 100
+max_subscriptions = 128     # per connection (error 106)
+max_channel_length = 255    # characters (error 107)
+max_presence_entries = 1000 # presence replies larger than this: error 106
+outbound_queue_bytes = 1048576  # per connection; a client that falls behind this is slow (3008)
+
+recovery_max_publications = 300  # most publications returned by one recovery
+history_max_limit = 1000         # most publications returned by one history call
+idempotency_ttl = 300            # seconds a publish idempotency key is remembered
+
+log_level = "info"          # debug, info, warning, error
+log_format = "console"      # console, json
+use_uvloop = true           # use uvloop when installed
+
+# Channels "ns:name" take the options of [namespaces.ns]; channels without ":" use
+# [namespaces.default]. A channel whose namespace is not listed is unknown (error 102).
+[namespaces.default]
+history_size = 0            # publications kept per channel (0: none)
+history_ttl = 0             # seconds a stream is kept after its last publication
+recover = false             # recovery on for every subscriber (needs history)
+presence = false            # track subscribers (presence, presence_stats)
+join_leave = false          # join/leave pushes
+allow_publish = false       # subscribers may publish
+allow_subscribe = false     # any connected client may subscribe without a subscription token
+allow_history = false       # subscribers may call history and presence
+
+# [namespaces.chat]
+# history_size = 300
+# history_ttl = 600
+# recover = true
+# presence = true
+# join_leave = true
+# allow_publish = true
+# allow_subscribe = true
+# allow_history = true
+"""

@@ -1,0 +1,515 @@
+"""One client connection: the protocol session pumped over a transport.
+
+The client owns its bounded outbound queue (framed bytes, flushed once per loop tick by
+the node's :class:`~tether.core.transport.Flusher`) and the one task that runs its commands
+in order. Fan-out reaches it only through :meth:`Client.enqueue`, which never awaits and
+never changes hub membership: a client that overflows its queue is closed on the next tick
+with 3008 (slow) and catches up through recovery when it reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from tether import __version__
+from tether.auth import verify_connection_token, verify_subscription_token
+from tether.config import NamespaceConfig
+from tether.errors import (
+    BrokerUnavailable,
+    ClientError,
+    DisconnectRequested,
+    ProtocolViolation,
+    TokenError,
+)
+from tether.protocol import codec
+from tether.protocol.codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
+from tether.protocol.messages import (
+    ClientInfo,
+    Command,
+    ConnectRequest,
+    ConnectResult,
+    EmptyResult,
+    Error,
+    HistoryRequest,
+    HistoryResult,
+    PresenceRequest,
+    PresenceResult,
+    PresenceStatsRequest,
+    PresenceStatsResult,
+    PublishRequest,
+    RefreshRequest,
+    RefreshResult,
+    Reply,
+    RPCRequest,
+    SendRequest,
+    SubRefreshRequest,
+    SubRefreshResult,
+    SubscribeRequest,
+    SubscribeResult,
+    UnsubscribeRequest,
+)
+from tether.protocol.session import ConnectionState, advance, check_command_allowed
+
+if TYPE_CHECKING:
+    from tether.core.node import Node
+    from tether.core.transport import ClientTransport
+
+log = structlog.get_logger("tether.client")
+
+# Subscribe flag bits of the protocol (SubscribeRequest.flag).
+FLAG_REJECT_UNRECOVERED = 2
+
+
+@dataclass(slots=True)
+class Subscription:
+    channel: str
+    namespace: NamespaceConfig
+    info: ClientInfo
+    expire_at: float | None = None
+    live: bool = False
+
+
+class Client:
+    __slots__ = (
+        "__weakref__",
+        "_closing_code",
+        "_dirty",
+        "_inbox",
+        "_out",
+        "_out_bytes",
+        "_paused",
+        "_worker",
+        "awaiting_pong",
+        "conn_info",
+        "connected_at",
+        "expire_at",
+        "id",
+        "node",
+        "state",
+        "subs",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, node: Node, transport: ClientTransport) -> None:
+        self.node = node
+        self.transport = transport
+        self.id = str(uuid.uuid4())
+        self.user = ""
+        self.conn_info: msgspec.Raw | None = None
+        self.state = ConnectionState.CONNECTING
+        self.subs: dict[str, Subscription] = {}
+        self.expire_at: float | None = None
+        self.connected_at = node.clock()
+        self.awaiting_pong = False
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._dirty = False
+        self._paused = False
+        self._closing_code: int | None = None
+        self._inbox: deque[Command] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} user={self.user!r} {self.state.value}>"
+
+    # -- outbound ---------------------------------------------------------------------
+
+    def enqueue(self, frame: bytes) -> None:
+        """Queue one framed message. Never awaits. Over the byte bound the client is
+        closed as slow on the next tick (never here: the hub may be iterating)."""
+        if self._closing_code is not None:
+            return
+        size = self._out_bytes + len(frame)
+        if size > self.node.config.outbound_queue_bytes:
+            self._closing_code = DisconnectCode.SLOW
+            self.node.loop.call_soon(self._close_slow)
+            return
+        self._out.append(frame)
+        self._out_bytes = size
+        if not self._dirty and not self._paused:
+            self._dirty = True
+            self.node.flusher.mark(self)
+
+    def send(self, payload: bytes) -> None:
+        """Frame and queue one protocol message (a reply or a push to this client)."""
+        self.enqueue(self.node.frame(payload))
+
+    def flush(self) -> None:
+        self._dirty = False
+        if self._paused or not self._out:
+            return
+        out = self._out
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._out = []
+        self._out_bytes = 0
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full: keep queueing (up to the bound) without writing."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._out and not self._dirty:
+            self._dirty = True
+            self.node.flusher.mark(self)
+
+    def _close_slow(self) -> None:
+        self._closing_code = None
+        self.close(DisconnectCode.SLOW)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self, code: int, reason: str | None = None) -> None:
+        """Flush what is queued, close the transport with ``code``, release everything."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        if reason is None:
+            reason = DISCONNECT_REASONS.get(code, "")  # type: ignore[call-overload]
+        self._release()
+        if code != DisconnectCode.SLOW:
+            self.flush()
+        self.transport.close(code, reason)
+
+    def on_transport_closed(self) -> None:
+        """The socket is gone (peer closed, network error, or after :meth:`close`)."""
+        self._release()
+
+    def _release(self) -> None:
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.state = advance(self.state, ConnectionState.CLOSED)
+        self._closing_code = DisconnectCode.CONNECTION_CLOSED
+        worker = self._worker
+        if worker is not None and worker is not asyncio.current_task():
+            worker.cancel()
+        self._inbox = None
+        self.node.forget(self)
+
+    # -- inbound ----------------------------------------------------------------------
+
+    def on_message(self, data: bytes) -> None:
+        """One complete message from the transport: any message answers a ping."""
+        self.awaiting_pong = False
+        if self.state is ConnectionState.CLOSED:
+            return
+        try:
+            commands = codec.decode_commands(
+                data, max_commands=self.node.config.max_commands_per_frame
+            )
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        if not commands:
+            return
+        if self._inbox is None:
+            self._inbox = deque()
+        self._inbox.extend(commands)
+        if self._worker is None:
+            self._worker = self.node.loop.create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self._inbox:
+                await self._dispatch(self._inbox.popleft())
+        finally:
+            self._worker = None
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        log.info("protocol violation", client=self.id, user=self.user, reason=str(exc))
+        self.close(DisconnectCode.BAD_REQUEST, _short(str(exc)))
+
+    async def _dispatch(self, command: Command) -> None:
+        name, request = codec.request_of(command)
+        try:
+            check_command_allowed(self.state, name)
+            reply = await self._handle(name, request, command.id)
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        except DisconnectRequested as exc:
+            self.close(exc.code, exc.reason)
+            return
+        except ClientError as exc:
+            reply = Reply(
+                id=command.id,
+                error=Error(code=int(exc.code), message=exc.message, temporary=exc.temporary),
+            )
+        except BrokerUnavailable as exc:
+            log.warning("broker unavailable", client=self.id, command=name, error=str(exc))
+            reply = Reply(
+                id=command.id,
+                error=Error(
+                    code=int(ErrorCode.INTERNAL), message="broker unavailable", temporary=True
+                ),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("command failed", client=self.id, command=name)
+            self.close(DisconnectCode.SERVER_ERROR)
+            return
+        if reply is not None and command.id and self.state is not ConnectionState.CLOSED:
+            self.send(codec.encode_reply(reply))
+
+    async def _handle(self, name: str, request: object, cid: int) -> Reply | None:
+        match name:
+            case "connect":
+                assert isinstance(request, ConnectRequest)
+                await self._connect(request, cid)
+                return None
+            case "subscribe":
+                assert isinstance(request, SubscribeRequest)
+                await self._subscribe(request, cid)
+                return None
+            case "unsubscribe":
+                assert isinstance(request, UnsubscribeRequest)
+                await self.unsubscribe(request.channel)
+                return Reply(id=cid, unsubscribe=EmptyResult())
+            case "publish":
+                assert isinstance(request, PublishRequest)
+                await self._publish(request)
+                return Reply(id=cid, publish=EmptyResult())
+            case "presence":
+                assert isinstance(request, PresenceRequest)
+                return Reply(id=cid, presence=await self._presence(request.channel))
+            case "presence_stats":
+                assert isinstance(request, PresenceStatsRequest)
+                return Reply(id=cid, presence_stats=await self._presence_stats(request.channel))
+            case "history":
+                assert isinstance(request, HistoryRequest)
+                return Reply(id=cid, history=await self._history(request))
+            case "refresh":
+                assert isinstance(request, RefreshRequest)
+                return Reply(id=cid, refresh=self._refresh(request))
+            case "sub_refresh":
+                assert isinstance(request, SubRefreshRequest)
+                return Reply(id=cid, sub_refresh=self._sub_refresh(request))
+            case "ping":
+                return Reply(id=cid, ping=EmptyResult())
+            case "send":
+                assert isinstance(request, SendRequest)
+                # No backend hooks yet: an async message has nowhere to go.
+                if cid:
+                    raise ClientError(ErrorCode.NOT_AVAILABLE, "send: no backend handler")
+                return None
+            case "rpc":
+                assert isinstance(request, RPCRequest)
+                raise ClientError(ErrorCode.NOT_AVAILABLE, "rpc: no backend handler")
+        raise ClientError(ErrorCode.METHOD_NOT_FOUND)
+
+    # -- connect / refresh ------------------------------------------------------------
+
+    def _verify_connect_token(
+        self, token: str
+    ) -> tuple[str, float | None, bytes | None, tuple[str, ...]]:
+        config = self.node.config
+        if not token:
+            if config.allow_anonymous:
+                return "", None, None, ()
+            raise ClientError(ErrorCode.UNAUTHORIZED, "token required")
+        try:
+            claims = verify_connection_token(token, config.token_secret)
+        except TokenError as exc:
+            if exc.expired:
+                raise ClientError(ErrorCode.TOKEN_EXPIRED) from None
+            raise DisconnectRequested(DisconnectCode.INVALID_TOKEN) from None
+        return claims.user, claims.expire_at, claims.info, claims.channels
+
+    def _ttl(self) -> tuple[bool, int]:
+        if self.expire_at is None:
+            return False, 0
+        return True, max(0, int(self.expire_at - time.time()))
+
+    async def _connect(self, request: ConnectRequest, cid: int) -> None:
+        user, expire_at, info, channels = self._verify_connect_token(request.token)
+        self.user = user
+        self.expire_at = expire_at
+        self.conn_info = msgspec.Raw(info) if info is not None else None
+        prepared: list[tuple[str, SubscribeResult, int]] = []
+        try:
+            for channel in channels:
+                sub_request = request.subs.get(channel) or SubscribeRequest(channel=channel)
+                result, after = await self._prepare_subscription(
+                    channel, sub_request, token_info=None, authorized=True
+                )
+                prepared.append((channel, result, after))
+        except BaseException:
+            for channel, _, _ in prepared:
+                await self.unsubscribe(channel)
+            raise
+        self.state = advance(self.state, ConnectionState.CONNECTED)
+        self.node.register(self)
+        expires, ttl = self._ttl()
+        config = self.node.config
+        connect = ConnectResult(
+            client=self.id,
+            version=__version__,
+            expires=expires,
+            ttl=ttl,
+            subs={ch: r for ch, r, _ in prepared} or None,
+            ping=config.ping_interval,
+            pong=True,
+            node=self.node.name,
+            time=int(time.time() * 1000),
+        )
+        self.send(codec.encode_reply(Reply(id=cid, connect=connect)))
+        for channel, _, after in prepared:
+            self.go_live(channel, after)
+
+    def _refresh(self, request: RefreshRequest) -> RefreshResult:
+        user, expire_at, info, _ = self._verify_connect_token(request.token)
+        if user != self.user:
+            raise DisconnectRequested(DisconnectCode.INVALID_TOKEN, "token of another user")
+        self.expire_at = expire_at
+        if info is not None:
+            self.conn_info = msgspec.Raw(info)
+        self.node.track_expiry(self)
+        expires, ttl = self._ttl()
+        return RefreshResult(client=self.id, version=__version__, expires=expires, ttl=ttl)
+
+    def _verify_sub_token(self, channel: str, token: str) -> tuple[float | None, bytes | None]:
+        try:
+            claims = verify_subscription_token(token, self.node.config.token_secret)
+        except TokenError as exc:
+            if exc.expired:
+                raise ClientError(ErrorCode.TOKEN_EXPIRED) from None
+            raise DisconnectRequested(DisconnectCode.INVALID_TOKEN) from None
+        if claims.channel != channel or claims.user != self.user:
+            raise DisconnectRequested(
+                DisconnectCode.INVALID_TOKEN, "token for another channel or user"
+            )
+        return claims.expire_at, claims.info
+
+    def _sub_refresh(self, request: SubRefreshRequest) -> SubRefreshResult:
+        sub = self.subs.get(request.channel)
+        if sub is None:
+            raise ClientError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+        expire_at, _ = self._verify_sub_token(request.channel, request.token)
+        sub.expire_at = expire_at
+        self.node.track_sub_expiry(self, request.channel, expire_at)
+        if expire_at is None:
+            return SubRefreshResult()
+        return SubRefreshResult(expires=True, ttl=max(0, int(expire_at - time.time())))
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    async def _subscribe(self, request: SubscribeRequest, cid: int) -> None:
+        result, after = await self._prepare_subscription(
+            request.channel, request, token_info=None, authorized=False
+        )
+        self.send(codec.encode_reply(Reply(id=cid, subscribe=result)))
+        self.go_live(request.channel, after)
+
+    async def prepare_server_subscription(self, channel: str) -> tuple[SubscribeResult, int]:
+        """A subscription the server makes (API subscribe): no token needed."""
+        return await self._prepare_subscription(
+            channel, SubscribeRequest(channel=channel), token_info=None, authorized=True
+        )
+
+    async def _prepare_subscription(
+        self,
+        channel: str,
+        request: SubscribeRequest,
+        *,
+        token_info: bytes | None,
+        authorized: bool,
+    ) -> tuple[SubscribeResult, int]:
+        """Check, join the hub as pending, read the stream. Returns the reply and the
+        offset the reply brings the client to; the caller sends the reply, then calls
+        :meth:`_go_live` (with no await in between)."""
+        ns = self.node.namespace(channel)
+        if channel in self.subs:
+            raise ClientError(ErrorCode.ALREADY_SUBSCRIBED)
+        if len(self.subs) >= self.node.config.max_subscriptions:
+            raise ClientError(ErrorCode.LIMIT_EXCEEDED, "too many subscriptions")
+        expire_at: float | None = None
+        if request.token:
+            expire_at, token_info = self._verify_sub_token(channel, request.token)
+        elif not (authorized or ns.allow_subscribe):
+            raise ClientError(ErrorCode.PERMISSION_DENIED)
+        info = ClientInfo(
+            user=self.user,
+            client=self.id,
+            conn_info=self.conn_info,
+            chan_info=msgspec.Raw(token_info) if token_info is not None else None,
+        )
+        sub = Subscription(channel=channel, namespace=ns, info=info, expire_at=expire_at)
+        self.subs[channel] = sub
+        try:
+            result, after = await self.node.join_channel(self, sub, request)
+        except BaseException:
+            if self.subs.get(channel) is sub:
+                del self.subs[channel]
+                self.node.leave_channel(self, sub)
+            raise
+        if expire_at is not None:
+            self.node.track_sub_expiry(self, channel, expire_at)
+            result.expires = True
+            result.ttl = max(0, int(expire_at - time.time()))
+        return result, after
+
+    def go_live(self, channel: str, after_offset: int) -> None:
+        sub = self.subs.get(channel)
+        if sub is None or self.state is ConnectionState.CLOSED:
+            return
+        sub.live = True
+        self.node.hub.go_live(channel, self, after_offset=after_offset)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Leave ``channel`` (no error if not subscribed, as in the protocol)."""
+        sub = self.subs.pop(channel, None)
+        if sub is not None:
+            self.node.leave_channel(self, sub)
+
+    def _subscribed(self, channel: str) -> Subscription:
+        sub = self.subs.get(channel)
+        if sub is None:
+            self.node.namespace(channel)  # unknown channel is reported before permission
+            raise ClientError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+        return sub
+
+    # -- channel operations -----------------------------------------------------------
+
+    async def _publish(self, request: PublishRequest) -> None:
+        ns = self.node.namespace(request.channel)
+        if not request.data:
+            raise ClientError(ErrorCode.BAD_REQUEST, "data required")
+        sub = self.subs.get(request.channel)
+        if not ns.allow_publish or sub is None:
+            raise ClientError(ErrorCode.PERMISSION_DENIED)
+        await self.node.publish(request.channel, bytes(request.data), info=sub.info)
+
+    def _check_read_access(self, channel: str) -> NamespaceConfig:
+        ns = self.node.namespace(channel)
+        sub = self._subscribed(channel)
+        if not ns.allow_history:
+            raise ClientError(ErrorCode.PERMISSION_DENIED)
+        return sub.namespace
+
+    async def _presence(self, channel: str) -> PresenceResult:
+        self._check_read_access(channel)
+        return await self.node.presence(channel)
+
+    async def _presence_stats(self, channel: str) -> PresenceStatsResult:
+        self._check_read_access(channel)
+        return await self.node.presence_stats(channel)
+
+    async def _history(self, request: HistoryRequest) -> HistoryResult:
+        self._check_read_access(request.channel)
+        return await self.node.history(
+            request.channel, limit=request.limit, since=request.since, reverse=request.reverse
+        )
+
+
+def _short(reason: str) -> str:
+    # Close reasons travel in a close frame: at most 123 bytes.
+    return reason.encode()[:120].decode(errors="ignore")

@@ -1,0 +1,106 @@
+"""Channel -> local subscribers, and the fan-out hot path.
+
+A publication is encoded once, framed once, and the same ``bytes`` object is appended to
+every live subscriber's outbound queue: no await, no per-subscriber encoding. Subscribers
+that are still being set up (their subscribe reply not yet sent) are *pending*: they
+collect ``(offset, frame)`` pairs instead, which :meth:`Hub.go_live` replays after the
+reply, skipping every offset the reply already carried. That is how the recovery invariant
+(no publication lost or duplicated between the history read and live delivery) is kept;
+see docs/explanation/recovery.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tether.protocol import codec
+from tether.protocol.messages import Publication, Push
+
+if TYPE_CHECKING:
+    from tether.core.client import Client
+
+Framer = Callable[[bytes], bytes]
+
+
+class Hub:
+    __slots__ = ("_frame", "_live", "_pending", "deliveries", "publications")
+
+    def __init__(self, frame: Framer) -> None:
+        self._frame = frame
+        self._live: dict[str, dict[Client, None]] = {}
+        self._pending: dict[str, dict[Client, list[tuple[int, bytes]]]] = {}
+        self.publications = 0
+        self.deliveries = 0
+
+    # -- membership ------------------------------------------------------------------
+
+    def has_local(self, channel: str) -> bool:
+        return channel in self._live or channel in self._pending
+
+    def add_pending(self, channel: str, client: Client) -> bool:
+        """Start buffering ``channel`` for ``client``. True if it is the channel's first
+        local subscriber (the node must then subscribe the broker)."""
+        first = not self.has_local(channel)
+        self._pending.setdefault(channel, {})[client] = []
+        return first
+
+    def go_live(self, channel: str, client: Client, *, after_offset: int) -> None:
+        """Move ``client`` from pending to live, first enqueuing what was buffered with an
+        offset above ``after_offset`` (publications of channels without history, offset 0,
+        are all replayed)."""
+        pending = self._pending.get(channel)
+        buffered = pending.pop(client, []) if pending is not None else []
+        if pending is not None and not pending:
+            del self._pending[channel]
+        for offset, frame in buffered:
+            if offset == 0 or offset > after_offset:
+                client.enqueue(frame)
+        self._live.setdefault(channel, {})[client] = None
+
+    def remove(self, channel: str, client: Client) -> bool:
+        """Forget ``client`` on ``channel``. True if no local subscriber is left."""
+        for table in (self._live, self._pending):
+            members = table.get(channel)
+            if members is not None and client in members:
+                del members[client]
+                if not members:
+                    del table[channel]
+        return not self.has_local(channel)
+
+    def channels(self) -> dict[str, int]:
+        """Channel -> number of local subscribers (live and pending)."""
+        out = {ch: len(m) for ch, m in self._live.items()}
+        for ch, m in self._pending.items():
+            out[ch] = out.get(ch, 0) + len(m)
+        return out
+
+    def subscribers(self, channel: str) -> list[Client]:
+        return [*self._live.get(channel, ()), *self._pending.get(channel, ())]
+
+    # -- fan-out ---------------------------------------------------------------------
+
+    def broadcast_publication(self, channel: str, publication: Publication) -> None:
+        self._broadcast(
+            channel, codec.encode_publication_push(channel, publication), publication.offset
+        )
+        self.publications += 1
+
+    def broadcast_push(self, channel: str, push: Push) -> None:
+        """A push that is not a publication (join, leave): offset 0, never deduplicated."""
+        self._broadcast(channel, codec.encode_push(push), 0)
+
+    def _broadcast(self, channel: str, payload: bytes, offset: int) -> None:
+        live = self._live.get(channel)
+        pending = self._pending.get(channel)
+        if live is None and pending is None:
+            return
+        frame = self._frame(payload)
+        if live:
+            for client in live:
+                client.enqueue(frame)
+            self.deliveries += len(live)
+        if pending:
+            entry = (offset, frame)
+            for buffer in pending.values():
+                buffer.append(entry)

@@ -1,0 +1,428 @@
+"""The node: ties the broker, presence, the hub and the connected clients together.
+
+Everything the server API and the client sessions do to channels goes through here, so the
+rules (namespaces, recovery, presence, join/leave) live in one place. The node owns every
+background task it starts (:meth:`Node.spawn`) and cancels them on :meth:`Node.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+import structlog
+
+from tether import __version__
+from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishResult, StreamPosition
+from tether.config import Config, NamespaceConfig
+from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
+from tether.core.hub import Framer, Hub
+from tether.core.recovery import recover
+from tether.core.transport import ClientTransport, Flusher
+from tether.errors import ClientError
+from tether.protocol import codec
+from tether.protocol.channels import check_channel_name, namespace_of
+from tether.protocol.codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
+from tether.protocol.messages import (
+    ClientInfo,
+    HistoryResult,
+    Join,
+    Leave,
+    PresenceResult,
+    PresenceStatsResult,
+    Publication,
+    Push,
+    Subscribe,
+    SubscribeRequest,
+    SubscribeResult,
+    Unsubscribe,
+)
+from tether.protocol.messages import StreamPosition as WirePosition
+from tether.protocol.session import ConnectionState
+
+log = structlog.get_logger("tether.node")
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        presence: PresenceStore,
+        *,
+        frame: Framer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.presence_store = presence
+        self.frame = frame
+        self.clock = clock
+        self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.hub = Hub(frame)
+        self.clients: dict[str, Client] = {}
+        self.users: dict[str, dict[Client, None]] = {}
+        self.started_at = time.time()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: Flusher | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._connecting: dict[Client, None] = {}
+        self._ping_buckets: list[dict[Client, None]] = [{} for _ in range(config.ping_interval)]
+        self._bucket_of: dict[Client, int] = {}
+        self._bucket_seq = itertools.count()
+        self._expiries: list[tuple[float, int, Client, str | None]] = []
+        self._expiry_seq = itertools.count()
+        self._tick = 0
+        self.closing = False
+        self.started = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "node not started"
+        return self._loop
+
+    @property
+    def flusher(self) -> Flusher:
+        assert self._flusher is not None, "node not started"
+        return self._flusher
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._flusher = Flusher(self._loop.call_soon)
+        await self.broker.start(self)
+        self.spawn(self._housekeeping(), "housekeeping")
+        self.started = True
+
+    async def close(self, code: int = DisconnectCode.SHUTDOWN) -> None:
+        """Close every client with ``code`` (reconnect advice), then stop the broker."""
+        self.closing = True
+        for client in list(self.clients.values()) + list(self._connecting):
+            client.close(code)
+        await asyncio.sleep(0)  # let the last writes and cleanup tasks start
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.broker.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the node owns: cancelled on close, failures logged with
+        their traceback (they end only that task, never the node)."""
+        task = self.loop.create_task(coro, name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", task=task.get_name(), exc_info=task.exception())
+
+    # -- connections ------------------------------------------------------------------
+
+    def accept(self, transport: ClientTransport) -> Client:
+        """A transport finished its handshake: a new client, awaiting ``connect``."""
+        client = Client(self, transport)
+        self._connecting[client] = None
+        return client
+
+    def register(self, client: Client) -> None:
+        """``client`` completed connect."""
+        self._connecting.pop(client, None)
+        self.clients[client.id] = client
+        self.users.setdefault(client.user, {})[client] = None
+        bucket = next(self._bucket_seq) % len(self._ping_buckets)
+        self._ping_buckets[bucket][client] = None
+        self._bucket_of[client] = bucket
+        self.track_expiry(client)
+
+    def forget(self, client: Client) -> None:
+        """``client`` is closed: drop it everywhere, leave its channels."""
+        self._connecting.pop(client, None)
+        if self.clients.pop(client.id, None) is not None:
+            users = self.users.get(client.user)
+            if users is not None:
+                users.pop(client, None)
+                if not users:
+                    del self.users[client.user]
+            bucket = self._bucket_of.pop(client, None)
+            if bucket is not None:
+                self._ping_buckets[bucket].pop(client, None)
+        subs, client.subs = client.subs, {}
+        for sub in subs.values():
+            self.leave_channel(client, sub)
+
+    def track_expiry(self, client: Client) -> None:
+        if client.expire_at is not None:
+            entry = (client.expire_at, next(self._expiry_seq), client, None)
+            heapq.heappush(self._expiries, entry)
+
+    def track_sub_expiry(self, client: Client, channel: str, expire_at: float | None) -> None:
+        if expire_at is not None:
+            heapq.heappush(self._expiries, (expire_at, next(self._expiry_seq), client, channel))
+
+    async def _housekeeping(self) -> None:
+        """Once a second: pings (one bucket of clients per second, so a node's pings are
+        spread over the ping interval), pong deadlines, stale and expired connections."""
+        ping_frame = self.frame(codec.PING)
+        while True:
+            await asyncio.sleep(1)
+            self._housekeeping_tick(ping_frame)
+
+    def _housekeeping_tick(self, ping_frame: bytes) -> None:
+        config = self.config
+        self._tick += 1
+        buckets = self._ping_buckets
+        checked = buckets[(self._tick - config.pong_timeout) % len(buckets)]
+        for client in [c for c in checked if c.awaiting_pong]:
+            client.close(DisconnectCode.NO_PONG)
+        for client in buckets[self._tick % len(buckets)]:
+            client.awaiting_pong = True
+            client.enqueue(ping_frame)
+        now = self.clock()
+        stale = [c for c in self._connecting if now - c.connected_at > config.connect_timeout]
+        for client in stale:
+            client.close(DisconnectCode.STALE)
+        wall = time.time()
+        while self._expiries and self._expiries[0][0] <= wall:
+            expire_at, _, client, channel = heapq.heappop(self._expiries)
+            if client.state is ConnectionState.CLOSED:
+                continue
+            if channel is None:
+                if client.expire_at == expire_at:
+                    client.close(DisconnectCode.EXPIRED)
+            else:
+                sub = client.subs.get(channel)
+                if sub is not None and sub.expire_at == expire_at:
+                    client.close(DisconnectCode.SUB_EXPIRED)
+
+    # -- channels ---------------------------------------------------------------------
+
+    def namespace(self, channel: str) -> NamespaceConfig:
+        """Options of the channel's namespace. Raises ClientError (102, 107)."""
+        check_channel_name(channel, max_length=self.config.max_channel_length)
+        ns = self.config.namespace(namespace_of(channel))
+        if ns is None:
+            raise ClientError(ErrorCode.UNKNOWN_CHANNEL)
+        return ns
+
+    async def _ensure_broker_subscribed(self, channel: str, first: bool) -> None:
+        if first:
+            waiter = self.loop.create_future()
+            self._subscribing[channel] = waiter
+            try:
+                await self.broker.subscribe(channel)
+            finally:
+                del self._subscribing[channel]
+                waiter.set_result(None)
+        elif channel in self._subscribing:
+            # Another subscriber is making the broker subscription: reading the stream
+            # before it is active could miss a publication.
+            await asyncio.shield(self._subscribing[channel])
+
+    async def join_channel(
+        self, client: Client, sub: Subscription, request: SubscribeRequest
+    ) -> tuple[SubscribeResult, int]:
+        """Join ``client`` to ``sub.channel`` as pending and build its subscribe result.
+
+        Returns the result and the offset it brings the client to. The caller sends the
+        result, then makes the subscription live with :meth:`Hub.go_live`.
+        """
+        channel, ns = sub.channel, sub.namespace
+        first = self.hub.add_pending(channel, client)
+        await self._ensure_broker_subscribed(channel, first)
+        has_history = ns.history_size > 0
+        recoverable = has_history and (ns.recover or request.recoverable)
+        positioned = has_history and (recoverable or request.positioned)
+        result = SubscribeResult()
+        after = 0
+        if positioned:
+            if recoverable and request.recover:
+                since = StreamPosition(request.offset, request.epoch)
+                pubs, position, recovered = await recover(
+                    self.broker, channel, since, self.config.recovery_max_publications
+                )
+                if not recovered and request.flag & FLAG_REJECT_UNRECOVERED:
+                    raise ClientError(ErrorCode.UNRECOVERABLE_POSITION)
+                result.publications = pubs
+                result.recovered = recovered
+                result.was_recovering = True
+            else:
+                position = (await self.broker.history(channel, limit=0)).position
+            result.recoverable = recoverable
+            result.positioned = positioned
+            result.offset, result.epoch = position.offset, position.epoch
+            after = position.offset
+        if ns.presence:
+            await self.presence_store.add(channel, client.id, sub.info)
+        if ns.join_leave:
+            await self.broker.publish_join(channel, sub.info)
+        return result, after
+
+    def leave_channel(self, client: Client, sub: Subscription) -> None:
+        """Remove ``client`` from the channel now; presence, leave push and broker
+        unsubscribe follow in a node-owned task."""
+        self.hub.remove(sub.channel, client)
+        self.spawn(self._after_leave(sub, client.id), "leave")
+
+    async def _after_leave(self, sub: Subscription, client_id: str) -> None:
+        channel, ns = sub.channel, sub.namespace
+        if ns.presence:
+            await self.presence_store.remove(channel, client_id)
+        if ns.join_leave:
+            await self.broker.publish_leave(channel, sub.info)
+        # Checked right before the call (same tick): a subscriber that arrived meanwhile
+        # keeps the broker subscription.
+        if not self.hub.has_local(channel):
+            await self.broker.unsubscribe(channel)
+
+    # -- broker events (BrokerEventHandler) -------------------------------------------
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        self.hub.broadcast_publication(channel, publication)
+
+    def on_join(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_push(channel, Push(channel=channel, join=Join(info=info)))
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_push(channel, Push(channel=channel, leave=Leave(info=info)))
+
+    # -- operations shared by the client protocol and the server API ------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        idempotency_key: str = "",
+        tags: dict[str, str] | None = None,
+        skip_history: bool = False,
+    ) -> PublishResult:
+        """Publish raw JSON ``data``. Raises ClientError, BrokerUnavailable.
+
+        ``skip_history`` delivers without storing (offset 0, not recoverable)."""
+        ns = self.namespace(channel)
+        publication = Publication(data=msgspec.Raw(data), info=info, tags=tags or None)
+        options = PublishOptions(
+            history_size=0 if skip_history else ns.history_size,
+            history_ttl=ns.history_ttl,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=self.config.idempotency_ttl,
+        )
+        return await self.broker.publish(channel, publication, options)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: WirePosition | None = None,
+        reverse: bool = False,
+    ) -> HistoryResult:
+        ns = self.namespace(channel)
+        if ns.history_size == 0:
+            raise ClientError(ErrorCode.NOT_AVAILABLE, "history is off in this namespace")
+        max_limit = self.config.history_max_limit
+        limit = max_limit if limit < 0 or limit > max_limit else limit
+        position = StreamPosition(since.offset, since.epoch) if since is not None else None
+        page = await self.broker.history(channel, since=position, limit=limit, reverse=reverse)
+        return HistoryResult(
+            publications=page.publications,
+            epoch=page.position.epoch,
+            offset=page.position.offset,
+        )
+
+    async def remove_history(self, channel: str) -> None:
+        self.namespace(channel)
+        await self.broker.remove_history(channel)
+
+    def _check_presence(self, channel: str) -> None:
+        if not self.namespace(channel).presence:
+            raise ClientError(ErrorCode.NOT_AVAILABLE, "presence is off in this namespace")
+
+    async def presence(self, channel: str) -> PresenceResult:
+        self._check_presence(channel)
+        entries = await self.presence_store.get(channel)
+        if len(entries) > self.config.max_presence_entries:
+            raise ClientError(ErrorCode.LIMIT_EXCEEDED, "too many presence entries")
+        return PresenceResult(presence=entries)
+
+    async def presence_stats(self, channel: str) -> PresenceStatsResult:
+        self._check_presence(channel)
+        clients, users = await self.presence_store.stats(channel)
+        return PresenceStatsResult(num_clients=clients, num_users=users)
+
+    def _targets(self, user: str, client_id: str = "") -> list[Client]:
+        if client_id:
+            client = self.clients.get(client_id)
+            return [client] if client is not None and (not user or client.user == user) else []
+        return list(self.users.get(user, ()))
+
+    async def subscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
+        """Server-side subscribe every connection of ``user`` (or one client) to
+        ``channel``: the client gets a ``subscribe`` push, then the channel's pushes."""
+        self.namespace(channel)
+        for client in self._targets(user, client_id):
+            if channel in client.subs or client.state is not ConnectionState.CONNECTED:
+                continue
+            result, after = await client.prepare_server_subscription(channel)
+            push = Subscribe(
+                recoverable=result.recoverable,
+                epoch=result.epoch,
+                offset=result.offset,
+                positioned=result.positioned,
+            )
+            client.send(codec.encode_push(Push(channel=channel, subscribe=push)))
+            client.go_live(channel, after)
+
+    async def unsubscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
+        """Server-side unsubscribe: the client gets an ``unsubscribe`` push (code 2000)."""
+        self.namespace(channel)
+        code = UnsubscribeCode.SERVER
+        push = Push(
+            channel=channel, unsubscribe=Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code])
+        )
+        payload = codec.encode_push(push)
+        for client in self._targets(user, client_id):
+            if channel in client.subs:
+                await client.unsubscribe(channel)
+                client.send(payload)
+
+    def disconnect_user(
+        self,
+        user: str,
+        code: int,
+        reason: str,
+        client_id: str = "",
+        whitelist: list[str] | None = None,
+    ) -> int:
+        """Close the connections of ``user`` (or one client). Returns how many."""
+        keep = set(whitelist or ())
+        targets = [c for c in self._targets(user, client_id) if c.id not in keep]
+        for client in targets:
+            client.close(code, reason)
+        return len(targets)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "num_clients": len(self.clients),
+            "num_users": len(self.users),
+            "num_channels": len(self.hub.channels()),
+            "num_subs": sum(len(c.subs) for c in self.clients.values()),
+            "uptime": int(time.time() - self.started_at),
+        }
+
+    @property
+    def version(self) -> str:
+        return __version__

@@ -1,0 +1,292 @@
+"""The server HTTP API: ``POST /api/<method>``, Centrifugo-compatible shapes.
+
+Answers, as Centrifugo does (so ``cent`` and other API clients work unchanged):
+
+* 200 with ``{"result": {...}}`` on success;
+* 200 with ``{"error": {"code", "message"}}`` for a request the node refused (unknown
+  channel 102, not available 108, unrecoverable position 112, ...);
+* 400 with ``{"error": {"code": 107, ...}}`` for a body that is not valid JSON or not the
+  method's shape (the message names the field);
+* 401 with error 101 without a valid API key (``X-API-Key: KEY`` or
+  ``Authorization: apikey KEY``); 404 with error 104 for an unknown method;
+* 503 with ``Retry-After`` and error 100 (``temporary: true``) when the broker is
+  unavailable: nothing was published, the call may be retried with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from tether.core.node import Node
+from tether.errors import BrokerUnavailable, ClientError
+from tether.protocol.codes import DisconnectCode, ErrorCode
+from tether.protocol.messages import StreamPosition
+
+log = structlog.get_logger("tether.api")
+
+NODE_KEY = web.AppKey("node", Node)
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class PublishBody(_Body):
+    channel: str
+    data: msgspec.Raw
+    skip_history: bool = False
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+
+
+class BroadcastBody(_Body):
+    channels: list[str]
+    data: msgspec.Raw
+    skip_history: bool = False
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+
+
+class UserChannelBody(_Body):
+    user: str
+    channel: str
+    client: str = ""
+
+
+class DisconnectSpec(_Body):
+    code: int = int(DisconnectCode.FORCE_NO_RECONNECT)
+    reason: str = "force disconnect"
+
+
+class DisconnectBody(_Body):
+    user: str
+    client: str = ""
+    whitelist: list[str] = []
+    disconnect: DisconnectSpec | None = None
+
+
+class ChannelBody(_Body):
+    channel: str
+
+
+class HistoryBody(_Body):
+    channel: str
+    limit: int = 0
+    since: StreamPosition | None = None
+    reverse: bool = False
+
+
+class ChannelsBody(_Body):
+    pattern: str = ""
+
+
+class InfoBody(_Body):
+    pass
+
+
+class BatchBody(_Body):
+    commands: list[dict[str, msgspec.Raw]]
+    parallel: bool = False
+
+
+class ApiError(Exception):
+    """An error answered with an HTTP status (400, 404) instead of 200."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+# A handler returns what goes under "result": a dict or a protocol struct.
+Handler = Callable[[Node, Any], Awaitable[Any]]
+
+
+async def _publish(node: Node, body: PublishBody) -> dict[str, Any]:
+    result = await node.publish(
+        body.channel,
+        bytes(body.data),
+        idempotency_key=body.idempotency_key,
+        tags=body.tags,
+        skip_history=body.skip_history,
+    )
+    return {"offset": result.position.offset, "epoch": result.position.epoch}
+
+
+async def _broadcast(node: Node, body: BroadcastBody) -> dict[str, Any]:
+    responses: list[dict[str, Any]] = []
+    for channel in body.channels:
+        try:
+            result = await node.publish(
+                channel,
+                bytes(body.data),
+                idempotency_key=body.idempotency_key,
+                tags=body.tags,
+                skip_history=body.skip_history,
+            )
+        except ClientError as exc:
+            responses.append({"error": {"code": int(exc.code), "message": exc.message}})
+        else:
+            position = result.position
+            responses.append({"result": {"offset": position.offset, "epoch": position.epoch}})
+    return {"responses": responses}
+
+
+async def _subscribe(node: Node, body: UserChannelBody) -> dict[str, Any]:
+    await node.subscribe_user(body.user, body.channel, body.client)
+    return {}
+
+
+async def _unsubscribe(node: Node, body: UserChannelBody) -> dict[str, Any]:
+    await node.unsubscribe_user(body.user, body.channel, body.client)
+    return {}
+
+
+async def _disconnect(node: Node, body: DisconnectBody) -> dict[str, Any]:
+    spec = body.disconnect or DisconnectSpec()
+    if not 3000 <= spec.code <= 4999:
+        raise ClientError(ErrorCode.BAD_REQUEST, "disconnect code must be 3000-4999")
+    node.disconnect_user(body.user, spec.code, spec.reason, body.client, body.whitelist)
+    return {}
+
+
+async def _presence(node: Node, body: ChannelBody) -> Any:
+    return await node.presence(body.channel)
+
+
+async def _presence_stats(node: Node, body: ChannelBody) -> Any:
+    return await node.presence_stats(body.channel)
+
+
+async def _history(node: Node, body: HistoryBody) -> Any:
+    result = await node.history(
+        body.channel, limit=body.limit, since=body.since, reverse=body.reverse
+    )
+    return result
+
+
+async def _history_remove(node: Node, body: ChannelBody) -> dict[str, Any]:
+    await node.remove_history(body.channel)
+    return {}
+
+
+async def _channels(node: Node, body: ChannelsBody) -> dict[str, Any]:
+    channels = {
+        name: {"num_clients": count}
+        for name, count in node.hub.channels().items()
+        if not body.pattern or fnmatch.fnmatchcase(name, body.pattern)
+    }
+    return {"channels": channels}
+
+
+async def _info(node: Node, body: InfoBody) -> dict[str, Any]:
+    return {
+        "nodes": [{"uid": node.name, "name": node.name, "version": node.version, **node.stats()}]
+    }
+
+
+METHODS: dict[str, tuple[type[_Body], Handler]] = {
+    "publish": (PublishBody, _publish),
+    "broadcast": (BroadcastBody, _broadcast),
+    "subscribe": (UserChannelBody, _subscribe),
+    "unsubscribe": (UserChannelBody, _unsubscribe),
+    "disconnect": (DisconnectBody, _disconnect),
+    "presence": (ChannelBody, _presence),
+    "presence_stats": (ChannelBody, _presence_stats),
+    "history": (HistoryBody, _history),
+    "history_remove": (ChannelBody, _history_remove),
+    "channels": (ChannelsBody, _channels),
+    "info": (InfoBody, _info),
+}
+
+
+def _decode(method: str, raw: bytes) -> Any:
+    spec = METHODS.get(method)
+    if spec is None:
+        raise ApiError(404, ErrorCode.METHOD_NOT_FOUND, f"unknown API method {method!r}")
+    try:
+        return msgspec.json.decode(raw or b"{}", type=spec[0])
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"invalid {method} body: {exc}") from None
+
+
+async def call(node: Node, method: str, raw: bytes) -> dict[str, Any]:
+    """Run one method on a raw JSON body: ``{"result": ...}`` or ``{"error": ...}``.
+    Raises ApiError (400/404) and BrokerUnavailable."""
+    body = _decode(method, raw)
+    try:
+        return {"result": await METHODS[method][1](node, body)}
+    except ClientError as exc:
+        return {"error": {"code": int(exc.code), "message": exc.message}}
+
+
+async def _batch(node: Node, raw: bytes) -> dict[str, Any]:
+    try:
+        batch = msgspec.json.decode(raw or b"{}", type=BatchBody)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"invalid batch body: {exc}") from None
+    for command in batch.commands:
+        if len(command) != 1:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "each batch command holds one method")
+    replies = []
+    for command in batch.commands:
+        [(method, body)] = command.items()
+        answer = await call(node, method, bytes(body))
+        replies.append({method: answer["result"]} if "result" in answer else answer)
+    return {"replies": replies}
+
+
+def _authorized(request: web.Request, api_key: str) -> bool:
+    given = request.headers.get("X-API-Key", "")
+    if not given:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "apikey":
+            given = value.strip()
+    return bool(given) and hmac.compare_digest(given.encode(), api_key.encode())
+
+
+def _json(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(body),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(status: int, code: ErrorCode, message: str, **extra: Any) -> web.Response:
+    return _json({"error": {"code": int(code), "message": message, **extra}}, status)
+
+
+async def handle_api(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    if not _authorized(request, node.config.api_key):
+        return _error(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key")
+    method = request.match_info["method"]
+    raw = await request.read()
+    try:
+        if method == "batch":
+            return _json(await _batch(node, raw))
+        return _json(await call(node, method, raw))
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except BrokerUnavailable as exc:
+        log.warning("api call failed: broker unavailable", method=method, error=str(exc))
+        response = _error(503, ErrorCode.INTERNAL, "broker unavailable", temporary=True)
+        response.headers["Retry-After"] = "1"
+        return response
+
+
+def add_routes(app: web.Application, node: Node) -> None:
+    app[NODE_KEY] = node
+    app.router.add_post("/api/{method}", handle_api)

@@ -1,0 +1,48 @@
+"""The HTTP port: server API, health and readiness, the OpenAPI document, the demo page."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+from tether.core.node import Node
+from tether.transports.http import api
+
+STATIC = resources.files("tether.transports.http") / "static"
+
+
+async def _health(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    """Readiness: 200 while the node accepts clients, 503 while it drains or starts."""
+    node = request.app[api.NODE_KEY]
+    if node.closing or not node.started:
+        return web.json_response({"status": "not ready"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def _static(name: str, content_type: str) -> web.Response:
+    return web.Response(body=(STATIC / name).read_bytes(), content_type=content_type)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return _static("openapi.json", "application/json")
+
+
+async def _page(request: web.Request) -> web.Response:
+    return _static("index.html", "text/html")
+
+
+def build_app(node: Node) -> web.Application:
+    # The API body limit follows the client message limit, with room for batch calls.
+    app = web.Application(client_max_size=max(node.config.max_message_size * 16, 1 << 20))
+    api.add_routes(app, node)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _ready)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/", _page)
+    return app

@@ -1,0 +1,174 @@
+"""The client-facing WebSocket listener: a thin asyncio pump around :mod:`.wire`.
+
+One :class:`WebSocketConnection` per socket. It does the upgrade, turns incoming bytes into
+messages for its :class:`~tether.core.client.Client`, and writes the framed bytes the node
+queues. It holds no buffer while idle, which keeps an idle connection near 2 KiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import structlog
+
+from tether.transports.websocket import wire
+
+if TYPE_CHECKING:
+    from tether.core.client import Client
+    from tether.core.node import Node
+
+log = structlog.get_logger("tether.websocket")
+
+PATH = "/connection/websocket"
+frame = wire.text_frame
+"""The framer of this transport: the node frames every message once with it."""
+
+
+class WebSocketConnection(asyncio.Protocol):
+    __slots__ = (
+        "_allowed_origins",
+        "_client",
+        "_handshake",
+        "_node",
+        "_parser",
+        "_transport",
+        "remote",
+    )
+
+    def __init__(self, node: Node, allowed_origins: frozenset[str]) -> None:
+        self._node = node
+        self._allowed_origins = allowed_origins
+        self._transport: asyncio.Transport | None = None
+        self._handshake: bytes | None = b""
+        self._parser: wire.FrameParser | None = None
+        self._client: Client | None = None
+        self.remote = ""
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    def data_received(self, data: bytes) -> None:
+        if self._handshake is not None:
+            self._on_handshake_bytes(data)
+            return
+        parser = self._parser
+        if parser is None:  # closing
+            return
+        try:
+            events = parser.feed(data)
+        except wire.WebSocketError as exc:
+            log.info(
+                "websocket protocol error", remote=self.remote, code=exc.code, reason=exc.reason
+            )
+            self._fail(exc.code, exc.reason)
+            return
+        for event in events:
+            if isinstance(event, wire.Message):
+                if self._client is not None:
+                    self._client.on_message(event.data)
+            elif isinstance(event, wire.Ping):
+                self._write(wire.control_frame(wire.OP_PONG, event.data))
+            elif isinstance(event, wire.Close):
+                # Echo the close (RFC 6455 5.5.1), then let the peer close TCP.
+                code = wire.CLOSE_NORMAL if event.code == 1005 else event.code
+                self._fail(code, "")
+                return
+            # Pong frames need no answer.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._parser = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.on_transport_closed()
+
+    def pause_writing(self) -> None:
+        if self._client is not None:
+            self._client.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._client is not None:
+            self._client.resume_writing()
+
+    # -- ClientTransport --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._write(data)
+
+    def close(self, code: int, reason: str) -> None:
+        self._client = None
+        self._fail(code, reason)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Send a close frame and close the socket (queued data goes first)."""
+        self._parser = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(wire.close_frame(code, reason))
+        transport.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.on_transport_closed()
+
+    def _on_handshake_bytes(self, data: bytes) -> None:
+        assert self._handshake is not None
+        assert self._transport is not None
+        buf = self._handshake + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > wire.MAX_HANDSHAKE_BYTES:
+                self._reject(431, "Request Header Fields Too Large")
+            else:
+                self._handshake = buf
+            return
+        self._handshake = None
+        try:
+            request = wire.parse_upgrade(buf[:end])
+            if request.path != PATH:
+                raise wire.HandshakeError(404, "Not Found")
+            origin = request.headers.get("origin")
+            if origin and "*" not in self._allowed_origins and origin not in self._allowed_origins:
+                raise wire.HandshakeError(403, "Origin Not Allowed")
+            if self._node.closing:
+                raise wire.HandshakeError(503, "Shutting Down")
+        except wire.HandshakeError as exc:
+            self._reject(exc.status, exc.reason)
+            return
+        self._transport.write(wire.accept_response(request.key))
+        self._parser = wire.FrameParser(self._node.config.max_message_size)
+        self._client = self._node.accept(self)
+        rest = buf[end + 4 :]
+        if rest:
+            self.data_received(rest)
+
+    def _reject(self, status: int, reason: str) -> None:
+        assert self._transport is not None
+        self._handshake = None
+        self._transport.write(wire.reject_response(status, reason))
+        self._transport.close()
+
+
+async def serve(node: Node, host: str, port: int, *, backlog: int = 2048) -> asyncio.Server:
+    """Listen for clients on ``host:port`` at :data:`PATH`."""
+    loop = asyncio.get_running_loop()
+    origins = frozenset(node.config.allowed_origins)
+    return await loop.create_server(
+        lambda: WebSocketConnection(node, origins),
+        host,
+        port,
+        backlog=backlog,
+        reuse_address=True,
+    )
