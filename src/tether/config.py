@@ -71,6 +71,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_level: str = "info"
     log_format: str = "console"
     use_uvloop: bool = True
+    broker: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "tether"
+    presence_ttl: float = 60
     namespaces: dict[str, NamespaceConfig] = {}
 
     def namespace(self, name: str) -> NamespaceConfig | None:
@@ -120,6 +124,7 @@ def _validate(config: Config) -> None:
         "recovery_max_publications",
         "history_max_limit",
         "idempotency_ttl",
+        "presence_ttl",
     )
     for key in positive:
         if getattr(config, key) <= 0:
@@ -128,6 +133,12 @@ def _validate(config: Config) -> None:
         raise bad("pong_timeout", "must be smaller than ping_interval")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise bad("log_level", "must be one of debug, info, warning, error")
+    if config.broker not in ("memory", "redis"):
+        raise bad("broker", "must be memory or redis")
+    if config.broker == "redis" and not config.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise bad("redis_url", "must be a redis://, rediss:// or unix:// URL")
     if config.log_format not in ("console", "json"):
         raise bad("log_format", "must be console or json")
     for name, ns in config.namespaces.items():
@@ -244,6 +255,11 @@ idempotency_ttl = 300            # seconds a publish idempotency key is remember
 log_level = "info"          # debug, info, warning, error
 log_format = "console"      # console, json
 use_uvloop = true           # use uvloop when installed
+
+broker = "memory"           # memory (one node, embedded) or redis (many nodes)
+redis_url = "redis://127.0.0.1:6379/0"
+redis_prefix = "tether"     # prefix of every Redis key and pub/sub channel
+presence_ttl = 60           # seconds a presence entry outlives its node (redis broker)
 
 # Channels "ns:name" take the options of [namespaces.ns]; channels without ":" use
 # [namespaces.default]. A channel whose namespace is not listed is unknown (error 102).

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
+from tether.brokers.base import Broker, PresenceStore
 from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
 from tether.config import Config
 from tether.core.node import Node
@@ -17,6 +18,19 @@ from tether.transports.http.app import build_app
 from tether.transports.websocket import server as websocket
 
 log = structlog.get_logger("tether.server")
+
+
+def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
+    """The broker and presence store the config names."""
+    if config.broker == "redis":
+        from tether.brokers.redis import RedisBroker, RedisPresenceStore
+
+        broker: Broker = RedisBroker(config.redis_url, prefix=config.redis_prefix)
+        presence: PresenceStore = RedisPresenceStore(
+            config.redis_url, prefix=config.redis_prefix, ttl=config.presence_ttl
+        )
+        return broker, presence
+    return MemoryBroker(), MemoryPresenceStore()
 
 
 @dataclass
@@ -32,7 +46,8 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
-        self.node = Node(config, MemoryBroker(), MemoryPresenceStore(), frame=websocket.frame)
+        broker, presence = make_broker(config)
+        self.node = Node(config, broker, presence, frame=websocket.frame)
         await self.node.start()
         self._ws = await websocket.serve(self.node, config.host, config.port)
         self.port = self._ws.sockets[0].getsockname()[1]

@@ -59,6 +59,11 @@ class BrokerEventHandler(Protocol):
 
     def on_leave(self, channel: str, info: ClientInfo) -> None: ...
 
+    def on_resync(self, channels: set[str]) -> None:
+        """The broker was deaf for a while (its subscriber connection broke and is back):
+        publications of these channels may have been missed. The node must make every
+        local subscriber catch up from the stream, or tell it that it cannot."""
+
 
 class Broker(Protocol):
     """Channels, streams and fan-out between nodes.
@@ -83,6 +88,10 @@ class Broker(Protocol):
       restarts at offset 1 with a new epoch.
     """
 
+    @property
+    def healthy(self) -> bool:
+        """False while the broker cannot deliver (readiness turns false)."""
+
     async def start(self, handler: BrokerEventHandler) -> None:
         """Connect; from now on deliver events of subscribed channels to ``handler``."""
 
@@ -90,7 +99,8 @@ class Broker(Protocol):
 
     async def subscribe(self, channel: str) -> None:
         """This node has local subscribers of ``channel``: deliver its events here. When it
-        returns, every later publish to the channel reaches the handler."""
+        returns, every later publish to the channel reaches the handler. Subscribe and
+        unsubscribe calls take effect in the order they are made."""
 
     async def unsubscribe(self, channel: str) -> None:
         """This node has no local subscriber of ``channel`` any more."""
@@ -132,6 +142,10 @@ class PresenceStore(Protocol):
     disappears (for stores shared by nodes, so a dead node's clients vanish).
     """
 
+    ttl: float | None
+    """Seconds an entry lives unless added again (the owning node refreshes its entries
+    every ttl/3); None: entries live until removed."""
+
     async def add(self, channel: str, client_id: str, info: ClientInfo) -> None: ...
 
     async def remove(self, channel: str, client_id: str) -> None: ...
@@ -140,3 +154,5 @@ class PresenceStore(Protocol):
 
     async def stats(self, channel: str) -> tuple[int, int]:
         """``(num_clients, num_users)`` of the channel."""
+
+    async def close(self) -> None: ...

@@ -48,6 +48,10 @@ class MemoryBroker:
         # channel -> idempotency key -> (position, expires at)
         self._idempotency: dict[str, dict[str, tuple[StreamPosition, float]]] = {}
 
+    @property
+    def healthy(self) -> bool:
+        return True
+
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
 
@@ -178,6 +182,8 @@ class MemoryPresenceStore:
     """In-process :class:`~tether.brokers.base.PresenceStore` (entries never go stale:
     the owning node removes them when the client leaves)."""
 
+    ttl: float | None = None
+
     def __init__(self) -> None:
         self._channels: dict[str, dict[str, ClientInfo]] = {}
 
@@ -197,3 +203,6 @@ class MemoryPresenceStore:
     async def stats(self, channel: str) -> tuple[int, int]:
         entries = self._channels.get(channel, {})
         return len(entries), len({info.user for info in entries.values()})
+
+    async def close(self) -> None:
+        self._channels.clear()

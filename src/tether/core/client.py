@@ -75,6 +75,8 @@ class Subscription:
     info: ClientInfo
     expire_at: float | None = None
     live: bool = False
+    server_side: bool = False
+    """Made by the server (token ``channels`` claim, API subscribe), not by the client."""
 
 
 class Client:
@@ -272,7 +274,7 @@ class Client:
                 return None
             case "unsubscribe":
                 assert isinstance(request, UnsubscribeRequest)
-                await self.unsubscribe(request.channel)
+                self.unsubscribe(request.channel)
                 return Reply(id=cid, unsubscribe=EmptyResult())
             case "publish":
                 assert isinstance(request, PublishRequest)
@@ -344,7 +346,7 @@ class Client:
                 prepared.append((channel, result, after))
         except BaseException:
             for channel, _, _ in prepared:
-                await self.unsubscribe(channel)
+                self.unsubscribe(channel)
             raise
         self.state = advance(self.state, ConnectionState.CONNECTED)
         self.node.register(self)
@@ -442,7 +444,9 @@ class Client:
             conn_info=self.conn_info,
             chan_info=msgspec.Raw(token_info) if token_info is not None else None,
         )
-        sub = Subscription(channel=channel, namespace=ns, info=info, expire_at=expire_at)
+        sub = Subscription(
+            channel=channel, namespace=ns, info=info, expire_at=expire_at, server_side=authorized
+        )
         self.subs[channel] = sub
         try:
             result, after = await self.node.join_channel(self, sub, request)
@@ -464,7 +468,7 @@ class Client:
         sub.live = True
         self.node.hub.go_live(channel, self, after_offset=after_offset)
 
-    async def unsubscribe(self, channel: str) -> None:
+    def unsubscribe(self, channel: str) -> None:
         """Leave ``channel`` (no error if not subscribed, as in the protocol)."""
         sub = self.subs.pop(channel, None)
         if sub is not None:

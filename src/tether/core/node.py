@@ -26,7 +26,7 @@ from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
 from tether.core.hub import Framer, Hub
 from tether.core.recovery import recover
 from tether.core.transport import ClientTransport, Flusher
-from tether.errors import ClientError
+from tether.errors import BrokerUnavailable, ClientError
 from tether.protocol import codec
 from tether.protocol.channels import check_channel_name, namespace_of
 from tether.protocol.codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
@@ -101,6 +101,8 @@ class Node:
         self._flusher = Flusher(self._loop.call_soon)
         await self.broker.start(self)
         self.spawn(self._housekeeping(), "housekeeping")
+        if self.presence_store.ttl is not None:
+            self.spawn(self._refresh_presence(self.presence_store.ttl / 3), "presence-refresh")
         self.started = True
 
     async def close(self, code: int = DisconnectCode.SHUTDOWN) -> None:
@@ -114,6 +116,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.broker.close()
+        await self.presence_store.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the node owns: cancelled on close, failures logged with
@@ -206,6 +209,19 @@ class Node:
                 if sub is not None and sub.expire_at == expire_at:
                     client.close(DisconnectCode.SUB_EXPIRED)
 
+    async def _refresh_presence(self, interval: float) -> None:
+        """Re-add this node's presence entries before they expire in a shared store. A
+        failed round is logged and retried next interval (entries may lapse meanwhile)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for client in list(self.clients.values()):
+                    for sub in list(client.subs.values()):
+                        if sub.namespace.presence and client.state is ConnectionState.CONNECTED:
+                            await self.presence_store.add(sub.channel, client.id, sub.info)
+            except BrokerUnavailable as exc:
+                log.warning("presence refresh failed", error=str(exc))
+
     # -- channels ---------------------------------------------------------------------
 
     def namespace(self, channel: str) -> NamespaceConfig:
@@ -296,6 +312,35 @@ class Node:
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_push(channel, Push(channel=channel, leave=Leave(info=info)))
+
+    def on_resync(self, channels: set[str]) -> None:
+        """The broker may have missed publications of ``channels``: every local subscriber
+        resubscribes and recovers from the stream. A client subscription gets an
+        ``unsubscribe`` push with code 2500 (the SDK resubscribes with its position); a
+        server-side one cannot be resubscribed by the client, so that connection is closed
+        with 3010 (insufficient state) and recovers on reconnect."""
+        code = UnsubscribeCode.INSUFFICIENT_STATE
+        for channel in channels:
+            push = Push(
+                channel=channel,
+                unsubscribe=Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code]),
+            )
+            payload = codec.encode_push(push)
+            for client in self.hub.subscribers(channel):
+                sub = client.subs.get(channel)
+                if sub is None:
+                    continue
+                if sub.server_side:
+                    client.close(DisconnectCode.INSUFFICIENT_STATE)
+                else:
+                    client.unsubscribe(channel)
+                    client.send(payload)
+        log.warning("broker resync: subscribers told to recover", channels=len(channels))
+
+    @property
+    def ready(self) -> bool:
+        """Accepting clients and able to deliver: started, not draining, broker healthy."""
+        return self.started and not self.closing and self.broker.healthy
 
     # -- operations shared by the client protocol and the server API ------------------
 
@@ -396,7 +441,7 @@ class Node:
         payload = codec.encode_push(push)
         for client in self._targets(user, client_id):
             if channel in client.subs:
-                await client.unsubscribe(channel)
+                client.unsubscribe(channel)
                 client.send(payload)
 
     def disconnect_user(

@@ -18,10 +18,14 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    """Readiness: 200 while the node accepts clients, 503 while it drains or starts."""
+    """Readiness: 200 while the node accepts clients and its broker delivers; 503 while it
+    starts, drains, or its broker is unreachable."""
     node = request.app[api.NODE_KEY]
-    if node.closing or not node.started:
-        return web.json_response({"status": "not ready"}, status=503)
+    if not node.ready:
+        return web.json_response(
+            {"status": "not ready", "broker_healthy": node.broker.healthy, "closing": node.closing},
+            status=503,
+        )
     return web.json_response({"status": "ready"})
 
 

@@ -1,0 +1,476 @@
+"""Redis broker: streams and fan-out shared by many nodes (redis-py asyncio + hiredis).
+
+Keys, per channel ``CH`` (prefix ``tether`` by default):
+
+* ``tether.meta.{CH}``: hash ``e`` (epoch), ``s`` (top offset); lives ``meta_ttl`` after the
+  latest publish. When it is gone the stream restarts with a new epoch.
+* ``tether.history.{CH}``: list of ``"<offset> <publication json>"``, trimmed to
+  ``history_size``, expiring ``history_ttl`` after the latest publish.
+* ``tether.idem.{CH}.<key>``: ``"<offset> <epoch>"`` of an idempotent publish.
+* Pub/sub channel ``tether.ch.{CH}``: messages ``p<offset> <json>``, ``j<json>``, ``l<json>``.
+
+The braces make every key of a channel hash to one Redis Cluster slot.
+
+A publish is one Lua script: dedup, offset increment, append, trim, expire and PUBLISH run
+atomically, so the stream and the fan-out can never disagree. Commands are never retried
+by the client library: a publish that fails raises
+:class:`~tether.errors.BrokerUnavailable` and the caller decides (with an idempotency key,
+retrying is safe).
+
+The subscriber side is a dedicated connection this module drives itself (no silent
+reconnects inside the library): when it breaks, the broker is *deaf*, says so
+(:attr:`RedisBroker.healthy`, logs), reconnects with jittered backoff, resubscribes every
+channel, and then calls ``handler.on_resync(channels)`` so the node makes every local
+subscriber catch up from the stream (or be told that it cannot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import secrets
+from collections import deque
+from typing import Any
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tether.brokers.base import (
+    BrokerEventHandler,
+    HistoryPage,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
+from tether.errors import BrokerUnavailable, UnrecoverablePosition
+from tether.protocol.messages import ClientInfo, Publication
+
+log = structlog.get_logger("tether.redis")
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_PUBLISH = """
+-- KEYS: 1 history list, 2 meta hash, 3 idempotency key (or the meta key when unused)
+-- ARGV: 1 pubsub channel, 2 publication json, 3 history size, 4 history ttl ms,
+--       5 meta ttl ms, 6 epoch for a new stream, 7 idempotency ttl ms, 8 "1" if idempotent
+if ARGV[8] == "1" then
+  local seen = redis.call("get", KEYS[3])
+  if seen then return {seen, 1} end
+end
+local size = tonumber(ARGV[3])
+local offset = 0
+local epoch = ""
+if size > 0 then
+  epoch = redis.call("hget", KEYS[2], "e")
+  if not epoch then
+    epoch = ARGV[6]
+    redis.call("hset", KEYS[2], "e", epoch)
+  end
+  offset = redis.call("hincrby", KEYS[2], "s", 1)
+  redis.call("rpush", KEYS[1], offset .. " " .. ARGV[2])
+  redis.call("ltrim", KEYS[1], -size, -1)
+  redis.call("pexpire", KEYS[1], ARGV[4])
+  redis.call("pexpire", KEYS[2], ARGV[5])
+end
+redis.call("publish", ARGV[1], "p" .. offset .. " " .. ARGV[2])
+local result = offset .. " " .. epoch
+if ARGV[8] == "1" then redis.call("set", KEYS[3], result, "px", ARGV[7]) end
+return {result, 0}
+"""
+
+_HISTORY = """
+-- KEYS: 1 history list, 2 meta hash.  ARGV: 1 epoch for a new stream, 2 meta ttl ms
+local epoch = redis.call("hget", KEYS[2], "e")
+if not epoch then
+  epoch = ARGV[1]
+  redis.call("hset", KEYS[2], "e", epoch)
+  redis.call("pexpire", KEYS[2], ARGV[2])
+end
+local top = redis.call("hget", KEYS[2], "s") or "0"
+return {top, epoch, redis.call("lrange", KEYS[1], 0, -1)}
+"""
+
+_encoder = msgspec.json.Encoder()
+_pub_decoder = msgspec.json.Decoder(Publication)
+_info_decoder = msgspec.json.Decoder(ClientInfo)
+
+
+class RedisBroker:
+    """:class:`~tether.brokers.base.Broker` over one Redis server.
+
+    ``url``: ``redis://host:port/db``. ``command_timeout``: seconds before a command is
+    failed as unavailable. ``meta_ttl``: seconds a stream's offset and epoch outlive its
+    latest publish.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tether",
+        meta_ttl: float = 86400,
+        command_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+    ) -> None:
+        self.url = url
+        self._prefix = prefix
+        self._meta_ttl_ms = int(meta_ttl * 1000)
+        self._timeout = command_timeout
+        self._connect_timeout = connect_timeout
+        self._redis = Redis.from_url(
+            url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=command_timeout,
+            socket_connect_timeout=connect_timeout,
+        )
+        self._publish_script = self._redis.register_script(_PUBLISH)
+        self._history_script = self._redis.register_script(_HISTORY)
+        self._handler: BrokerEventHandler | None = None
+        self._channels: set[str] = set()
+        self._conn: Connection | None = None
+        self._pongs: deque[asyncio.Future[None]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self.outages = 0
+        """How many times the subscriber connection was lost (for metrics and tests)."""
+
+    # -- keys -------------------------------------------------------------------------
+
+    def _meta_key(self, channel: str) -> str:
+        return f"{self._prefix}.meta.{{{channel}}}"
+
+    def _history_key(self, channel: str) -> str:
+        return f"{self._prefix}.history.{{{channel}}}"
+
+    def _idem_key(self, channel: str, key: str) -> str:
+        return f"{self._prefix}.idem.{{{channel}}}.{key}"
+
+    def _pubsub_channel(self, channel: str) -> str:
+        return f"{self._prefix}.ch.{channel}"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """True while the subscriber connection is up (the node can hear publications)."""
+        return self._connected.is_set()
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Start the subscriber connection. Waits up to the connect timeout for it; a Redis
+        that is down does not fail the start (the node reports not ready until it is up)."""
+        self._handler = handler
+        self._reader = asyncio.get_running_loop().create_task(
+            self._run_subscriber(), name="redis-subscriber"
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), self._connect_timeout * 2)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._drop_connection()
+        await self._redis.aclose()
+        self._handler = None
+
+    async def _drop_connection(self) -> None:
+        self._connected.clear()
+        conn, self._conn = self._conn, None
+        while self._pongs:
+            fut = self._pongs.popleft()
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable("redis subscriber connection lost"))
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
+    async def _run_subscriber(self) -> None:
+        delay = 0.05
+        first = True
+        while not self._closing:
+            try:
+                conn = Connection(
+                    **parse_url(self.url),
+                    protocol=2,  # pub/sub messages as plain arrays, read in order with replies
+                    socket_connect_timeout=self._connect_timeout,
+                    retry=Retry(NoBackoff(), 0),
+                )
+                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+                self._conn = conn
+                channels = set(self._channels)
+                if channels:
+                    await conn.send_command(
+                        "SUBSCRIBE", *(self._pubsub_channel(c) for c in channels)
+                    )
+                self._connected.set()
+                if not first:
+                    log.warning(
+                        "redis subscriber reconnected", url=self.url, channels=len(channels)
+                    )
+                    if self._handler is not None:
+                        self._handler.on_resync(channels)
+                first = False
+                delay = 0.05
+                await self._read_loop(conn)
+            except asyncio.CancelledError:
+                raise
+            except (*_UNAVAILABLE, RedisError) as exc:
+                if self._connected.is_set() or first:
+                    self.outages += 1
+                    log.error(
+                        "redis subscriber connection lost; node is deaf until it is back",
+                        url=self.url,
+                        error=str(exc),
+                    )
+                first = False
+                await self._drop_connection()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    async def _read_loop(self, conn: Connection) -> None:
+        prefix = f"{self._prefix}.ch."
+        cut = len(prefix)
+        while True:
+            response: Any = await conn.read_response(timeout=math.inf)
+            kind = response[0]
+            if kind == b"message":
+                self._dispatch(response[1][cut:].decode(), response[2])
+            elif kind == b"pong" and self._pongs:
+                fut = self._pongs.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+            # subscribe / unsubscribe confirmations need no action
+
+    def _dispatch(self, channel: str, message: bytes) -> None:
+        handler = self._handler
+        if handler is None:
+            return
+        kind = message[:1]
+        if kind == b"p":
+            space = message.index(b" ")
+            publication = _pub_decoder.decode(message[space + 1 :])
+            publication.offset = int(message[1:space])
+            handler.on_publication(channel, publication)
+        elif kind == b"j":
+            handler.on_join(channel, _info_decoder.decode(message[1:]))
+        elif kind == b"l":
+            handler.on_leave(channel, _info_decoder.decode(message[1:]))
+
+    async def _barrier(self) -> None:
+        """Wait until the subscriber connection has handed over everything Redis sent it
+        before now (a PING answered in order after all earlier messages)."""
+        conn = self._conn
+        if conn is None:
+            raise BrokerUnavailable("redis subscriber connection is down")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pongs.append(fut)
+        try:
+            await conn.send_command("PING")
+            await asyncio.wait_for(asyncio.shield(fut), self._timeout)
+        except (*_UNAVAILABLE, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis subscriber: {exc}") from None
+
+    # -- Broker -----------------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        conn = self._conn
+        if conn is None:
+            raise BrokerUnavailable("redis subscriber connection is down")
+        try:
+            await conn.send_command("SUBSCRIBE", self._pubsub_channel(channel))
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis subscribe: {exc}") from None
+        await self._barrier()
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        conn = self._conn
+        if conn is None:
+            return  # resubscription after the reconnect leaves it out
+        try:
+            await conn.send_command("UNSUBSCRIBE", self._pubsub_channel(channel))
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis unsubscribe: {exc}") from None
+
+    async def publish(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> PublishResult:
+        idempotent = bool(options.idempotency_key)
+        meta = self._meta_key(channel)
+        keys = [
+            self._history_key(channel),
+            meta,
+            self._idem_key(channel, options.idempotency_key) if idempotent else meta,
+        ]
+        args: list[bytes | str | int] = [
+            self._pubsub_channel(channel),
+            _encoder.encode(publication),
+            options.history_size,
+            max(1, int(options.history_ttl * 1000)),
+            max(self._meta_ttl_ms, int(options.history_ttl * 1000)),
+            secrets.token_hex(4),
+            max(1, int(options.idempotency_ttl * 1000)),
+            "1" if idempotent else "0",
+        ]
+        try:
+            result, duplicate = await self._publish_script(keys=keys, args=args)
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis publish: {exc}") from None
+        offset, _, epoch = result.decode().partition(" ")
+        return PublishResult(StreamPosition(int(offset), epoch), duplicate=bool(duplicate))
+
+    async def _publish_control(self, channel: str, kind: bytes, info: ClientInfo) -> None:
+        try:
+            await self._redis.publish(self._pubsub_channel(channel), kind + _encoder.encode(info))
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis publish: {exc}") from None
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_control(channel, b"j", info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_control(channel, b"l", info)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+    ) -> HistoryPage:
+        try:
+            top_raw, epoch_raw, items = await self._history_script(
+                keys=[self._history_key(channel), self._meta_key(channel)],
+                args=[secrets.token_hex(4), self._meta_ttl_ms],
+            )
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis history: {exc}") from None
+        top = StreamPosition(int(top_raw), epoch_raw.decode())
+        if channel in self._channels:
+            await self._barrier()  # never run ahead of delivery (Broker contract)
+        publications = []
+        for item in items:
+            space = item.index(b" ")
+            publication = _pub_decoder.decode(item[space + 1 :])
+            publication.offset = int(item[:space])
+            publications.append(publication)
+        if since is not None:
+            first = publications[0].offset if publications else top.offset + 1
+            if since.epoch != top.epoch or since.offset > top.offset:
+                raise UnrecoverablePosition("position is not in the stream (other epoch)")
+            if since.offset + 1 < first:
+                raise UnrecoverablePosition("publications after the position are gone")
+            publications = [p for p in publications if p.offset > since.offset]
+        if reverse:
+            publications.reverse()
+        if limit >= 0:
+            publications = publications[:limit]
+        return HistoryPage(publications, top)
+
+    async def remove_history(self, channel: str) -> None:
+        try:
+            await self._redis.delete(self._history_key(channel))
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis history_remove: {exc}") from None
+
+    async def channels(self) -> set[str]:
+        prefix = f"{self._prefix}.ch."
+        try:
+            names = await self._redis.pubsub_channels(f"{prefix}*")
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis channels: {exc}") from None
+        return {(n.decode() if isinstance(n, bytes) else n)[len(prefix) :] for n in names}
+
+
+class RedisPresenceStore:
+    """:class:`~tether.brokers.base.PresenceStore` in Redis: a hash of entries and a sorted
+    set of their expiry times per channel. Entries not refreshed within ``ttl`` seconds
+    vanish, so the clients of a dead node disappear from presence."""
+
+    _GET = """
+    -- KEYS: 1 entries hash, 2 expiry zset.  ARGV: 1 now ms
+    local expired = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[1])
+    if #expired > 0 then
+      redis.call("zremrangebyscore", KEYS[2], "-inf", ARGV[1])
+      redis.call("hdel", KEYS[1], unpack(expired))
+    end
+    return redis.call("hgetall", KEYS[1])
+    """
+
+    def __init__(
+        self, url: str, *, prefix: str = "tether", ttl: float = 60, command_timeout: float = 2.0
+    ) -> None:
+        self.ttl: float | None = ttl
+        self._ttl_ms = int(ttl * 1000)
+        self._prefix = prefix
+        self._redis = Redis.from_url(
+            url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=command_timeout,
+            socket_connect_timeout=command_timeout,
+        )
+        self._get_script = self._redis.register_script(self._GET)
+
+    def _keys(self, channel: str) -> tuple[str, str]:
+        return (
+            f"{self._prefix}.presence.{{{channel}}}",
+            f"{self._prefix}.presence.exp.{{{channel}}}",
+        )
+
+    async def _now_ms(self) -> int:
+        seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def add(self, channel: str, client_id: str, info: ClientInfo) -> None:
+        entries, expiry = self._keys(channel)
+        try:
+            now = await self._now_ms()
+            ttl_ms = self._ttl_ms
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(entries, client_id, _encoder.encode(info))
+                pipe.zadd(expiry, {client_id: now + ttl_ms})
+                pipe.pexpire(entries, ttl_ms)
+                pipe.pexpire(expiry, ttl_ms)
+                await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis presence: {exc}") from None
+
+    async def remove(self, channel: str, client_id: str) -> None:
+        entries, expiry = self._keys(channel)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(entries, client_id)
+                pipe.zrem(expiry, client_id)
+                await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis presence: {exc}") from None
+
+    async def get(self, channel: str) -> dict[str, ClientInfo]:
+        entries, expiry = self._keys(channel)
+        try:
+            raw = await self._get_script(keys=[entries, expiry], args=[await self._now_ms()])
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis presence: {exc}") from None
+        pairs = iter(raw)
+        return {k.decode(): _info_decoder.decode(v) for k, v in zip(pairs, pairs, strict=True)}
+
+    async def stats(self, channel: str) -> tuple[int, int]:
+        entries = await self.get(channel)
+        return len(entries), len({info.user for info in entries.values()})
+
+    async def close(self) -> None:
+        await self._redis.aclose()
