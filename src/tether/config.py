@@ -43,6 +43,12 @@ class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Any connected client may subscribe without a subscription token."""
     allow_history: bool = False
     """Subscribers may call history, presence and presence_stats from the client."""
+    lane: str = "standard"
+    """Event class: ``critical`` (never dropped, sent first), ``standard``, or ``ephemeral``
+    (typing, cursors: coalesced or dropped under pressure, never stored in history)."""
+
+
+LANES = ("critical", "standard", "ephemeral")
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -59,12 +65,26 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ping_interval: int = 25
     pong_timeout: int = 8
     connect_timeout: float = 10
+    expired_close_delay: float = 25
     max_message_size: int = 65536
     max_commands_per_frame: int = 100
     max_subscriptions: int = 128
     max_channel_length: int = 255
     max_presence_entries: int = 1000
     outbound_queue_bytes: int = 1 << 20
+    ephemeral_queue_bytes: int = 64 << 10
+    lane_publish_limits: dict[str, int] = msgspec.field(
+        default_factory=lambda: {"critical": 10000, "standard": 5000, "ephemeral": 1000}
+    )
+    client_publish_rate: float = 50
+    client_publish_burst: int = 100
+    max_connections: int = 100000
+    max_connects_per_second: float = 2000
+    max_connects_burst: int = 4000
+    max_connections_per_ip: int = 0
+    max_connections_per_user: int = 0
+    drain_window: float = 5
+    drain_timeout: float = 30
     recovery_max_publications: int = 300
     history_max_limit: int = 1000
     idempotency_ttl: float = 300
@@ -100,7 +120,7 @@ ENV_PREFIX = "TETHER_"
 _SCALAR_ENV = {
     name: f"{ENV_PREFIX}{name.upper()}"
     for name in Config.__struct_fields__
-    if name not in ("namespaces", "allowed_origins")
+    if name not in ("namespaces", "allowed_origins", "lane_publish_limits")
 }
 
 
@@ -125,14 +145,32 @@ def _validate(config: Config) -> None:
         "history_max_limit",
         "idempotency_ttl",
         "presence_ttl",
+        "ephemeral_queue_bytes",
+        "client_publish_rate",
+        "client_publish_burst",
+        "max_connections",
+        "max_connects_per_second",
+        "max_connects_burst",
+        "drain_timeout",
     )
     for key in positive:
         if getattr(config, key) <= 0:
             raise bad(key, "must be greater than 0")
     if config.pong_timeout >= config.ping_interval:
         raise bad("pong_timeout", "must be smaller than ping_interval")
+    if config.expired_close_delay < 0:
+        raise bad("expired_close_delay", "must be 0 or more")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise bad("log_level", "must be one of debug, info, warning, error")
+    for key in ("max_connections_per_ip", "max_connections_per_user", "drain_window"):
+        if getattr(config, key) < 0:
+            raise bad(key, "must be 0 (unlimited / immediate) or more")
+    for lane in LANES:
+        if config.lane_publish_limits.get(lane, 0) <= 0:
+            raise bad(f"lane_publish_limits.{lane}", "must be greater than 0")
+    for lane in config.lane_publish_limits:
+        if lane not in LANES:
+            raise bad(f"lane_publish_limits.{lane}", f"is not a lane (one of {', '.join(LANES)})")
     if config.broker not in ("memory", "redis"):
         raise bad("broker", "must be memory or redis")
     if config.broker == "redis" and not config.redis_url.startswith(
@@ -153,6 +191,10 @@ def _validate(config: Config) -> None:
             raise bad(where, "needs both history_size and history_ttl above 0, or neither")
         if ns.recover and ns.history_size == 0:
             raise bad(f"{where}.recover", "needs history (history_size and history_ttl)")
+        if ns.lane not in LANES:
+            raise bad(f"{where}.lane", f"must be one of {', '.join(LANES)}")
+        if ns.lane == "ephemeral" and ns.history_size > 0:
+            raise bad(f"{where}.lane", "ephemeral events are never stored: set history_size 0")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -170,8 +212,17 @@ def _convert(raw: dict[str, Any], *, from_env: bool) -> Config:
     try:
         return msgspec.convert(raw, Config, strict=not from_env)
     except msgspec.ValidationError as exc:
-        # msgspec says e.g. "Expected `int`, got `str` - at `$.namespaces.chat.history_size`"
+        # msgspec says e.g. "Expected `int`, got `str` - at `$.port`"
         text = str(exc).replace("$.", "")
+        # ...but hides dict keys ("at `namespaces[...].history_size`"): name the namespace.
+        namespaces = raw.get("namespaces")
+        if "namespaces[...]" in text and isinstance(namespaces, dict):
+            for name, options in namespaces.items():
+                try:
+                    msgspec.convert(options, NamespaceConfig, strict=not from_env)
+                except msgspec.ValidationError:
+                    text = text.replace("namespaces[...]", f"namespaces.{name}")
+                    break
         raise ConfigError(f"invalid config: {text}") from None
 
 
@@ -240,13 +291,28 @@ node_name = ""              # shown in info and connect replies; empty: hostname
 ping_interval = 25          # seconds between server pings ({}); announced to the client
 pong_timeout = 8            # seconds a client has to answer a ping (disconnect 3012)
 connect_timeout = 10        # seconds to send connect after the upgrade (disconnect 3502)
+expired_close_delay = 25    # seconds past a token's exp to refresh it before 3005/3006
 
 max_message_size = 65536    # bytes in one client frame (larger: close 1009)
 max_commands_per_frame = 100
 max_subscriptions = 128     # per connection (error 106)
 max_channel_length = 255    # characters (error 107)
 max_presence_entries = 1000 # presence replies larger than this: error 106
-outbound_queue_bytes = 1048576  # per connection; a client that falls behind this is slow (3008)
+outbound_queue_bytes = 1048576  # per connection, all lanes; over it the client is slow (3008)
+ephemeral_queue_bytes = 65536   # per connection, ephemeral lane; over it oldest are dropped
+client_publish_rate = 50    # publishes per second per connection (error 111 beyond)
+client_publish_burst = 100
+
+# Admission control (reconnection storms): beyond these a WebSocket upgrade gets
+# HTTP 503 with Retry-After, and SDKs back off with jitter. 0: unlimited.
+max_connections = 100000
+max_connects_per_second = 2000
+max_connects_burst = 4000
+max_connections_per_ip = 0
+max_connections_per_user = 0  # beyond it, connect gets error 111 (temporary)
+
+drain_window = 5            # seconds over which shutdown spreads its disconnects (3001)
+drain_timeout = 30          # seconds after which shutdown stops waiting
 
 recovery_max_publications = 300  # most publications returned by one recovery
 history_max_limit = 1000         # most publications returned by one history call
@@ -261,6 +327,13 @@ redis_url = "redis://127.0.0.1:6379/0"
 redis_prefix = "tether"     # prefix of every Redis key and pub/sub channel
 presence_ttl = 60           # seconds a presence entry outlives its node (redis broker)
 
+# Publishes accepted but not yet done, per lane; beyond it the API answers 429 with
+# Retry-After and clients get error 111, before any work is done.
+[lane_publish_limits]
+critical = 10000
+standard = 5000
+ephemeral = 1000
+
 # Channels "ns:name" take the options of [namespaces.ns]; channels without ":" use
 # [namespaces.default]. A channel whose namespace is not listed is unknown (error 102).
 [namespaces.default]
@@ -272,6 +345,7 @@ join_leave = false          # join/leave pushes
 allow_publish = false       # subscribers may publish
 allow_subscribe = false     # any connected client may subscribe without a subscription token
 allow_history = false       # subscribers may call history and presence
+lane = "standard"           # critical, standard or ephemeral (see docs/explanation/resilience.md)
 
 # [namespaces.chat]
 # history_size = 300

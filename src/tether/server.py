@@ -63,11 +63,20 @@ class Server:
             api=f"http://{config.host}:{self.http_port}/api",
         )
 
-    async def stop(self, code: int = DisconnectCode.SHUTDOWN) -> None:
-        """Stop accepting, close every client with ``code`` (reconnect), stop the ports."""
+    async def stop(self, code: int = DisconnectCode.SHUTDOWN, *, drain: bool = False) -> None:
+        """Stop accepting, close every client with ``code`` (reconnect advice), stop the
+        ports. With ``drain``, the disconnects are spread over ``drain_window`` seconds
+        (bounded by ``drain_timeout``); cancelling ``stop`` ends the drain at once."""
         self.node.closing = True
         if self._ws is not None:
             self._ws.close()
+        if drain:
+            try:
+                await asyncio.wait_for(
+                    self.node.drain(self.config.drain_window, code), self.config.drain_timeout
+                )
+            except TimeoutError:
+                log.warning("drain timed out; closing the remaining connections")
         await self.node.close(code)
         if self._http is not None:
             await self._http.cleanup()
@@ -77,13 +86,26 @@ class Server:
 
 
 async def run(config: Config) -> None:
-    """Run until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM; then drain (a second signal ends the drain at once)."""
     server = Server(config)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    draining: asyncio.Task[None] | None = None
+
+    def on_signal() -> None:
+        if draining is None:
+            stop.set()
+        else:
+            log.warning("second signal: closing the remaining connections now")
+            draining.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    log.info("signal received, shutting down")
-    await server.stop()
+    log.info("signal received, draining", window=config.drain_window)
+    draining = loop.create_task(server.stop(drain=True))
+    try:
+        await draining
+    except asyncio.CancelledError:
+        await server.stop()

@@ -22,6 +22,7 @@ import structlog
 from tether import __version__
 from tether.auth import verify_connection_token, verify_subscription_token
 from tether.config import NamespaceConfig
+from tether.core.outbound import OutboundQueue
 from tether.errors import (
     BrokerUnavailable,
     ClientError,
@@ -79,15 +80,12 @@ class Subscription:
     """Made by the server (token ``channels`` claim, API subscribe), not by the client."""
 
 
-class Client:
+class Client(OutboundQueue):
     __slots__ = (
         "__weakref__",
-        "_closing_code",
-        "_dirty",
         "_inbox",
-        "_out",
-        "_out_bytes",
-        "_paused",
+        "_pub_stamp",
+        "_pub_tokens",
         "_worker",
         "awaiting_pong",
         "conn_info",
@@ -102,6 +100,7 @@ class Client:
     )
 
     def __init__(self, node: Node, transport: ClientTransport) -> None:
+        super().__init__(node.queue_limits)
         self.node = node
         self.transport = transport
         self.id = str(uuid.uuid4())
@@ -112,60 +111,24 @@ class Client:
         self.expire_at: float | None = None
         self.connected_at = node.clock()
         self.awaiting_pong = False
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._dirty = False
-        self._paused = False
-        self._closing_code: int | None = None
+        self._pub_tokens = float(node.config.client_publish_burst)
+        self._pub_stamp = 0.0
         self._inbox: deque[Command] | None = None
         self._worker: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} {self.state.value}>"
 
-    # -- outbound ---------------------------------------------------------------------
-
-    def enqueue(self, frame: bytes) -> None:
-        """Queue one framed message. Never awaits. Over the byte bound the client is
-        closed as slow on the next tick (never here: the hub may be iterating)."""
-        if self._closing_code is not None:
-            return
-        size = self._out_bytes + len(frame)
-        if size > self.node.config.outbound_queue_bytes:
-            self._closing_code = DisconnectCode.SLOW
-            self.node.loop.call_soon(self._close_slow)
-            return
-        self._out.append(frame)
-        self._out_bytes = size
-        if not self._dirty and not self._paused:
-            self._dirty = True
-            self.node.flusher.mark(self)
+    # -- outbound (the queue itself is OutboundQueue) -----------------------------------
 
     def send(self, payload: bytes) -> None:
-        """Frame and queue one protocol message (a reply or a push to this client)."""
-        self.enqueue(self.node.frame(payload))
+        """Frame and queue one protocol message to this client (a reply or a push); it
+        goes before every lane."""
+        self.enqueue_urgent(self.node.frame(payload))
 
-    def flush(self) -> None:
-        self._dirty = False
-        if self._paused or not self._out:
-            return
-        out = self._out
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        self._out = []
-        self._out_bytes = 0
-
-    def pause_writing(self) -> None:
-        """The socket's buffer is full: keep queueing (up to the bound) without writing."""
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._out and not self._dirty:
-            self._dirty = True
-            self.node.flusher.mark(self)
-
-    def _close_slow(self) -> None:
-        self._closing_code = None
+    def _on_slow(self) -> None:
+        log.info("slow client disconnected", client=self.id, user=self.user)
+        self._stopped = False  # let close() flush nothing more but run normally
         self.close(DisconnectCode.SLOW)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -179,6 +142,7 @@ class Client:
         self._release()
         if code != DisconnectCode.SLOW:
             self.flush()
+        self.stop_queue()
         self.transport.close(code, reason)
 
     def on_transport_closed(self) -> None:
@@ -189,7 +153,6 @@ class Client:
         if self.state is ConnectionState.CLOSED:
             return
         self.state = advance(self.state, ConnectionState.CLOSED)
-        self._closing_code = DisconnectCode.CONNECTION_CLOSED
         worker = self._worker
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
@@ -333,6 +296,7 @@ class Client:
 
     async def _connect(self, request: ConnectRequest, cid: int) -> None:
         user, expire_at, info, channels = self._verify_connect_token(request.token)
+        self.node.check_user_limit(user)
         self.user = user
         self.expire_at = expire_at
         self.conn_info = msgspec.Raw(info) if info is not None else None
@@ -466,7 +430,7 @@ class Client:
         if sub is None or self.state is ConnectionState.CLOSED:
             return
         sub.live = True
-        self.node.hub.go_live(channel, self, after_offset=after_offset)
+        self.node.hub.go_live(channel, self, after_offset=after_offset, lane=sub.namespace.lane)
 
     def unsubscribe(self, channel: str) -> None:
         """Leave ``channel`` (no error if not subscribed, as in the protocol)."""
@@ -490,7 +454,26 @@ class Client:
         sub = self.subs.get(request.channel)
         if not ns.allow_publish or sub is None:
             raise ClientError(ErrorCode.PERMISSION_DENIED)
-        await self.node.publish(request.channel, bytes(request.data), info=sub.info)
+        self._take_publish_token()
+        # An ephemeral publication (a cursor, a typing flag) from one client replaces
+        # that client's previous one in a slow reader's queue.
+        await self.node.publish(
+            request.channel, bytes(request.data), info=sub.info, coalesce_key=self.id
+        )
+
+    def _take_publish_token(self) -> None:
+        """Per-connection publish rate limit (token bucket): error 111 beyond it."""
+        config = self.node.config
+        now = self.node.clock()
+        tokens = min(
+            float(config.client_publish_burst),
+            self._pub_tokens + (now - self._pub_stamp) * config.client_publish_rate,
+        )
+        self._pub_stamp = now
+        if tokens < 1:
+            self._pub_tokens = tokens
+            raise ClientError(ErrorCode.TOO_MANY_REQUESTS, "publish rate limit")
+        self._pub_tokens = tokens - 1
 
     def _check_read_access(self, channel: str) -> NamespaceConfig:
         ns = self.node.namespace(channel)

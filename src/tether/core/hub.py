@@ -1,7 +1,8 @@
 """Channel -> local subscribers, and the fan-out hot path.
 
 A publication is encoded once, framed once, and the same ``bytes`` object is appended to
-every live subscriber's outbound queue: no await, no per-subscriber encoding. Subscribers
+every live subscriber's outbound queue, in the channel's lane (see
+:mod:`tether.core.outbound`): no await, no per-subscriber encoding. Subscribers
 that are still being set up (their subscribe reply not yet sent) are *pending*: they
 collect ``(offset, frame)`` pairs instead, which :meth:`Hub.go_live` replays after the
 reply, skipping every offset the reply already carried. That is how the recovery invariant
@@ -11,7 +12,7 @@ see docs/explanation/recovery.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from tether.protocol import codec
@@ -29,7 +30,7 @@ class Hub:
     def __init__(self, frame: Framer) -> None:
         self._frame = frame
         self._live: dict[str, dict[Client, None]] = {}
-        self._pending: dict[str, dict[Client, list[tuple[int, bytes]]]] = {}
+        self._pending: dict[str, dict[Client, list[tuple[int, bytes, Hashable]]]] = {}
         self.publications = 0
         self.deliveries = 0
 
@@ -45,7 +46,7 @@ class Hub:
         self._pending.setdefault(channel, {})[client] = []
         return first
 
-    def go_live(self, channel: str, client: Client, *, after_offset: int) -> None:
+    def go_live(self, channel: str, client: Client, *, after_offset: int, lane: str) -> None:
         """Move ``client`` from pending to live, first enqueuing what was buffered with an
         offset above ``after_offset`` (publications of channels without history, offset 0,
         are all replayed)."""
@@ -53,9 +54,9 @@ class Hub:
         buffered = pending.pop(client, []) if pending is not None else []
         if pending is not None and not pending:
             del self._pending[channel]
-        for offset, frame in buffered:
+        for offset, frame, key in buffered:
             if offset == 0 or offset > after_offset:
-                client.enqueue(frame)
+                _enqueue(client, frame, lane, key)
         self._live.setdefault(channel, {})[client] = None
 
     def remove(self, channel: str, client: Client) -> bool:
@@ -80,27 +81,51 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------
 
-    def broadcast_publication(self, channel: str, publication: Publication) -> None:
-        self._broadcast(
-            channel, codec.encode_publication_push(channel, publication), publication.offset
-        )
+    def broadcast_publication(
+        self, channel: str, publication: Publication, lane: str, key: Hashable = None
+    ) -> None:
+        """Deliver a publication to every local subscriber, in ``lane``. ``key`` coalesces
+        ephemeral frames (None: this frame coalesces with nothing)."""
+        payload = codec.encode_publication_push(channel, publication)
+        self._broadcast(channel, payload, publication.offset, lane, key)
         self.publications += 1
 
-    def broadcast_push(self, channel: str, push: Push) -> None:
+    def broadcast_push(self, channel: str, push: Push, lane: str) -> None:
         """A push that is not a publication (join, leave): offset 0, never deduplicated."""
-        self._broadcast(channel, codec.encode_push(push), 0)
+        self._broadcast(channel, codec.encode_push(push), 0, lane, None)
 
-    def _broadcast(self, channel: str, payload: bytes, offset: int) -> None:
+    def _broadcast(
+        self, channel: str, payload: bytes, offset: int, lane: str, key: Hashable
+    ) -> None:
         live = self._live.get(channel)
         pending = self._pending.get(channel)
         if live is None and pending is None:
             return
         frame = self._frame(payload)
+        if key is None:
+            key = object()  # unique: coalesces with nothing
         if live:
-            for client in live:
-                client.enqueue(frame)
+            # One loop per lane, so the per-delivery work is a single method call.
+            if lane == "standard":
+                for client in live:
+                    client.enqueue(frame)
+            elif lane == "critical":
+                for client in live:
+                    client.enqueue_urgent(frame)
+            else:
+                for client in live:
+                    client.enqueue_ephemeral(frame, key)
             self.deliveries += len(live)
         if pending:
-            entry = (offset, frame)
+            entry = (offset, frame, key)
             for buffer in pending.values():
                 buffer.append(entry)
+
+
+def _enqueue(client: Client, frame: bytes, lane: str, key: Hashable) -> None:
+    if lane == "standard":
+        client.enqueue(frame)
+    elif lane == "critical":
+        client.enqueue_urgent(frame)
+    else:
+        client.enqueue_ephemeral(frame, key)

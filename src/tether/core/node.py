@@ -21,10 +21,12 @@ import structlog
 
 from tether import __version__
 from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishResult, StreamPosition
-from tether.config import Config, NamespaceConfig
+from tether.config import LANES, Config, NamespaceConfig
+from tether.core.admission import Admission
 from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
 from tether.core.hub import Framer, Hub
-from tether.core.recovery import recover
+from tether.core.outbound import QueueLimits
+from tether.core.recovery import RecoveryCache, recover
 from tether.core.transport import ClientTransport, Flusher
 from tether.errors import BrokerUnavailable, ClientError
 from tether.protocol import codec
@@ -49,6 +51,9 @@ from tether.protocol.session import ConnectionState
 
 log = structlog.get_logger("tether.node")
 
+COALESCE_TAG = "coalesce_key"
+"""Publication tag carrying an ephemeral publication's coalescing key."""
+
 
 class Node:
     def __init__(
@@ -67,11 +72,22 @@ class Node:
         self.clock = clock
         self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
         self.hub = Hub(frame)
+        self.recovery = RecoveryCache(broker, clock)
         self.clients: dict[str, Client] = {}
         self.users: dict[str, dict[Client, None]] = {}
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flusher: Flusher | None = None
+        self._queue_limits: QueueLimits | None = None
+        self.admission = Admission(
+            max_connections=config.max_connections,
+            connects_per_second=config.max_connects_per_second,
+            connects_burst=config.max_connects_burst,
+            max_per_ip=config.max_connections_per_ip,
+            clock=clock,
+        )
+        self._inflight = dict.fromkeys(LANES, 0)
+        self.shed = dict.fromkeys(LANES, 0)
+        """Publishes refused per lane because the lane was saturated."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._connecting: dict[Client, None] = {}
@@ -92,13 +108,19 @@ class Node:
         return self._loop
 
     @property
-    def flusher(self) -> Flusher:
-        assert self._flusher is not None, "node not started"
-        return self._flusher
+    def queue_limits(self) -> QueueLimits:
+        """What every client's outbound queue shares (bounds, the flusher, counters)."""
+        assert self._queue_limits is not None, "node not started"
+        return self._queue_limits
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._flusher = Flusher(self._loop.call_soon)
+        self._loop = loop = asyncio.get_running_loop()
+        self._queue_limits = QueueLimits(
+            max_bytes=self.config.outbound_queue_bytes,
+            max_ephemeral_bytes=self.config.ephemeral_queue_bytes,
+            flusher=Flusher(loop.call_soon),
+            call_soon=loop.call_soon,
+        )
         await self.broker.start(self)
         self.spawn(self._housekeeping(), "housekeeping")
         if self.presence_store.ttl is not None:
@@ -117,6 +139,27 @@ class Node:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.broker.close()
         await self.presence_store.close()
+
+    async def drain(self, window: float, code: int = DisconnectCode.SHUTDOWN) -> None:
+        """Graceful drain: stop accepting (``ready`` turns false, upgrades get 503), then
+        close every client with ``code`` (3001: reconnect elsewhere), flushing what is
+        queued, in equal batches spread over ``window`` seconds so that the clients do not
+        all reconnect in the same instant. Cancel it to close the rest at once."""
+        self.closing = True
+        clients = list(self._connecting) + list(self.clients.values())
+        if not clients:
+            return
+        steps = max(1, min(len(clients), int(window * 20)))  # at most 20 batches a second
+        per_step = -(-len(clients) // steps)
+        try:
+            for start in range(0, len(clients), per_step):
+                for client in clients[start : start + per_step]:
+                    client.close(code)
+                if start + per_step < len(clients):
+                    await asyncio.sleep(window / steps)
+        finally:
+            for client in clients:
+                client.close(code)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the node owns: cancelled on close, failures logged with
@@ -138,6 +181,12 @@ class Node:
         client = Client(self, transport)
         self._connecting[client] = None
         return client
+
+    def check_user_limit(self, user: str) -> None:
+        """Raise ClientError(111, temporary) if ``user`` has all the connections allowed."""
+        limit = self.config.max_connections_per_user
+        if limit and len(self.users.get(user, ())) >= limit:
+            raise ClientError(ErrorCode.TOO_MANY_REQUESTS, "too many connections of this user")
 
     def register(self, client: Client) -> None:
         """``client`` completed connect."""
@@ -196,8 +245,12 @@ class Node:
         stale = [c for c in self._connecting if now - c.connected_at > config.connect_timeout]
         for client in stale:
             client.close(DisconnectCode.STALE)
-        wall = time.time()
-        while self._expiries and self._expiries[0][0] <= wall:
+        # The SDK refreshes when the reply's ttl (whole seconds, rounded down) runs out,
+        # with a token its backend has yet to mint: that refresh may land after `exp`.
+        # As Centrifugo does (client_expired_close_delay), close only once the grace
+        # has passed and no refresh moved the expiry.
+        deadline = time.time() - config.expired_close_delay
+        while self._expiries and self._expiries[0][0] <= deadline:
             expire_at, _, client, channel = heapq.heappop(self._expiries)
             if client.state is ConnectionState.CLOSED:
                 continue
@@ -266,7 +319,12 @@ class Node:
             if recoverable and request.recover:
                 since = StreamPosition(request.offset, request.epoch)
                 pubs, position, recovered = await recover(
-                    self.broker, channel, since, self.config.recovery_max_publications
+                    self.recovery,
+                    channel,
+                    since,
+                    cap=self.config.recovery_max_publications,
+                    size=ns.history_size,
+                    ttl=ns.history_ttl,
                 )
                 if not recovered and request.flag & FLAG_REJECT_UNRECOVERED:
                     raise ClientError(ErrorCode.UNRECOVERABLE_POSITION)
@@ -300,18 +358,30 @@ class Node:
         # Checked right before the call (same tick): a subscriber that arrived meanwhile
         # keeps the broker subscription.
         if not self.hub.has_local(channel):
+            self.recovery.drop(channel)
             await self.broker.unsubscribe(channel)
 
     # -- broker events (BrokerEventHandler) -------------------------------------------
 
+    def _lane(self, channel: str) -> str:
+        ns = self.config.namespace(namespace_of(channel))
+        return ns.lane if ns is not None else "standard"
+
     def on_publication(self, channel: str, publication: Publication) -> None:
-        self.hub.broadcast_publication(channel, publication)
+        self.recovery.on_publication(channel, publication)
+        lane = self._lane(channel)
+        key = None
+        if lane == "ephemeral" and publication.tags:
+            key = publication.tags.get(COALESCE_TAG)
+        self.hub.broadcast_publication(channel, publication, lane, key)
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
-        self.hub.broadcast_push(channel, Push(channel=channel, join=Join(info=info)))
+        push = Push(channel=channel, join=Join(info=info))
+        self.hub.broadcast_push(channel, push, self._lane(channel))
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
-        self.hub.broadcast_push(channel, Push(channel=channel, leave=Leave(info=info)))
+        push = Push(channel=channel, leave=Leave(info=info))
+        self.hub.broadcast_push(channel, push, self._lane(channel))
 
     def on_resync(self, channels: set[str]) -> None:
         """The broker may have missed publications of ``channels``: every local subscriber
@@ -321,6 +391,7 @@ class Node:
         with 3010 (insufficient state) and recovers on reconnect."""
         code = UnsubscribeCode.INSUFFICIENT_STATE
         for channel in channels:
+            self.recovery.drop(channel)
             push = Push(
                 channel=channel,
                 unsubscribe=Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code]),
@@ -353,11 +424,22 @@ class Node:
         idempotency_key: str = "",
         tags: dict[str, str] | None = None,
         skip_history: bool = False,
+        coalesce_key: str = "",
     ) -> PublishResult:
         """Publish raw JSON ``data``. Raises ClientError, BrokerUnavailable.
 
-        ``skip_history`` delivers without storing (offset 0, not recoverable)."""
+        ``skip_history`` delivers without storing (offset 0, not recoverable).
+        ``coalesce_key`` (ephemeral lane only): queued frames with the same key replace
+        each other, so a slow client gets the newest. Refused with error 111 (temporary)
+        before any work when the channel's lane already has its limit of publishes in
+        flight (load shedding)."""
         ns = self.namespace(channel)
+        lane = ns.lane
+        if self._inflight[lane] >= self.config.lane_publish_limits[lane]:
+            self.shed[lane] += 1
+            raise ClientError(ErrorCode.TOO_MANY_REQUESTS, f"{lane} lane is saturated")
+        if coalesce_key and lane == "ephemeral":
+            tags = {**(tags or {}), COALESCE_TAG: coalesce_key}
         publication = Publication(data=msgspec.Raw(data), info=info, tags=tags or None)
         options = PublishOptions(
             history_size=0 if skip_history else ns.history_size,
@@ -365,7 +447,11 @@ class Node:
             idempotency_key=idempotency_key,
             idempotency_ttl=self.config.idempotency_ttl,
         )
-        return await self.broker.publish(channel, publication, options)
+        self._inflight[lane] += 1
+        try:
+            return await self.broker.publish(channel, publication, options)
+        finally:
+            self._inflight[lane] -= 1
 
     async def history(
         self,
@@ -390,6 +476,7 @@ class Node:
 
     async def remove_history(self, channel: str) -> None:
         self.namespace(channel)
+        self.recovery.drop(channel)
         await self.broker.remove_history(channel)
 
     def _check_presence(self, channel: str) -> None:

@@ -11,20 +11,138 @@ Rules (protocol v2, and docs/explanation/recovery.md):
 
 from __future__ import annotations
 
-from tether.brokers.base import Broker, StreamPosition
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from tether.brokers.base import Broker, HistoryPage, StreamPosition
 from tether.errors import UnrecoverablePosition
 from tether.protocol.messages import Publication
 
 
 async def recover(
-    broker: Broker, channel: str, since: StreamPosition, cap: int
+    cache: RecoveryCache,
+    channel: str,
+    since: StreamPosition,
+    *,
+    cap: int,
+    size: int,
+    ttl: float,
 ) -> tuple[list[Publication], StreamPosition, bool]:
-    """Returns ``(publications, top position, recovered)``."""
+    """Returns ``(publications, top position, recovered)``. ``size``/``ttl`` are the
+    namespace's history options."""
     try:
-        page = await broker.history(channel, since=since, limit=cap + 1)
+        page = await cache.history(channel, size=size, ttl=ttl, since=since, limit=cap + 1)
     except UnrecoverablePosition:
-        page = await broker.history(channel, limit=0)
-        return [], page.position, False
+        return [], await cache.position(channel, size=size, ttl=ttl), False
     if len(page.publications) > cap:
         return [], page.position, False
     return page.publications, page.position, True
+
+
+class _Tail:
+    __slots__ = ("epoch", "expire_at", "publications", "top", "ttl")
+
+    def __init__(self, page: HistoryPage, size: int, ttl: float, now: float) -> None:
+        self.epoch = page.position.epoch
+        self.top = page.position.offset
+        self.publications: deque[Publication] = deque(page.publications, maxlen=size)
+        self.ttl = ttl
+        self.expire_at = now + ttl
+
+
+class RecoveryCache:
+    """The hot tail of the streams this node is subscribed to, for recovery storms.
+
+    When 10,000 clients of one channel reconnect at once, the first recovery reads the
+    stream from the broker and every other one waits for that read (single flight); later
+    ones read the tail kept here, which live delivery keeps current (``on_publication``).
+    A tail is only kept while the node is subscribed to the channel (so it hears every
+    publication); any gap, epoch change, resync or history removal drops it.
+
+    ``history`` has the broker's semantics, so :func:`recover` works on either.
+    """
+
+    def __init__(self, broker: Broker, clock: Callable[[], float]) -> None:
+        self._broker = broker
+        self._clock = clock
+        self._tails: dict[str, _Tail] = {}
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._heard: dict[str, list[Publication]] = {}
+        self.broker_reads = 0
+        """Stream reads that reached the broker (the rest were served here)."""
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        heard = self._heard.get(channel)
+        if heard is not None:  # a load is in flight: replay these on its result
+            heard.append(publication)
+        tail = self._tails.get(channel)
+        if tail is None or publication.offset == 0:
+            return
+        if publication.offset != tail.top + 1:
+            del self._tails[channel]  # a gap or a new epoch: the tail no longer holds
+            return
+        tail.top = publication.offset
+        tail.publications.append(publication)
+        tail.expire_at = self._clock() + tail.ttl
+
+    def drop(self, channel: str) -> None:
+        """Forget the tail (no local subscriber left, broker resync, history removed)."""
+        self._tails.pop(channel, None)
+
+    async def _load(self, channel: str, size: int, ttl: float) -> None:
+        if channel in self._loading:
+            await asyncio.shield(self._loading[channel])
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._loading[channel] = done
+        self._heard[channel] = []
+        try:
+            self.broker_reads += 1
+            page = await self._broker.history(channel, limit=-1)
+            tail = _Tail(page, size, ttl, self._clock())
+            for publication in self._heard[channel]:
+                if publication.offset > tail.top:
+                    if publication.offset != tail.top + 1:
+                        return  # a gap: serve nothing from the cache
+                    tail.top = publication.offset
+                    tail.publications.append(publication)
+            self._tails[channel] = tail
+        finally:
+            del self._loading[channel]
+            del self._heard[channel]
+            done.set_result(None)
+
+    async def position(self, channel: str, *, size: int, ttl: float) -> StreamPosition:
+        """The stream's top (from the tail when there is one)."""
+        tail = self._tails.get(channel)
+        if tail is None:
+            await self._load(channel, size, ttl)
+            tail = self._tails.get(channel)
+        if tail is not None:
+            return StreamPosition(tail.top, tail.epoch)
+        self.broker_reads += 1
+        return (await self._broker.history(channel, limit=0)).position
+
+    async def history(
+        self, channel: str, *, size: int, ttl: float, since: StreamPosition, limit: int
+    ) -> HistoryPage:
+        """The publications after ``since`` (at most ``limit``) and the stream's top.
+        Raises UnrecoverablePosition, BrokerUnavailable."""
+        tail = self._tails.get(channel)
+        if tail is None:
+            await self._load(channel, size, ttl)
+            tail = self._tails.get(channel)
+            if tail is None:  # the load saw a gap: read straight from the broker
+                self.broker_reads += 1
+                return await self._broker.history(channel, since=since, limit=limit)
+        if self._clock() >= tail.expire_at:
+            tail.publications.clear()  # the broker expired them too (history_ttl)
+        top = StreamPosition(tail.top, tail.epoch)
+        if since.epoch != tail.epoch or since.offset > tail.top:
+            raise UnrecoverablePosition("position is not in the stream (other epoch)")
+        first = tail.publications[0].offset if tail.publications else tail.top + 1
+        if since.offset + 1 < first:
+            raise UnrecoverablePosition("publications after the position are gone")
+        missed = [p for p in tail.publications if p.offset > since.offset][:limit]
+        return HistoryPage(missed, top)

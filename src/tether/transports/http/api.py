@@ -9,6 +9,8 @@ Answers, as Centrifugo does (so ``cent`` and other API clients work unchanged):
   method's shape (the message names the field);
 * 401 with error 101 without a valid API key (``X-API-Key: KEY`` or
   ``Authorization: apikey KEY``); 404 with error 104 for an unknown method;
+* 429 with ``Retry-After`` and error 111 (``temporary: true``) when the channel's lane has
+  too many publishes in flight: refused before any work (load shedding);
 * 503 with ``Retry-After`` and error 100 (``temporary: true``) when the broker is
   unavailable: nothing was published, the call may be retried with the same idempotency key.
 """
@@ -44,6 +46,8 @@ class PublishBody(_Body):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    coalesce_key: str = ""
+    """Tether extension (ephemeral lane): queued frames with the same key replace each other."""
 
 
 class BroadcastBody(_Body):
@@ -52,6 +56,7 @@ class BroadcastBody(_Body):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    coalesce_key: str = ""
 
 
 class UserChannelBody(_Body):
@@ -117,6 +122,7 @@ async def _publish(node: Node, body: PublishBody) -> dict[str, Any]:
         idempotency_key=body.idempotency_key,
         tags=body.tags,
         skip_history=body.skip_history,
+        coalesce_key=body.coalesce_key,
     )
     return {"offset": result.position.offset, "epoch": result.position.epoch}
 
@@ -131,6 +137,7 @@ async def _broadcast(node: Node, body: BroadcastBody) -> dict[str, Any]:
                 idempotency_key=body.idempotency_key,
                 tags=body.tags,
                 skip_history=body.skip_history,
+                coalesce_key=body.coalesce_key,
             )
         except ClientError as exc:
             responses.append({"error": {"code": int(exc.code), "message": exc.message}})
@@ -158,8 +165,11 @@ async def _disconnect(node: Node, body: DisconnectBody) -> dict[str, Any]:
     return {}
 
 
-async def _presence(node: Node, body: ChannelBody) -> Any:
-    return await node.presence(body.channel)
+async def _presence(node: Node, body: ChannelBody) -> dict[str, Any]:
+    result = await node.presence(body.channel)
+    # Spelled out: the struct omits an empty map, but API clients (cent) require the
+    # field even when nobody is subscribed.
+    return {"presence": result.presence}
 
 
 async def _presence_stats(node: Node, body: ChannelBody) -> Any:
@@ -277,7 +287,13 @@ async def handle_api(request: web.Request) -> web.Response:
     try:
         if method == "batch":
             return _json(await _batch(node, raw))
-        return _json(await call(node, method, raw))
+        answer = await call(node, method, raw)
+        error = answer.get("error")
+        if error is not None and error["code"] == ErrorCode.TOO_MANY_REQUESTS:
+            # Load shedding: refused before any work; retry after a pause.
+            error["temporary"] = True
+            return _json(answer, 429, headers={"Retry-After": "1"})
+        return _json(answer)
     except ApiError as exc:
         return _error(exc.status, exc.code, exc.message)
     except BrokerUnavailable as exc:

@@ -27,6 +27,7 @@ frame = wire.text_frame
 
 class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
+        "_admitted_ip",
         "_allowed_origins",
         "_client",
         "_handshake",
@@ -43,6 +44,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._handshake: bytes | None = b""
         self._parser: wire.FrameParser | None = None
         self._client: Client | None = None
+        self._admitted_ip: str | None = None
         self.remote = ""
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -83,6 +85,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._parser = None
+        if self._admitted_ip is not None:
+            self._node.admission.release(self._admitted_ip)
+            self._admitted_ip = None
         client, self._client = self._client, None
         if client is not None:
             client.on_transport_closed()
@@ -128,11 +133,12 @@ class WebSocketConnection(asyncio.Protocol):
         assert self._transport is not None
         buf = self._handshake + data
         end = buf.find(b"\r\n\r\n")
+        # The limit holds however the request was split into reads.
+        if (end < 0 and len(buf) > wire.MAX_HANDSHAKE_BYTES) or end > wire.MAX_HANDSHAKE_BYTES:
+            self._reject(431, "Request Header Fields Too Large")
+            return
         if end < 0:
-            if len(buf) > wire.MAX_HANDSHAKE_BYTES:
-                self._reject(431, "Request Header Fields Too Large")
-            else:
-                self._handshake = buf
+            self._handshake = buf
             return
         self._handshake = None
         try:
@@ -143,9 +149,14 @@ class WebSocketConnection(asyncio.Protocol):
             if origin and "*" not in self._allowed_origins and origin not in self._allowed_origins:
                 raise wire.HandshakeError(403, "Origin Not Allowed")
             if self._node.closing:
-                raise wire.HandshakeError(503, "Shutting Down")
+                raise wire.HandshakeError(503, "Shutting Down", retry_after=1)
+            ip = self.remote.rpartition(":")[0]
+            retry_after = self._node.admission.admit(ip)
+            if retry_after is not None:
+                raise wire.HandshakeError(503, "Too Many Connections", retry_after)
+            self._admitted_ip = ip
         except wire.HandshakeError as exc:
-            self._reject(exc.status, exc.reason)
+            self._reject(exc.status, exc.reason, exc.retry_after)
             return
         self._transport.write(wire.accept_response(request.key))
         self._parser = wire.FrameParser(self._node.config.max_message_size)
@@ -154,10 +165,10 @@ class WebSocketConnection(asyncio.Protocol):
         if rest:
             self.data_received(rest)
 
-    def _reject(self, status: int, reason: str) -> None:
+    def _reject(self, status: int, reason: str, retry_after: int | None = None) -> None:
         assert self._transport is not None
         self._handshake = None
-        self._transport.write(wire.reject_response(status, reason))
+        self._transport.write(wire.reject_response(status, reason, retry_after))
         self._transport.close()
 
 

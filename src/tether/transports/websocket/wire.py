@@ -39,11 +39,13 @@ class WebSocketError(Exception):
 
 
 class HandshakeError(Exception):
-    """The upgrade request is not acceptable; answer with ``status`` and close."""
+    """The upgrade request is not acceptable; answer with ``status`` and close.
+    ``retry_after``: seconds for a ``Retry-After`` header (admission control)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
         super().__init__(f"{status}: {reason}")
 
 
@@ -104,10 +106,11 @@ def accept_response(key: str) -> bytes:
     )
 
 
-def reject_response(status: int, reason: str) -> bytes:
+def reject_response(status: int, reason: str, retry_after: int | None = None) -> bytes:
     body = reason.encode()
+    retry = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n{retry}"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 
