@@ -23,9 +23,10 @@ log = structlog.get_logger("tether.server")
 def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
     """The broker and presence store the config names."""
     if config.broker == "redis":
+        from tether.brokers.guarded import GuardedBroker
         from tether.brokers.redis import RedisBroker, RedisPresenceStore
 
-        broker: Broker = RedisBroker(config.redis_url, prefix=config.redis_prefix)
+        broker: Broker = GuardedBroker(RedisBroker(config.redis_url, prefix=config.redis_prefix))
         presence: PresenceStore = RedisPresenceStore(
             config.redis_url, prefix=config.redis_prefix, ttl=config.presence_ttl
         )
