@@ -189,6 +189,14 @@ class OutboundQueue:
             self._dirty = True
             self._limits.flusher.mark(self)
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def stop_queue(self) -> None:
         """Accept nothing more (the connection is closing)."""
         self._stopped = True

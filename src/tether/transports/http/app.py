@@ -1,4 +1,5 @@
-"""The HTTP port: server API, health and readiness, the OpenAPI document, the demo page."""
+"""The HTTP port: server API, health and readiness, metrics, the OpenAPI document, the
+demo page."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from importlib import resources
 from aiohttp import web
 
 from tether.core.node import Node
-from tether.transports.http import api
+from tether.transports.http import api, metrics
 
 STATIC = resources.files("tether.transports.http") / "static"
 
@@ -45,6 +46,7 @@ def build_app(node: Node) -> web.Application:
     # The API body limit follows the client message limit, with room for batch calls.
     app = web.Application(client_max_size=max(node.config.max_message_size * 16, 1 << 20))
     api.add_routes(app, node)
+    metrics.add_routes(app, node)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/openapi.json", _openapi)
