@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tether.websocket")
 
 PATH = "/connection/websocket"
+CLOSE_TIMEOUT = 5.0
+"""Seconds a closing socket may take to flush before it is aborted (a peer that stopped
+reading would otherwise hold its buffers forever)."""
 frame = wire.text_frame
 """The framer of this transport: the node frames every message once with it."""
 
@@ -85,6 +88,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._parser = None
+        self._transport = None
         if self._admitted_ip is not None:
             self._node.admission.release(self._admitted_ip)
             self._admitted_ip = None
@@ -124,9 +128,14 @@ class WebSocketConnection(asyncio.Protocol):
             return
         transport.write(wire.close_frame(code, reason))
         transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
         client, self._client = self._client, None
         if client is not None:
             client.on_transport_closed()
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def _on_handshake_bytes(self, data: bytes) -> None:
         assert self._handshake is not None
