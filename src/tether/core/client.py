@@ -128,7 +128,6 @@ class Client(OutboundQueue):
 
     def _on_slow(self) -> None:
         log.info("slow client disconnected", client=self.id, user=self.user)
-        self._stopped = False  # let close() flush nothing more but run normally
         self.close(DisconnectCode.SLOW)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -141,7 +140,7 @@ class Client(OutboundQueue):
             reason = DISCONNECT_REASONS.get(code, "")  # type: ignore[call-overload]
         self._release()
         if code != DisconnectCode.SLOW:
-            self.flush()
+            self.flush(force=True)
         self.stop_queue()
         self.transport.close(code, reason)
 

@@ -1,8 +1,9 @@
 """Channel -> local subscribers, and the fan-out hot path.
 
-A publication is encoded once, framed once, and the same ``bytes`` object is appended to
-every live subscriber's outbound queue, in the channel's lane (see
-:mod:`tether.core.outbound`): no await, no per-subscriber encoding. Subscribers
+A publication is encoded once, framed once, and the same ``bytes`` object reaches every
+live subscriber's outbound queue, in the channel's lane, through a tick batch shared by all
+of them (see :mod:`tether.core.outbound`): no await, no per-subscriber encoding, and per
+subscriber one list append per tick however many publications the tick carried. Subscribers
 that are still being set up (their subscribe reply not yet sent) are *pending*: they
 collect ``(offset, frame)`` pairs instead, which :meth:`Hub.go_live` replays after the
 reply, skipping every offset the reply already carried. That is how the recovery invariant
@@ -25,12 +26,14 @@ Framer = Callable[[bytes], bytes]
 
 
 class Hub:
-    __slots__ = ("_frame", "_live", "_pending", "deliveries", "publications")
+    __slots__ = ("_batches", "_frame", "_live", "_pending", "deliveries", "publications")
 
     def __init__(self, frame: Framer) -> None:
         self._frame = frame
         self._live: dict[str, dict[Client, None]] = {}
         self._pending: dict[str, dict[Client, list[tuple[int, bytes, Hashable]]]] = {}
+        # channel -> this tick's batch of frames, shared by all its live subscribers
+        self._batches: dict[str, list[bytes]] = {}
         self.publications = 0
         self.deliveries = 0
 
@@ -57,6 +60,9 @@ class Hub:
         for offset, frame, key in buffered:
             if offset == 0 or offset > after_offset:
                 _enqueue(client, frame, lane, key)
+        # The channel's current batch was attached before this client was live: later
+        # frames of this tick go to a new batch that it shares too.
+        self._batches.pop(channel, None)
         self._live.setdefault(channel, {})[client] = None
 
     def remove(self, channel: str, client: Client) -> bool:
@@ -81,6 +87,11 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------
 
+    def end_tick(self) -> None:
+        """Close this tick's batches (the Flusher calls it before flushing): the next
+        publication of a channel starts a new batch."""
+        self._batches.clear()
+
     def broadcast_publication(
         self, channel: str, publication: Publication, lane: str, key: Hashable = None
     ) -> None:
@@ -102,20 +113,26 @@ class Hub:
         if live is None and pending is None:
             return
         frame = self._frame(payload)
-        if key is None:
-            key = object()  # unique: coalesces with nothing
         if live:
-            # One loop per lane, so the per-delivery work is a single method call.
-            if lane == "standard":
-                for client in live:
-                    client.enqueue(frame)
-            elif lane == "critical":
-                for client in live:
-                    client.enqueue_urgent(frame)
-            else:
+            self.deliveries += len(live)
+            if lane == "ephemeral":
+                # Coalescing is per connection: no shared batch.
+                if key is None:
+                    key = object()  # unique: coalesces with nothing
                 for client in live:
                     client.enqueue_ephemeral(frame, key)
-            self.deliveries += len(live)
+            else:
+                batch = self._batches.get(channel)
+                if batch is not None:
+                    batch.append(frame)  # every subscriber already holds this batch
+                else:
+                    batch = self._batches[channel] = [frame]
+                    if lane == "standard":
+                        for client in live:
+                            client.attach(batch)
+                    else:
+                        for client in live:
+                            client.attach_urgent(batch)
         if pending:
             entry = (offset, frame, key)
             for buffer in pending.values():
@@ -128,4 +145,4 @@ def _enqueue(client: Client, frame: bytes, lane: str, key: Hashable) -> None:
     elif lane == "critical":
         client.enqueue_urgent(frame)
     else:
-        client.enqueue_ephemeral(frame, key)
+        client.enqueue_ephemeral(frame, key if key is not None else object())

@@ -115,10 +115,12 @@ class Node:
 
     async def start(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
+        flusher = Flusher(loop.call_soon)
+        flusher.on_tick_end(self.hub.end_tick)
         self._queue_limits = QueueLimits(
             max_bytes=self.config.outbound_queue_bytes,
             max_ephemeral_bytes=self.config.ephemeral_queue_bytes,
-            flusher=Flusher(loop.call_soon),
+            flusher=flusher,
             call_soon=loop.call_soon,
         )
         await self.broker.start(self)

@@ -11,11 +11,19 @@ connection, each write sends, in this order:
 So a chat message (critical) is never queued behind a typing indicator, and within one
 channel order is kept (a channel has one lane).
 
-Bounds: all lanes together hold at most ``max_bytes``; the ephemeral lane at most
-``max_ephemeral_bytes``. When a frame does not fit, ephemeral frames are dropped first
-(oldest first, counted); a critical or standard frame that still does not fit makes the
-connection *slow*: it is closed with 3008 on the next tick (never inside fan-out) and
-catches up through recovery. Nothing here ever awaits.
+Tick batches (the fan-out hot path). During one loop tick the hub collects the frames of
+a channel in one shared list, a *batch*, and attaches that list once to each subscriber's
+queue (:meth:`OutboundQueue.attach`); later publications of the same channel in the same
+tick only append to the shared list. Per subscriber, a tick costs one append, however many
+publications it carried; the frames are copied once, into the single ``write`` of the flush.
+
+Bounds, checked at every flush: what is queued for a connection and not yet handed to its
+socket (held back while the socket buffer is full, plus this tick's frames) may not exceed
+``max_bytes``; the ephemeral lane holds at most ``max_ephemeral_bytes``. Ephemeral frames
+are dropped first (oldest first, counted); if critical or standard data still does not fit,
+the connection is *slow*: it is
+closed with 3008 on the next tick (never inside fan-out) and catches up through recovery.
+Nothing here ever awaits.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from tether.core.transport import ClientTransport, Flusher
+
+Item = bytes | list[bytes]
+"""A queued frame, or a tick batch of one channel's frames shared with other clients."""
 
 
 @dataclass(slots=True)
@@ -46,17 +57,26 @@ class QueueLimits:
     stats: QueueStats = field(default_factory=QueueStats)
 
 
+def _flatten(items: list[Item], into: list[bytes]) -> None:
+    for item in items:
+        if isinstance(item, bytes):
+            into.append(item)
+        else:
+            into.extend(item)
+
+
 class OutboundQueue:
     """Base of :class:`~tether.core.client.Client`: the queue half of a connection.
 
-    Subclasses provide ``transport`` (with ``write``) and :meth:`_on_slow`.
+    Subclasses provide ``transport`` and :meth:`_on_slow`.
     """
 
     __slots__ = (
-        "_bytes",
         "_dirty",
         "_eph",
         "_eph_bytes",
+        "_held",
+        "_held_bytes",
         "_limits",
         "_out",
         "_paused",
@@ -68,44 +88,55 @@ class OutboundQueue:
 
     def __init__(self, limits: QueueLimits) -> None:
         self._limits = limits
-        self._out: list[bytes] = []
-        self._urgent: list[bytes] | None = None
+        self._out: list[Item] = []
+        self._urgent: list[Item] | None = None
         self._eph: dict[Hashable, bytes] | None = None
-        self._bytes = 0
         self._eph_bytes = 0
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
         self._dirty = False
         self._paused = False
         self._stopped = False
 
-    # -- enqueue (never awaits) -------------------------------------------------------
-
-    def enqueue(self, frame: bytes) -> None:
-        """Queue a frame of the standard lane. The fan-out hot path: keep it lean."""
-        if self._stopped:
-            return
-        size = self._bytes + len(frame)
-        if size > self._limits.max_bytes and not self._make_room(len(frame)):
-            return
-        self._out.append(frame)
-        self._bytes += len(frame)
-        if not self._dirty and not self._paused:
+    def _mark(self) -> None:
+        if not self._dirty:
             self._dirty = True
             self._limits.flusher.mark(self)
+
+    # -- enqueue (never awaits) -------------------------------------------------------
+
+    def attach(self, batch: list[bytes]) -> None:
+        """Share a standard-lane tick batch: the hub keeps appending this tick's frames of
+        the channel to ``batch``. The fan-out hot path: one call per subscriber per tick."""
+        if not self._stopped:
+            self._out.append(batch)
+            if not self._dirty:
+                self._dirty = True
+                self._limits.flusher.mark(self)
+
+    def attach_urgent(self, batch: list[bytes]) -> None:
+        """Share a critical-lane tick batch (goes before every other lane)."""
+        if not self._stopped:
+            if self._urgent is None:
+                self._urgent = [batch]
+            else:
+                self._urgent.append(batch)
+            self._mark()
+
+    def enqueue(self, frame: bytes) -> None:
+        """Queue one frame of the standard lane."""
+        if not self._stopped:
+            self._out.append(frame)
+            self._mark()
 
     def enqueue_urgent(self, frame: bytes) -> None:
         """Queue a frame that goes before every lane: replies, pings, critical lane."""
-        if self._stopped:
-            return
-        if self._bytes + len(frame) > self._limits.max_bytes and not self._make_room(len(frame)):
-            return
-        if self._urgent is None:
-            self._urgent = [frame]
-        else:
-            self._urgent.append(frame)
-        self._bytes += len(frame)
-        if not self._dirty and not self._paused:
-            self._dirty = True
-            self._limits.flusher.mark(self)
+        if not self._stopped:
+            if self._urgent is None:
+                self._urgent = [frame]
+            else:
+                self._urgent.append(frame)
+            self._mark()
 
     def enqueue_ephemeral(self, frame: bytes, key: Hashable) -> None:
         """Queue an ephemeral frame; a queued frame with the same ``key`` is replaced
@@ -119,65 +150,76 @@ class OutboundQueue:
         old = eph.pop(key, None)
         if old is not None:
             self._eph_bytes -= len(old)
-            self._bytes -= len(old)
             limits.stats.ephemeral_coalesced += 1
         n = len(frame)
-        while eph and (
-            self._eph_bytes + n > limits.max_ephemeral_bytes or self._bytes + n > limits.max_bytes
-        ):
+        while eph and self._eph_bytes + n > limits.max_ephemeral_bytes:
             self._drop_oldest_ephemeral()
-        if n > limits.max_ephemeral_bytes or self._bytes + n > limits.max_bytes:
+        if n > limits.max_ephemeral_bytes:
             limits.stats.ephemeral_dropped += 1
             return
         eph[key] = frame
         self._eph_bytes += n
-        self._bytes += n
-        if not self._dirty and not self._paused:
-            self._dirty = True
-            limits.flusher.mark(self)
+        self._mark()
 
     def _drop_oldest_ephemeral(self) -> None:
         assert self._eph
-        oldest = next(iter(self._eph))
-        frame = self._eph.pop(oldest)
+        frame = self._eph.pop(next(iter(self._eph)))
         self._eph_bytes -= len(frame)
-        self._bytes -= len(frame)
         self._limits.stats.ephemeral_dropped += 1
-
-    def _make_room(self, needed: int) -> bool:
-        """Drop ephemeral frames until ``needed`` bytes fit; else mark the client slow."""
-        while self._eph and self._bytes + needed > self._limits.max_bytes:
-            self._drop_oldest_ephemeral()
-        if self._bytes + needed <= self._limits.max_bytes:
-            return True
-        self._stopped = True
-        self._limits.stats.slow_disconnects += 1
-        self._limits.call_soon(self._on_slow)
-        return False
-
-    def _on_slow(self) -> None:
-        raise NotImplementedError
 
     # -- flush ------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Write everything queued in one ``write`` (called once per tick by the Flusher)."""
+    def flush(self, *, force: bool = False) -> None:
+        """Write everything queued in one ``write`` (called once per tick by the Flusher).
+
+        Enforces the bounds first: ephemeral frames are dropped (oldest first) while the
+        total is over ``max_bytes``; if critical and standard data alone are over it, the
+        connection is slow. While the socket is paused, what is queued is held (joined
+        into one blob) instead of written; ``force`` writes anyway (a closing connection
+        hands its last data to the socket)."""
         self._dirty = False
-        if self._paused or not self._bytes:
+        if self._stopped:
             return
-        out = self._out
-        if self._urgent is not None or self._eph:
-            parts = self._urgent or []
-            parts.extend(out)
-            if self._eph:
-                parts.extend(self._eph.values())
-                self._eph = None
-                self._eph_bytes = 0
-            out = parts
+        parts: list[bytes] = []
+        if self._urgent is not None:
+            _flatten(self._urgent, parts)
             self._urgent = None
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        self._out = []
-        self._bytes = 0
+        if self._out:
+            _flatten(self._out, parts)
+            self._out = []
+        blob = b"".join(parts)
+        held = self._held_bytes + len(blob)
+        limits = self._limits
+        while self._eph and held + self._eph_bytes > limits.max_bytes:
+            self._drop_oldest_ephemeral()
+        if held > limits.max_bytes and not force:
+            self._stopped = True
+            self._held = None
+            limits.stats.slow_disconnects += 1
+            limits.call_soon(self._on_slow)
+            return
+        if self._paused and not force:
+            if blob:
+                if self._held is None:
+                    self._held = [blob]
+                else:
+                    self._held.append(blob)
+                self._held_bytes = held
+            return
+        out = self._held or []
+        if blob:
+            out.append(blob)
+        self._held = None
+        self._held_bytes = 0
+        if self._eph:
+            out.extend(self._eph.values())
+            self._eph = None
+            self._eph_bytes = 0
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _on_slow(self) -> None:
+        raise NotImplementedError
 
     def pause_writing(self) -> None:
         """The socket's buffer is full: keep queueing (within the bounds) without writing."""
@@ -185,13 +227,13 @@ class OutboundQueue:
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._bytes and not self._dirty:
-            self._dirty = True
-            self._limits.flusher.mark(self)
+        if self._held is not None or self._eph:
+            self._mark()
 
     @property
     def queued_bytes(self) -> int:
-        return self._bytes
+        """Bytes held back while the socket is paused (plus queued ephemeral frames)."""
+        return self._held_bytes + self._eph_bytes
 
     @property
     def paused(self) -> bool:

@@ -27,12 +27,17 @@ class Flusher:
     """Coalesces writes: every connection that got data during this loop tick is flushed
     once, with one ``write`` of everything queued for it, by a single scheduled callback."""
 
-    __slots__ = ("_call_soon", "_dirty", "_scheduled")
+    __slots__ = ("_call_soon", "_dirty", "_scheduled", "_tick_end")
 
     def __init__(self, call_soon: Callable[[Callable[[], None]], object]) -> None:
         self._dirty: list[Flushable] = []
         self._scheduled = False
         self._call_soon = call_soon
+        self._tick_end: list[Callable[[], None]] = []
+
+    def on_tick_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at the start of every flush (the hub closes its tick batches)."""
+        self._tick_end.append(callback)
 
     def mark(self, conn: Flushable) -> None:
         self._dirty.append(conn)
@@ -42,6 +47,8 @@ class Flusher:
 
     def _flush(self) -> None:
         self._scheduled = False
+        for callback in self._tick_end:
+            callback()
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
