@@ -180,17 +180,21 @@ Event = Message | Ping | Pong | Close
 class FrameParser:
     """Turns the client's byte stream into events. Holds no buffer while idle."""
 
-    __slots__ = ("_buf", "_fragment_text", "_fragments", "_fragments_size", "max_size")
+    __slots__ = ("_buf", "_closed", "_fragment_text", "_fragments", "_fragments_size", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._buf = b""
+        self._closed = False
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragment_text = False
 
     def feed(self, data: bytes) -> list[Event]:
-        """Parse what ``data`` completes. Raises :class:`WebSocketError`."""
+        """Parse what ``data`` completes. Raises :class:`WebSocketError`. After a close
+        frame nothing more is parsed (RFC 6455 5.5.1: no data follows a close)."""
+        if self._closed:
+            return []
         buf = self._buf + data if self._buf else data
         events: list[Event] = []
         pos = 0
@@ -229,6 +233,7 @@ class FrameParser:
                 events.append(event)
                 if isinstance(event, Close):
                     self._buf = b""
+                    self._closed = True
                     return events
         self._buf = buf[pos:] if pos < end else b""
         return events
