@@ -88,6 +88,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     recovery_max_publications: int = 300
     history_max_limit: int = 1000
     idempotency_ttl: float = 300
+    history_meta_ttl: float = 86400
     log_level: str = "info"
     log_format: str = "console"
     use_uvloop: bool = True
@@ -144,6 +145,7 @@ def _validate(config: Config) -> None:
         "recovery_max_publications",
         "history_max_limit",
         "idempotency_ttl",
+        "history_meta_ttl",
         "presence_ttl",
         "ephemeral_queue_bytes",
         "client_publish_rate",
@@ -317,6 +319,7 @@ drain_timeout = 30          # seconds after which shutdown stops waiting
 recovery_max_publications = 300  # most publications returned by one recovery
 history_max_limit = 1000         # most publications returned by one history call
 idempotency_ttl = 300            # seconds a publish idempotency key is remembered
+history_meta_ttl = 86400         # seconds a stream's offset/epoch outlive its last publish
 
 log_level = "info"          # debug, info, warning, error
 log_format = "console"      # console, json

@@ -26,12 +26,16 @@ def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
         from tether.brokers.guarded import GuardedBroker
         from tether.brokers.redis import RedisBroker, RedisPresenceStore
 
-        broker: Broker = GuardedBroker(RedisBroker(config.redis_url, prefix=config.redis_prefix))
+        broker: Broker = GuardedBroker(
+            RedisBroker(
+                config.redis_url, prefix=config.redis_prefix, meta_ttl=config.history_meta_ttl
+            )
+        )
         presence: PresenceStore = RedisPresenceStore(
             config.redis_url, prefix=config.redis_prefix, ttl=config.presence_ttl
         )
         return broker, presence
-    return MemoryBroker(), MemoryPresenceStore()
+    return MemoryBroker(meta_ttl=config.history_meta_ttl), MemoryPresenceStore()
 
 
 @dataclass

@@ -78,6 +78,8 @@ class Subscription:
     live: bool = False
     server_side: bool = False
     """Made by the server (token ``channels`` claim, API subscribe), not by the client."""
+    joined: bool = False
+    """A join was published for it, so leaving publishes a leave."""
 
 
 class Client(OutboundQueue):

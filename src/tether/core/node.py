@@ -343,6 +343,7 @@ class Node:
             await self.presence_store.add(channel, client.id, sub.info)
         if ns.join_leave:
             await self.broker.publish_join(channel, sub.info)
+            sub.joined = True
         return result, after
 
     def leave_channel(self, client: Client, sub: Subscription) -> None:
@@ -355,7 +356,7 @@ class Node:
         channel, ns = sub.channel, sub.namespace
         if ns.presence:
             await self.presence_store.remove(channel, client_id)
-        if ns.join_leave:
+        if sub.joined:  # never a leave for a subscribe that failed before its join
             await self.broker.publish_leave(channel, sub.info)
         # Checked right before the call (same tick): a subscriber that arrived meanwhile
         # keeps the broker subscription.

@@ -239,7 +239,7 @@ class EmptyResult(_Out):
 
 
 class PresenceResult(_Out):
-    presence: dict[str, ClientInfo] = {}
+    presence: dict[str, ClientInfo]  # required: always sent, even empty (SDKs expect it)
 
 
 class PresenceStatsResult(_Out):
