@@ -1,0 +1,267 @@
+// Drives the real `centrifuge` npm SDK against Tether; run by tests/integration/test_js_sdk.py.
+//
+//   node scenarios.mjs <scenario>
+//
+// Inputs (environment):
+//   TETHER_WS_URL      ws://127.0.0.1:PORT/connection/websocket (required)
+//   TETHER_TOKEN       connection token (may be empty)
+//   TETHER_CHANNEL     channel to subscribe to (scenarios that subscribe)
+//   TETHER_TIMEOUT_MS  overall deadline; past it the program prints {"event":"timeout"} and
+//                      exits 2 (default 20000)
+//   TETHER_GET_TOKEN   "1": install a getToken callback that asks the test for a fresh token
+//                      (prints {"event":"token_requested"}, waits for a `token` command)
+//   TETHER_PUBLISH     JSON array of payloads the `publish` scenario publishes, in order
+//   TETHER_PUBLISH_CHANNEL  channel the `publish_unsubscribed` scenario publishes to
+//
+// Output: one JSON object per line on stdout, {"event": NAME, ...}: what the SDK reported.
+// Input: one JSON object per line on stdin, from the test:
+//   {"cmd": "token", "token": "..."}   answer to a getToken request
+//   {"cmd": "stop"}                    disconnect, print {"event":"done"}, exit 0
+//
+// Scenarios:
+//   connect     connect only; runs until `stop` or until the client is disconnected for good
+//   subscribe   connect, subscribe to TETHER_CHANNEL, report everything; runs until `stop`
+//               or a terminal disconnect
+//   publish     connect, subscribe, publish TETHER_PUBLISH through the subscription (each
+//               result or error reported), then exit
+//   publish_unsubscribed   connect, publish one payload to TETHER_PUBLISH_CHANNEL without a
+//               subscription (client.publish), report the result or error, then exit
+//   read        connect, subscribe, then report presence, presence stats and history, exit
+//
+// Exit status: 0 scenario finished, 1 unexpected exception, 2 timeout.
+
+import { createInterface } from 'node:readline';
+import { Centrifuge } from 'centrifuge';
+import WebSocket from 'ws';
+
+const scenario = process.argv[2];
+const env = process.env;
+const url = required('TETHER_WS_URL');
+const channel = env.TETHER_CHANNEL || '';
+const timeoutMs = Number(env.TETHER_TIMEOUT_MS || 20000);
+
+function required(name) {
+  const value = env[name];
+  if (!value) {
+    emit('fatal', { message: `environment variable ${name} is required` });
+    process.exit(1);
+  }
+  return value;
+}
+
+function emit(event, fields = {}) {
+  // stdout is a pipe: writes are synchronous on Linux, so nothing is lost at exit.
+  process.stdout.write(JSON.stringify({ event, ...fields }) + '\n');
+}
+
+function errorFields(err) {
+  if (err && typeof err === 'object' && 'code' in err) {
+    return { code: err.code, message: err.message, temporary: err.temporary === true };
+  }
+  return { code: null, message: String(err) };
+}
+
+// -- commands from the test (stdin) ------------------------------------------------------
+
+const tokenWaiters = [];
+let client = null;
+
+let finishing = false;
+
+function finish(status) {
+  // disconnect() emits `disconnected`, which some scenarios answer with finish(): once only.
+  if (finishing) return;
+  finishing = true;
+  if (client !== null) {
+    client.disconnect();
+  }
+  emit('done', { status });
+  process.exit(status);
+}
+
+const stdin = createInterface({ input: process.stdin });
+stdin.on('line', (line) => {
+  if (!line.trim()) return;
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch (e) {
+    emit('fatal', { message: `bad command line: ${line}` });
+    process.exit(1);
+  }
+  if (cmd.cmd === 'token') {
+    const waiter = tokenWaiters.shift();
+    if (waiter) waiter(cmd.token);
+  } else if (cmd.cmd === 'stop') {
+    finish(0);
+  } else {
+    emit('fatal', { message: `unknown command: ${line}` });
+    process.exit(1);
+  }
+});
+// The test owns this process: if it goes away, so do we.
+stdin.on('close', () => finish(0));
+
+const deadline = setTimeout(() => {
+  emit('timeout', { scenario, after_ms: timeoutMs });
+  process.exit(2);
+}, timeoutMs);
+deadline.unref();
+
+process.on('unhandledRejection', (reason) => {
+  emit('fatal', { message: String(reason && reason.stack ? reason.stack : reason) });
+  process.exit(1);
+});
+process.on('uncaughtException', (err) => {
+  emit('fatal', { message: String(err && err.stack ? err.stack : err) });
+  process.exit(1);
+});
+
+// -- the SDK ---------------------------------------------------------------------------
+
+function newClient() {
+  const options = {
+    token: env.TETHER_TOKEN || '',
+    // Node 20 has no global WebSocket: the SDK needs the constructor passed in.
+    websocket: WebSocket,
+    minReconnectDelay: 200,
+    maxReconnectDelay: 1000,
+    timeout: 5000,
+    // No browser here: no online/offline events to listen to.
+    networkEventTarget: null,
+  };
+  if (env.TETHER_GET_TOKEN === '1') {
+    options.getToken = () =>
+      new Promise((resolve) => {
+        tokenWaiters.push(resolve);
+        emit('token_requested');
+      });
+  }
+  const c = new Centrifuge(url, options);
+  c.on('connecting', (ctx) => emit('connecting', { code: ctx.code, reason: ctx.reason }));
+  c.on('connected', (ctx) => emit('connected', { client: ctx.client, transport: ctx.transport }));
+  c.on('disconnected', (ctx) => emit('disconnected', { code: ctx.code, reason: ctx.reason }));
+  c.on('error', (ctx) => emit('error', { type: ctx.type, ...errorFields(ctx.error) }));
+  return c;
+}
+
+function newSubscription(c, name) {
+  const sub = c.newSubscription(name);
+  sub.on('subscribing', (ctx) =>
+    emit('subscribing', { channel: ctx.channel, code: ctx.code, reason: ctx.reason }),
+  );
+  sub.on('subscribed', (ctx) =>
+    emit('subscribed', {
+      channel: ctx.channel,
+      recoverable: ctx.recoverable,
+      positioned: ctx.positioned,
+      wasRecovering: ctx.wasRecovering,
+      recovered: ctx.recovered,
+      hasRecoveredPublications: ctx.hasRecoveredPublications,
+      streamPosition: ctx.streamPosition ?? null,
+    }),
+  );
+  sub.on('unsubscribed', (ctx) =>
+    emit('unsubscribed', { channel: ctx.channel, code: ctx.code, reason: ctx.reason }),
+  );
+  sub.on('publication', (ctx) =>
+    emit('publication', {
+      channel: ctx.channel,
+      offset: ctx.offset ?? null,
+      data: ctx.data,
+      user: ctx.info ? ctx.info.user : null,
+    }),
+  );
+  sub.on('join', (ctx) => emit('join', { channel: ctx.channel, user: ctx.info.user }));
+  sub.on('leave', (ctx) => emit('leave', { channel: ctx.channel, user: ctx.info.user }));
+  sub.on('error', (ctx) => emit('sub_error', { type: ctx.type, ...errorFields(ctx.error) }));
+  return sub;
+}
+
+function publicationFields(pub) {
+  return { offset: pub.offset ?? null, data: pub.data, user: pub.info ? pub.info.user : null };
+}
+
+async function attempt(event, fn) {
+  try {
+    emit(event, { ok: true, ...(await fn()) });
+  } catch (err) {
+    emit(event, { ok: false, error: errorFields(err) });
+  }
+}
+
+// -- scenarios -------------------------------------------------------------------------
+
+async function subscribed(c) {
+  const sub = newSubscription(c, required('TETHER_CHANNEL'));
+  sub.subscribe();
+  c.connect();
+  await sub.ready();
+  return sub;
+}
+
+const scenarios = {
+  connect(c) {
+    c.on('disconnected', () => finish(0));
+    c.connect();
+  },
+
+  async subscribe(c) {
+    c.on('disconnected', () => finish(0));
+    await subscribed(c);
+  },
+
+  async publish(c) {
+    const sub = await subscribed(c);
+    for (const data of JSON.parse(env.TETHER_PUBLISH || '[]')) {
+      await attempt('published', async () => {
+        await sub.publish(data);
+        return { data };
+      });
+    }
+    finish(0);
+  },
+
+  async publish_unsubscribed(c) {
+    c.connect();
+    await c.ready();
+    await attempt('published', async () => {
+      await c.publish(required('TETHER_PUBLISH_CHANNEL'), { text: 'not allowed' });
+      return {};
+    });
+    finish(0);
+  },
+
+  async read(c) {
+    const sub = await subscribed(c);
+    await attempt('presence', async () => {
+      const result = await sub.presence();
+      const clients = Object.values(result.clients).map((info) => ({
+        client: info.client,
+        user: info.user,
+      }));
+      return { clients };
+    });
+    await attempt('presence_stats', async () => {
+      const stats = await sub.presenceStats();
+      return { numClients: stats.numClients, numUsers: stats.numUsers };
+    });
+    await attempt('history', async () => {
+      const result = await sub.history({ limit: 100 });
+      return {
+        publications: result.publications.map(publicationFields),
+        offset: result.offset,
+        epoch: result.epoch,
+      };
+    });
+    finish(0);
+  },
+};
+
+const run = scenarios[scenario];
+if (run === undefined) {
+  emit('fatal', { message: `unknown scenario ${JSON.stringify(scenario)}` });
+  process.exit(1);
+}
+client = newClient();
+await run(client);
