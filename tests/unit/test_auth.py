@@ -1,0 +1,165 @@
+"""Connection and subscription tokens: HMAC JWTs with Centrifugo's claim names."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from tether.auth import (
+    mint_connection_token,
+    mint_subscription_token,
+    verify_connection_token,
+    verify_subscription_token,
+)
+from tether.errors import TokenError
+
+SECRET = "s" * 64  # long enough for HS512 (PyJWT warns below the hash size)
+OTHER_SECRET = "o" * 64
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def handmade_token(header: dict[str, Any], claims: dict[str, Any], secret: str = SECRET) -> str:
+    """A JWT signed with HMAC-SHA256 whatever its header says (to forge headers)."""
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def token(claims: dict[str, Any], *, secret: str = SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def rejection(token_text: str) -> TokenError:
+    with pytest.raises(TokenError) as info:
+        verify_connection_token(token_text, SECRET)
+    return info.value
+
+
+# -- accepted -----------------------------------------------------------------------------
+
+
+def test_minted_connection_token_verifies_to_its_user() -> None:
+    claims = verify_connection_token(mint_connection_token(SECRET, "alice"), SECRET)
+    assert claims.user == "alice"
+    assert claims.expire_at is None
+    assert claims.info is None
+    assert claims.channels == ()
+
+
+def test_token_with_ttl_expires_at_its_exp_claim() -> None:
+    before = int(time.time())
+    claims = verify_connection_token(mint_connection_token(SECRET, "alice", ttl=60), SECRET)
+    assert claims.expire_at is not None
+    assert before + 59 <= claims.expire_at <= int(time.time()) + 60
+
+
+def test_info_claim_is_kept_as_raw_json() -> None:
+    minted = mint_connection_token(SECRET, "alice", info={"name": "Alice", "tags": [1, 2]})
+    claims = verify_connection_token(minted, SECRET)
+    assert claims.info is not None
+    assert json.loads(claims.info) == {"name": "Alice", "tags": [1, 2]}
+
+
+def test_channels_claim_lists_server_side_subscriptions() -> None:
+    minted = mint_connection_token(SECRET, "alice", channels=["news", "chat:lobby"])
+    assert verify_connection_token(minted, SECRET).channels == ("news", "chat:lobby")
+
+
+def test_empty_user_is_a_valid_anonymous_user() -> None:
+    assert verify_connection_token(token({"sub": ""}), SECRET).user == ""
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+def test_every_hmac_algorithm_is_accepted(algorithm: str) -> None:
+    assert verify_connection_token(token({"sub": "u"}, algorithm=algorithm), SECRET).user == "u"
+
+
+def test_subscription_token_verifies_to_user_and_channel() -> None:
+    minted = mint_subscription_token(SECRET, "alice", "private:room", ttl=60, info={"r": 1})
+    claims = verify_subscription_token(minted, SECRET)
+    assert (claims.user, claims.channel) == ("alice", "private:room")
+    assert claims.expire_at is not None
+    assert claims.info == b'{"r":1}'
+
+
+# -- rejected -----------------------------------------------------------------------------
+
+
+def test_expired_token_is_rejected_as_expired() -> None:
+    error = rejection(token({"sub": "alice", "exp": int(time.time()) - 10}))
+    assert error.expired is True
+
+
+def test_expired_subscription_token_is_rejected_as_expired() -> None:
+    expired = token({"sub": "alice", "channel": "c", "exp": int(time.time()) - 10})
+    with pytest.raises(TokenError) as info:
+        verify_subscription_token(expired, SECRET)
+    assert info.value.expired is True
+
+
+def test_tampered_signature_is_rejected() -> None:
+    header, payload, signature = mint_connection_token(SECRET, "alice").split(".")
+    forged = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    assert rejection(f"{header}.{payload}.{forged}").expired is False
+
+
+def test_tampered_claims_are_rejected() -> None:
+    header, _, signature = mint_connection_token(SECRET, "alice").split(".")
+    payload = b64url(json.dumps({"sub": "admin"}).encode())
+    assert rejection(f"{header}.{payload}.{signature}").expired is False
+
+
+def test_token_signed_with_another_secret_is_rejected() -> None:
+    assert rejection(token({"sub": "alice"}, secret=OTHER_SECRET)).expired is False
+
+
+def test_alg_none_is_rejected() -> None:
+    header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    payload = b64url(json.dumps({"sub": "alice"}).encode())
+    rejection(f"{header}.{payload}.")
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "PS256", "EdDSA"])
+def test_asymmetric_algorithm_header_is_rejected_even_with_a_valid_hmac(alg: str) -> None:
+    # Algorithm confusion: a header naming a public-key algorithm must not make the
+    # server verify with its HMAC secret.
+    rejection(handmade_token({"alg": alg, "typ": "JWT"}, {"sub": "alice"}))
+
+
+def test_missing_sub_is_rejected() -> None:
+    rejection(token({"channels": ["news"]}))
+
+
+def test_non_string_sub_is_rejected() -> None:
+    rejection(handmade_token({"alg": "HS256", "typ": "JWT"}, {"sub": 42}))
+
+
+@pytest.mark.parametrize("channels", ["news", [1, 2], {"news": True}, ["ok", None]])
+def test_channels_claim_that_is_not_a_list_of_strings_is_rejected(channels: object) -> None:
+    rejection(token({"sub": "alice", "channels": channels}))
+
+
+@pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "....", "e30.e30.e30"])
+def test_malformed_token_is_rejected(garbage: str) -> None:
+    assert rejection(garbage).expired is False
+
+
+def test_subscription_token_without_channel_is_rejected() -> None:
+    with pytest.raises(TokenError, match="channel"):
+        verify_subscription_token(token({"sub": "alice"}), SECRET)
+
+
+def test_subscription_token_signed_with_another_secret_is_rejected() -> None:
+    forged = mint_subscription_token(OTHER_SECRET, "alice", "private:room")
+    with pytest.raises(TokenError):
+        verify_subscription_token(forged, SECRET)
