@@ -129,6 +129,8 @@ def _validate(config: Config) -> None:
     def bad(key: str, expected: str) -> ConfigError:
         return ConfigError(f"invalid config: `{key}` {expected}")
 
+    if len(config.token_secret.encode()) < 32:
+        raise bad("token_secret", "must be at least 32 bytes (HS256 needs a 256-bit key)")
     for key in ("port", "http_port"):
         if not 0 <= getattr(config, key) <= 65535:
             raise bad(key, "must be a TCP port between 0 and 65535")
@@ -284,7 +286,7 @@ DEFAULT_CONFIG_TOML = """\
 host = "0.0.0.0"            # address both listeners bind to
 port = 8000                 # client WebSocket: ws://HOST:PORT/connection/websocket
 http_port = 9000            # server API (/api/<method>), /health, /ready, /metrics, page
-token_secret = ""           # HMAC secret (HS256) of connection/subscription JWTs; empty: generated
+token_secret = ""           # HMAC secret (HS256) of JWTs, >= 32 bytes; empty: generated
 api_key = ""                # server API key (X-API-Key); empty: generated (development only)
 allow_anonymous = false     # connect without a token (user "")
 allowed_origins = ["*"]     # browser Origin values accepted on the WebSocket ("*": any)

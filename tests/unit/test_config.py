@@ -52,14 +52,22 @@ def test_missing_secrets_are_generated_and_reported() -> None:
     assert loaded.config.api_key
 
 
+LONG_SECRET = "s3cret-" + "x" * 32
+
+
+def test_a_token_secret_shorter_than_32_bytes_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="token_secret.*32 bytes"):
+        load_config(env={"TETHER_TOKEN_SECRET": "short"})
+
+
 def test_generated_secrets_differ_between_runs() -> None:
     assert load_config(env={}).config.token_secret != load_config(env={}).config.token_secret
 
 
 def test_configured_secrets_are_not_generated(write_config: WriteConfig) -> None:
-    path = write_config('token_secret = "s3cret"\napi_key = "k"\n')
+    path = write_config(f'token_secret = "{LONG_SECRET}"\napi_key = "k"\n')
     loaded = load_config(path, env={})
-    assert (loaded.config.token_secret, loaded.config.api_key) == ("s3cret", "k")
+    assert (loaded.config.token_secret, loaded.config.api_key) == (LONG_SECRET, "k")
     assert not loaded.generated_secrets
 
 
@@ -169,7 +177,7 @@ def test_invalid_namespace_is_named_with_what_is_expected(
     [
         ("TETHER_PORT", "8100", "port", 8100),
         ("TETHER_HTTP_PORT", "9100", "http_port", 9100),
-        ("TETHER_TOKEN_SECRET", "env-secret", "token_secret", "env-secret"),
+        ("TETHER_TOKEN_SECRET", LONG_SECRET, "token_secret", LONG_SECRET),
         ("TETHER_API_KEY", "env-key", "api_key", "env-key"),
         ("TETHER_ALLOW_ANONYMOUS", "true", "allow_anonymous", True),
     ],
@@ -203,7 +211,7 @@ def test_allowed_origins_from_the_environment_are_a_comma_list() -> None:
 
 
 def test_environment_secrets_are_not_reported_as_generated() -> None:
-    loaded = load_config(env={"TETHER_TOKEN_SECRET": "s", "TETHER_API_KEY": "k"})
+    loaded = load_config(env={"TETHER_TOKEN_SECRET": LONG_SECRET, "TETHER_API_KEY": "k"})
     assert not loaded.generated_secrets
 
 

@@ -83,6 +83,9 @@ class Broker(Protocol):
     * ``history(since=...)`` returns the publications after ``since`` in offset order, or
       raises :class:`~tether.errors.UnrecoverablePosition` when the stream no longer holds
       all of them (trimmed, expired, or another epoch).
+    * Reading a stream (``history``) that does not exist yet creates it, empty: the epoch
+      that read reports is the epoch its first publication gets (a subscriber positioned
+      on an empty channel must not be told "new epoch" by the first publication).
     * A stream's publications expire ``history_ttl`` seconds after its latest publish; the
       stream's offset and epoch are kept for ``meta_ttl`` seconds; after that the stream
       restarts at offset 1 with a new epoch.
