@@ -56,7 +56,7 @@ LONG_SECRET = "s3cret-" + "x" * 32
 
 
 def test_a_token_secret_shorter_than_32_bytes_is_refused_by_name() -> None:
-    with pytest.raises(ConfigError, match="token_secret.*32 bytes"):
+    with pytest.raises(ConfigError, match=r"token_secret.*32 bytes"):
         load_config(env={"TETHER_TOKEN_SECRET": "short"})
 
 
