@@ -192,4 +192,10 @@ async def call_with_retries(
         wait=wait_random_exponential(multiplier=base_delay, max=max_delay),
         reraise=True,
     )
-    return await retrying(fn)
+
+    # tenacity awaits only coroutine functions; ``fn`` may be a plain callable returning
+    # an awaitable (a lambda), which it would hand back un-awaited.
+    async def attempt() -> T:
+        return await fn()
+
+    return await retrying(attempt)

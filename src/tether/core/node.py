@@ -354,10 +354,17 @@ class Node:
 
     async def _after_leave(self, sub: Subscription, client_id: str) -> None:
         channel, ns = sub.channel, sub.namespace
-        if ns.presence:
-            await self.presence_store.remove(channel, client_id)
-        if sub.joined:  # never a leave for a subscribe that failed before its join
-            await self.broker.publish_leave(channel, sub.info)
+        try:
+            if ns.presence:
+                await self.presence_store.remove(channel, client_id)
+            if sub.joined:  # never a leave for a subscribe that failed before its join
+                await self.broker.publish_leave(channel, sub.info)
+        except BrokerUnavailable as exc:
+            # Expected while the broker is away (no traceback: a storm of them would starve
+            # the loop). The presence entry lapses after presence_ttl, since nobody
+            # refreshes it; the leave push is lost (pushes are not recoverable). The broker
+            # unsubscribe below must still happen.
+            log.warning("leave not propagated", channel=channel, error=str(exc))
         # Checked right before the call (same tick): a subscriber that arrived meanwhile
         # keeps the broker subscription.
         if not self.hub.has_local(channel):

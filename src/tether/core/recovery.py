@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from tether.brokers.base import Broker, HistoryPage, StreamPosition
-from tether.errors import UnrecoverablePosition
+from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import Publication
 
 
@@ -67,7 +67,7 @@ class RecoveryCache:
         self._broker = broker
         self._clock = clock
         self._tails: dict[str, _Tail] = {}
-        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._loading: dict[str, asyncio.Future[BaseException | None]] = {}
         self._heard: dict[str, list[Publication]] = {}
         self.broker_reads = 0
         """Stream reads that reached the broker (the rest were served here)."""
@@ -91,12 +91,22 @@ class RecoveryCache:
         self._tails.pop(channel, None)
 
     async def _load(self, channel: str, size: int, ttl: float) -> None:
-        if channel in self._loading:
-            await asyncio.shield(self._loading[channel])
-            return
-        done = asyncio.get_running_loop().create_future()
+        """Load the tail, or wait for the load in flight (single flight). Raises
+        BrokerUnavailable when the read failed: every waiter of that read gets the
+        failure instead of reading the broker again, one by one, during an outage."""
+        while (loading := self._loading.get(channel)) is not None:
+            failure = await asyncio.shield(loading)
+            if failure is None:
+                return
+            if isinstance(failure, BrokerUnavailable):
+                raise BrokerUnavailable(str(failure)) from failure
+            # The recovery that was reading went away (cancelled): one of us reads again.
+            if channel in self._tails:
+                return  # another waiter already did
+        done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self._loading[channel] = done
         self._heard[channel] = []
+        failure = None
         try:
             self.broker_reads += 1
             page = await self._broker.history(channel, limit=-1)
@@ -108,10 +118,13 @@ class RecoveryCache:
                     tail.top = publication.offset
                     tail.publications.append(publication)
             self._tails[channel] = tail
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             del self._loading[channel]
             del self._heard[channel]
-            done.set_result(None)
+            done.set_result(failure)
 
     async def position(self, channel: str, *, size: int, ttl: float) -> StreamPosition:
         """The stream's top (from the tail when there is one)."""
