@@ -164,6 +164,24 @@ async def test_connect_beyond_max_connections_per_user_gets_temporary_error_111(
     assert "connect" in other_user
 
 
+async def test_simultaneous_connects_of_one_user_cannot_all_pass_the_limit() -> None:
+    # The token's server-side channel makes connect wait on the broker: while the first
+    # connect is held there, the second must already count it.
+    broker = FaultyBroker()
+    broker.hold("subscribe")
+    token = mint_connection_token(TEST_SECRET, "alice", channels=["chat:feed"])
+    async with local_node(_open_config(max_connections_per_user=1), broker=broker) as node:
+        first, second = LocalSession(node), LocalSession(node)
+        first_id = first.send_command("connect", {"token": token})
+        await broker.wait_held("subscribe")
+        refused = await second.call("connect", {"token": token})
+        broker.release("subscribe")
+        accepted = await first.reply(first_id)
+
+    assert refused["error"]["code"] == 111
+    assert "connect" in accepted
+
+
 async def test_user_can_connect_again_once_one_of_its_connections_closed() -> None:
     async with local_node(_open_config(max_connections_per_user=1)) as node:
         first, _ = await _connect(node, "alice")

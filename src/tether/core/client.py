@@ -297,7 +297,7 @@ class Client(OutboundQueue):
 
     async def _connect(self, request: ConnectRequest, cid: int) -> None:
         user, expire_at, info, channels = self._verify_connect_token(request.token)
-        self.node.check_user_limit(user)
+        self.node.claim_user(self, user)
         self.user = user
         self.expire_at = expire_at
         self.conn_info = msgspec.Raw(info) if info is not None else None
@@ -312,6 +312,7 @@ class Client(OutboundQueue):
         except BaseException:
             for channel, _, _ in prepared:
                 self.unsubscribe(channel)
+            self.node.release_user(self)
             raise
         self.state = advance(self.state, ConnectionState.CONNECTED)
         self.node.register(self)

@@ -184,17 +184,30 @@ class Node:
         self._connecting[client] = None
         return client
 
-    def check_user_limit(self, user: str) -> None:
-        """Raise ClientError(111, temporary) if ``user`` has all the connections allowed."""
+    def claim_user(self, client: Client, user: str) -> None:
+        """Count ``client`` as a connection of ``user`` from now on (before its connect has
+        finished, so that simultaneous connects cannot all pass the limit). Raises
+        ClientError(111, temporary) if ``user`` has all the connections allowed."""
         limit = self.config.max_connections_per_user
-        if limit and len(self.users.get(user, ())) >= limit:
+        connections = self.users.setdefault(user, {})
+        if limit and len(connections) >= limit and client not in connections:
+            if not connections:
+                del self.users[user]
             raise ClientError(ErrorCode.TOO_MANY_REQUESTS, "too many connections of this user")
+        connections[client] = None
+
+    def release_user(self, client: Client) -> None:
+        """Undo :meth:`claim_user` (a connect that failed, or a closed client)."""
+        connections = self.users.get(client.user)
+        if connections is not None:
+            connections.pop(client, None)
+            if not connections:
+                del self.users[client.user]
 
     def register(self, client: Client) -> None:
         """``client`` completed connect."""
         self._connecting.pop(client, None)
         self.clients[client.id] = client
-        self.users.setdefault(client.user, {})[client] = None
         bucket = next(self._bucket_seq) % len(self._ping_buckets)
         self._ping_buckets[bucket][client] = None
         self._bucket_of[client] = bucket
@@ -203,12 +216,8 @@ class Node:
     def forget(self, client: Client) -> None:
         """``client`` is closed: drop it everywhere, leave its channels."""
         self._connecting.pop(client, None)
+        self.release_user(client)
         if self.clients.pop(client.id, None) is not None:
-            users = self.users.get(client.user)
-            if users is not None:
-                users.pop(client, None)
-                if not users:
-                    del self.users[client.user]
             bucket = self._bucket_of.pop(client, None)
             if bucket is not None:
                 self._ping_buckets[bucket].pop(client, None)
