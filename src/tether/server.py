@@ -46,6 +46,8 @@ class Server:
     node: Node = field(init=False)
     port: int = 0
     http_port: int = 0
+    reuse_port: bool = False
+    """Listen with SO_REUSEPORT, so that several worker processes share the ports."""
     _ws: asyncio.Server | None = None
     _http: web.AppRunner | None = None
 
@@ -54,11 +56,19 @@ class Server:
         broker, presence = make_broker(config)
         self.node = Node(config, broker, presence, frame=websocket.frame)
         await self.node.start()
-        self._ws = await websocket.serve(self.node, config.host, config.port)
+        self._ws = await websocket.serve(
+            self.node, config.host, config.port, reuse_port=self.reuse_port
+        )
         self.port = self._ws.sockets[0].getsockname()[1]
         self._http = web.AppRunner(build_app(self.node), access_log=None)
         await self._http.setup()
-        site = web.TCPSite(self._http, config.host, config.http_port, reuse_address=True)
+        site = web.TCPSite(
+            self._http,
+            config.host,
+            config.http_port,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+        )
         await site.start()
         self.http_port = self._http.addresses[0][1]
         log.info(
@@ -90,9 +100,9 @@ class Server:
         log.info("tether stopped", node=self.node.name)
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, *, reuse_port: bool = False) -> None:
     """Run until SIGINT or SIGTERM; then drain (a second signal ends the drain at once)."""
-    server = Server(config)
+    server = Server(config, reuse_port=reuse_port)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,3 +124,110 @@ async def run(config: Config) -> None:
         await draining
     except asyncio.CancelledError:
         await server.stop()
+
+
+# -- several worker processes on one host (``tether serve --workers N``) ------------------
+
+
+def check_workers(config: Config, workers: int) -> None:
+    """Raises :class:`ConfigError` if ``config`` cannot run ``workers`` worker processes."""
+    import socket
+
+    from tether.errors import ConfigError
+
+    if workers < 1:
+        raise ConfigError("invalid option: --workers must be 1 or more")
+    if workers == 1:
+        return
+    if config.broker != "redis":
+        raise ConfigError(
+            f'--workers {workers} needs broker = "redis": the worker processes share '
+            "channels, streams and presence only through Redis (the memory broker would "
+            "give each worker its own, so clients on different workers would not see "
+            "each other's publications)"
+        )
+    if not config.port or not config.http_port:
+        raise ConfigError("--workers needs fixed `port` and `http_port` (not 0) to share them")
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--workers needs SO_REUSEPORT, which this platform lacks")
+
+
+def serve_workers(config: Config, workers: int) -> int:
+    """Run ``workers`` processes, each a whole node with its own event loop, all listening
+    on the same two ports with SO_REUSEPORT (the kernel spreads new connections over
+    them). They share channels, streams and presence only through Redis, exactly as nodes
+    on different hosts do, so ``broker = "redis"`` is required.
+
+    The calling process supervises: SIGTERM/SIGINT are passed on to every worker (which
+    drain); if a worker dies on its own, the others are stopped too and the exit status
+    is 1, so that the process manager restarts the whole unit. Returns the exit status.
+    Raises :class:`ConfigError` for a configuration that cannot run several workers.
+    """
+    import multiprocessing
+    import multiprocessing.connection
+    import os
+    import socket
+
+    import msgspec
+
+    check_workers(config, workers)
+    base = config.node_name or socket.gethostname()
+    # fork: the workers start from this process as it is (config loaded, logs set up),
+    # and no event loop exists yet to be inherited.
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(msgspec.structs.replace(config, node_name=f"{base}-w{i}"),),
+            name=f"tether-worker-{i}",
+        )
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    log.info("workers started", workers=workers, pids=[p.pid for p in processes])
+    stopping = False
+
+    def pass_on(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, pass_on)
+    signal.signal(signal.SIGINT, pass_on)
+    status = 0
+    running = {p.sentinel: p for p in processes}
+    while running:
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            assert isinstance(sentinel, int)  # process sentinels are file descriptors
+            process = running.pop(sentinel)
+            process.join()
+            if not stopping:
+                log.error(
+                    "worker died; stopping the others",
+                    worker=process.name,
+                    exitcode=process.exitcode,
+                )
+                status = 1
+                pass_on(signal.SIGTERM, None)
+    return status
+
+
+def _worker(config: Config) -> None:
+    """One worker process: a node on the shared ports, until its supervisor says stop."""
+    import os
+
+    # Own process group: a Ctrl-C in the terminal reaches the supervisor only, which
+    # passes it on once (a second signal would cut the drain short).
+    os.setpgid(0, 0)
+    if config.use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(run(config, reuse_port=True))
+            return
+    asyncio.run(run(config, reuse_port=True))

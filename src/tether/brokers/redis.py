@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -100,8 +100,63 @@ return {top, epoch, redis.call("lrange", KEYS[1], 0, -1)}
 """
 
 _encoder = msgspec.json.Encoder()
-_pub_decoder = msgspec.json.Decoder(Publication)
-_info_decoder = msgspec.json.Decoder(ClientInfo)
+
+
+# msgspec cannot decode into ``Raw | None`` (ClientInfo.conn_info/chan_info), so what comes
+# back from Redis is decoded into these mirrors, where an absent field is an empty Raw.
+class _StoredInfo(msgspec.Struct):
+    user: str = ""
+    client: str = ""
+    conn_info: msgspec.Raw = msgspec.Raw()
+    chan_info: msgspec.Raw = msgspec.Raw()
+
+    def to_info(self) -> ClientInfo:
+        return ClientInfo(
+            user=self.user,
+            client=self.client,
+            conn_info=self.conn_info or None,
+            chan_info=self.chan_info or None,
+        )
+
+
+class _StoredPublication(msgspec.Struct):
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    info: _StoredInfo | None = None
+    tags: dict[str, str] | None = None
+    time: int = 0
+
+
+_pub_decoder = msgspec.json.Decoder(_StoredPublication)
+_info_decoder = msgspec.json.Decoder(_StoredInfo)
+
+
+def _decode_publication(raw: bytes, offset: int) -> Publication:
+    stored = _pub_decoder.decode(raw)
+    info = stored.info.to_info() if stored.info is not None else None
+    return Publication(
+        data=stored.data, info=info, offset=offset, tags=stored.tags, time=stored.time
+    )
+
+
+def _decode_info(raw: bytes) -> ClientInfo:
+    return _info_decoder.decode(raw).to_info()
+
+
+def _client(
+    url: str, *, command_timeout: float, connect_timeout: float, max_connections: int
+) -> Redis:
+    """A client with a bounded pool that queues: a reconnection storm of thousands of
+    subscribes waits its turn for one of ``max_connections`` connections (up to
+    ``command_timeout``) instead of failing. Commands are never retried by the library."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=command_timeout,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=command_timeout,
+        socket_connect_timeout=connect_timeout,
+    )
+    return Redis.from_pool(pool)
 
 
 class RedisBroker:
@@ -109,7 +164,8 @@ class RedisBroker:
 
     ``url``: ``redis://host:port/db``. ``command_timeout``: seconds before a command is
     failed as unavailable. ``meta_ttl``: seconds a stream's offset and epoch outlive its
-    latest publish.
+    latest publish. ``max_connections``: command connections (the subscriber has its own);
+    when all are busy a command waits for one, up to ``command_timeout``.
     """
 
     def __init__(
@@ -120,17 +176,18 @@ class RedisBroker:
         meta_ttl: float = 86400,
         command_timeout: float = 2.0,
         connect_timeout: float = 1.0,
+        max_connections: int = 64,
     ) -> None:
         self.url = url
         self._prefix = prefix
         self._meta_ttl_ms = int(meta_ttl * 1000)
         self._timeout = command_timeout
         self._connect_timeout = connect_timeout
-        self._redis = Redis.from_url(
+        self._redis = _client(
             url,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=command_timeout,
-            socket_connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
         )
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._history_script = self._redis.register_script(_HISTORY)
@@ -244,10 +301,12 @@ class RedisBroker:
         cut = len(prefix)
         while True:
             response: Any = await conn.read_response(timeout=math.inf)
-            kind = response[0]
+            # A PING is answered ["pong", ""] while the connection subscribes to something,
+            # and +PONG once it subscribes to nothing (after the last UNSUBSCRIBE).
+            kind = response[0] if isinstance(response, list) else response
             if kind == b"message":
                 self._dispatch(response[1][cut:].decode(), response[2])
-            elif kind == b"pong" and self._pongs:
+            elif kind in (b"pong", b"PONG") and self._pongs:
                 fut = self._pongs.popleft()
                 if not fut.done():
                     fut.set_result(None)
@@ -258,15 +317,21 @@ class RedisBroker:
         if handler is None:
             return
         kind = message[:1]
-        if kind == b"p":
-            space = message.index(b" ")
-            publication = _pub_decoder.decode(message[space + 1 :])
-            publication.offset = int(message[1:space])
-            handler.on_publication(channel, publication)
-        elif kind == b"j":
-            handler.on_join(channel, _info_decoder.decode(message[1:]))
-        elif kind == b"l":
-            handler.on_leave(channel, _info_decoder.decode(message[1:]))
+        try:
+            if kind == b"p":
+                space = message.index(b" ")
+                publication = _decode_publication(message[space + 1 :], int(message[1:space]))
+                handler.on_publication(channel, publication)
+            elif kind == b"j":
+                handler.on_join(channel, _decode_info(message[1:]))
+            elif kind == b"l":
+                handler.on_leave(channel, _decode_info(message[1:]))
+        except Exception:
+            # A message this node cannot take (a bug, or a node of another version on the
+            # same prefix) must neither kill the subscriber loop nor vanish: the channel's
+            # subscribers are told to recover from the stream.
+            log.exception("redis message not delivered; channel resyncs", channel=channel)
+            handler.on_resync({channel})
 
     async def _barrier(self) -> None:
         """Wait until the subscriber connection has handed over everything Redis sent it
@@ -365,9 +430,7 @@ class RedisBroker:
         publications = []
         for item in items:
             space = item.index(b" ")
-            publication = _pub_decoder.decode(item[space + 1 :])
-            publication.offset = int(item[:space])
-            publications.append(publication)
+            publications.append(_decode_publication(item[space + 1 :], int(item[:space])))
         if since is not None:
             first = publications[0].offset if publications else top.offset + 1
             if since.epoch != top.epoch or since.offset > top.offset:
@@ -412,16 +475,22 @@ class RedisPresenceStore:
     """
 
     def __init__(
-        self, url: str, *, prefix: str = "tether", ttl: float = 60, command_timeout: float = 2.0
+        self,
+        url: str,
+        *,
+        prefix: str = "tether",
+        ttl: float = 60,
+        command_timeout: float = 2.0,
+        max_connections: int = 64,
     ) -> None:
         self.ttl: float | None = ttl
         self._ttl_ms = int(ttl * 1000)
         self._prefix = prefix
-        self._redis = Redis.from_url(
+        self._redis = _client(
             url,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=command_timeout,
-            socket_connect_timeout=command_timeout,
+            command_timeout=command_timeout,
+            connect_timeout=command_timeout,
+            max_connections=max_connections,
         )
         self._get_script = self._redis.register_script(self._GET)
 
@@ -466,7 +535,7 @@ class RedisPresenceStore:
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis presence: {exc}") from None
         pairs = iter(raw)
-        return {k.decode(): _info_decoder.decode(v) for k, v in zip(pairs, pairs, strict=True)}
+        return {k.decode(): _decode_info(v) for k, v in zip(pairs, pairs, strict=True)}
 
     async def stats(self, channel: str) -> tuple[int, int]:
         entries = await self.get(channel)

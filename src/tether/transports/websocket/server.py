@@ -181,8 +181,11 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport.close()
 
 
-async def serve(node: Node, host: str, port: int, *, backlog: int = 2048) -> asyncio.Server:
-    """Listen for clients on ``host:port`` at :data:`PATH`."""
+async def serve(
+    node: Node, host: str, port: int, *, backlog: int = 2048, reuse_port: bool = False
+) -> asyncio.Server:
+    """Listen for clients on ``host:port`` at :data:`PATH`. ``reuse_port``: SO_REUSEPORT,
+    for worker processes sharing the port."""
     loop = asyncio.get_running_loop()
     origins = frozenset(node.config.allowed_origins)
     return await loop.create_server(
@@ -191,4 +194,5 @@ async def serve(node: Node, host: str, port: int, *, backlog: int = 2048) -> asy
         port,
         backlog=backlog,
         reuse_address=True,
+        reuse_port=reuse_port or None,
     )

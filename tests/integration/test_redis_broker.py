@@ -1,0 +1,273 @@
+"""The Redis broker and presence store keep the Broker/PresenceStore contract, against a
+real redis-server; and what only a networked broker can get wrong (a second node, an
+outage, presence entries of a dead node)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+
+import msgspec
+import pytest
+
+from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishResult
+from tether.brokers.redis import RedisBroker, RedisPresenceStore
+from tether.errors import BrokerUnavailable, UnrecoverablePosition
+from tether.protocol.messages import ClientInfo, Publication
+from tether.testing.broker_contract import BrokerContract, RecordingHandler, publication
+from tether.testing.clock import FakeClock
+from tether.testing.redisserver import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+class TestRedisBroker(BrokerContract):
+    # Redis expires keys on its own clock: the suite sleeps through real, short TTLs.
+    history_ttl = 1.0
+    idempotency_ttl = 1.0
+    meta_ttl = 2.0
+    margin = 0.4
+
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_server: RedisServer) -> None:
+        self.url = redis_server.url
+        self.prefix = _prefix()
+
+    async def create_broker(self, clock: FakeClock, meta_ttl: float) -> Broker:
+        return RedisBroker(self.url, prefix=self.prefix, meta_ttl=meta_ttl)
+
+    async def create_presence_store(self) -> PresenceStore:
+        return RedisPresenceStore(self.url, prefix=self.prefix, ttl=60)
+
+    async def elapse(self, clock: FakeClock, seconds: float) -> None:
+        clock.advance(seconds)
+        await asyncio.sleep(seconds)
+
+    async def settle(self) -> None:
+        # A stray pub/sub message would arrive within a round trip or two.
+        await asyncio.sleep(0.1)
+
+
+# -- what only a shared, networked broker can get wrong ------------------------------------
+
+
+async def _started(url: str, prefix: str, handler: RecordingHandler) -> RedisBroker:
+    broker = RedisBroker(url, prefix=prefix, command_timeout=1.0, connect_timeout=0.5)
+    await broker.start(handler)
+    return broker
+
+
+@pytest.fixture
+def channel() -> Callable[[str], str]:
+    run = uuid.uuid4().hex[:12]
+    return lambda name: f"redis-{run}-{name}"
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[RedisServer]:
+    """A redis-server this test alone uses, so that it may kill it."""
+    server = RedisServer()
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.kill)
+
+
+async def test_publication_from_a_client_with_connection_info_keeps_it_in_delivery_and_history(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    ch = channel("a")
+    handler = RecordingHandler()
+    broker = await _started(redis_server.url, _prefix(), handler)
+    try:
+        await broker.subscribe(ch)
+        info = ClientInfo(
+            user="alice", client="c1", conn_info=msgspec.Raw(b'{"name":"Alice"}'),
+            chan_info=msgspec.Raw(b'{"role":"admin"}'),
+        )  # fmt: skip
+        await broker.publish(ch, Publication(data=msgspec.Raw(b'"hi"'), info=info), _options())
+        async with asyncio.timeout(5):
+            await handler.wait_until(lambda: bool(handler.publications.get(ch)))
+        [history] = (await broker.history(ch, limit=-1)).publications
+        for delivered in (handler.publications[ch][0], history):
+            assert delivered.info is not None
+            assert bytes(delivered.info.conn_info or b"") == b'{"name":"Alice"}'
+            assert bytes(delivered.info.chan_info or b"") == b'{"role":"admin"}'
+        assert handler.resyncs == []
+    finally:
+        await broker.close()
+
+
+async def test_every_node_receives_every_publication_once_in_order_whoever_publishes(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    ch, prefix = channel("a"), _prefix()
+    handlers = [RecordingHandler() for _ in range(3)]
+    brokers = [await _started(redis_server.url, prefix, h) for h in handlers]
+    try:
+        for broker in brokers:
+            await broker.subscribe(ch)
+        await asyncio.gather(
+            *(brokers[i % 3].publish(ch, publication(i), _options()) for i in range(60))
+        )
+        async with asyncio.timeout(5):
+            for handler in handlers:
+                await handler.wait_until(partial(_has_offsets, handler, ch, 60))
+        await asyncio.sleep(0.1)  # a duplicate delivery would show by now
+        assert [h.offsets(ch) for h in handlers] == [list(range(1, 61))] * 3
+    finally:
+        for broker in brokers:
+            await broker.close()
+
+
+async def test_history_read_on_one_node_shows_what_another_node_published(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    ch, prefix = channel("a"), _prefix()
+    a = await _started(redis_server.url, prefix, RecordingHandler())
+    b = await _started(redis_server.url, prefix, RecordingHandler())
+    try:
+        [*_, last] = [await a.publish(ch, publication(i), _options()) for i in range(3)]
+        page = await b.history(ch, limit=-1)
+        assert page.position == last.position
+        assert [p.offset for p in page.publications] == [1, 2, 3]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_publish_while_redis_is_down_raises_broker_unavailable(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    broker = await _started(own_redis.url, _prefix(), RecordingHandler())
+    try:
+        await asyncio.to_thread(own_redis.kill)
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish(channel("a"), publication(1), _options())
+        with pytest.raises(BrokerUnavailable):
+            await broker.history(channel("a"), limit=-1)
+    finally:
+        await broker.close()
+
+
+async def test_broker_is_unhealthy_while_redis_is_down_and_healthy_when_it_is_back(
+    own_redis: RedisServer,
+) -> None:
+    broker = await _started(own_redis.url, _prefix(), RecordingHandler())
+    try:
+        assert broker.healthy
+        await asyncio.to_thread(own_redis.kill)
+        async with asyncio.timeout(10):
+            await _eventually(lambda: not broker.healthy)
+        await asyncio.to_thread(own_redis.start)
+        async with asyncio.timeout(10):
+            await _eventually(lambda: broker.healthy)
+    finally:
+        await broker.close()
+
+
+async def test_after_a_redis_restart_the_broker_resubscribes_and_asks_for_a_resync(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    ch, prefix = channel("a"), _prefix()
+    handler = RecordingHandler()
+    broker = await _started(own_redis.url, prefix, handler)
+    publisher = await _started(own_redis.url, prefix, RecordingHandler())
+    try:
+        await broker.subscribe(ch)
+        await asyncio.to_thread(own_redis.restart)
+        async with asyncio.timeout(10):
+            await handler.wait_until(lambda: bool(handler.resyncs))
+        assert handler.resyncs == [{ch}]
+        async with asyncio.timeout(10):
+            await _eventually(lambda: publisher.healthy)
+        await publisher.publish(ch, publication("after"), _options())
+        async with asyncio.timeout(5):
+            await handler.wait_until(lambda: bool(handler.publications.get(ch)))
+        assert handler.offsets(ch) == [1]
+    finally:
+        await broker.close()
+        await publisher.close()
+
+
+async def test_a_position_from_before_a_redis_restart_is_unrecoverable(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    # An in-memory Redis forgets its streams when it restarts: the epoch changes, so a
+    # client holding an old position is told it cannot recover, never given a gap.
+    ch = channel("a")
+    broker = await _started(own_redis.url, _prefix(), RecordingHandler())
+    try:
+        [*_, before] = [await broker.publish(ch, publication(i), _options()) for i in range(3)]
+        await asyncio.to_thread(own_redis.restart)
+        async with asyncio.timeout(10):
+            after = await _retry_unavailable(
+                lambda: broker.publish(ch, publication("x"), _options())
+            )
+        assert after.position.epoch != before.position.epoch
+        with pytest.raises(UnrecoverablePosition):
+            await broker.history(ch, since=before.position, limit=-1)
+    finally:
+        await broker.close()
+
+
+async def test_presence_entry_that_is_not_refreshed_disappears_after_the_ttl(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    # The clients of a node that died vanish from presence once their entries lapse.
+    ch = channel("a")
+    store = RedisPresenceStore(redis_server.url, prefix=_prefix(), ttl=0.5)
+    try:
+        await store.add(ch, "c1", ClientInfo(user="alice", client="c1"))
+        await store.add(ch, "c2", ClientInfo(user="bob", client="c2"))
+        await asyncio.sleep(0.3)
+        await store.add(ch, "c2", ClientInfo(user="bob", client="c2"))  # c2's node refreshes
+        await asyncio.sleep(0.35)
+        assert list(await store.get(ch)) == ["c2"]
+        assert await store.stats(ch) == (1, 1)
+    finally:
+        await store.close()
+
+
+async def test_presence_entry_keeps_connection_and_channel_info(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    ch = channel("a")
+    store = RedisPresenceStore(redis_server.url, prefix=_prefix())
+    info = ClientInfo(user="alice", client="c1", conn_info=msgspec.Raw(b'{"name":"Alice"}'))
+    try:
+        await store.add(ch, "c1", info)
+        assert await store.get(ch) == {"c1": info}
+    finally:
+        await store.close()
+
+
+def _has_offsets(handler: RecordingHandler, channel: str, count: int) -> bool:
+    return len(handler.offsets(channel)) >= count
+
+
+def _options() -> PublishOptions:
+    return PublishOptions(history_size=100, history_ttl=60)
+
+
+async def _eventually(condition: Callable[[], bool]) -> None:
+    """Return once ``condition()`` holds; the caller bounds the wait."""
+    # broker.healthy is a property with no event to await: poll it.
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+async def _retry_unavailable(call: Callable[[], Awaitable[PublishResult]]) -> PublishResult:
+    """Retry ``call`` while Redis is coming back; the caller bounds the wait."""
+    while True:
+        try:
+            return await call()
+        except BrokerUnavailable:
+            await asyncio.sleep(0.05)
