@@ -1,4 +1,4 @@
-"""``tether serve | token | check-config | genconfig``."""
+"""``tether serve | token | check-config | genconfig | bench``."""
 
 from __future__ import annotations
 
@@ -37,12 +37,29 @@ def _load(config: Path | None) -> LoadedConfig:
 
 
 @app.command()
-def serve(config: ConfigOption = None) -> None:
+def serve(
+    config: ConfigOption = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            envvar="TETHER_WORKERS",
+            help="Worker processes sharing the ports (SO_REUSEPORT), one event loop each; "
+            'more than 1 needs broker = "redis".',
+        ),
+    ] = 1,
+) -> None:
     """Start a node (WebSocket on `port`, server API and page on `http_port`)."""
     from tether import logs, server
 
     loaded = _load(config)
     cfg = loaded.config
+    try:
+        server.check_workers(cfg, workers)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     logs.configure(cfg.log_level, cfg.log_format)
     shown_host = "localhost" if cfg.host in ("0.0.0.0", "::") else cfg.host
     if loaded.generated_secrets:
@@ -63,6 +80,8 @@ def serve(config: ConfigOption = None) -> None:
         f"  health:   http://{shown_host}:{cfg.http_port}/health  /ready",
         err=True,
     )
+    if workers > 1:
+        raise typer.Exit(server.serve_workers(cfg, workers))
     if cfg.use_uvloop:
         try:
             import uvloop
@@ -120,6 +139,133 @@ def check_config(config: ConfigOption = None) -> None:
 def genconfig() -> None:
     """Print a commented configuration with every option at its default."""
     sys.stdout.write(DEFAULT_CONFIG_TOML)
+
+
+@app.command(no_args_is_help=True)
+def bench(
+    scenario: Annotated[str, typer.Argument(help="fanout, rooms, idle or latency.")],
+    url: Annotated[
+        str, typer.Option(help="WebSocket URL of the target.")
+    ] = "ws://127.0.0.1:8000/connection/websocket",
+    api_url: Annotated[
+        str, typer.Option(help="Server API base URL (Tether: publications go here).")
+    ] = "http://127.0.0.1:9000/api",
+    api_key: Annotated[
+        str, typer.Option(envvar="TETHER_API_KEY", help="Server API key (X-API-Key).")
+    ] = "",
+    token_secret: Annotated[
+        str,
+        typer.Option(
+            envvar="TETHER_TOKEN_SECRET",
+            help="The target's token secret: each connection gets its own token "
+            "(empty: anonymous connections).",
+        ),
+    ] = "",
+    protocol: Annotated[
+        str,
+        typer.Option(help="tether (Centrifugo v2 JSON), socketio, or plain (bench peers)."),
+    ] = "tether",
+    namespace: Annotated[
+        str, typer.Option(help="Namespace of the bench channels (Tether).")
+    ] = "bench",
+    connections: Annotated[
+        int,
+        typer.Option(
+            "--connections",
+            "-n",
+            help="Connections (default: fanout 2000, rooms 2000, idle 10000, latency 1000).",
+        ),
+    ] = 0,
+    duration: Annotated[float, typer.Option(help="Seconds of measurement.")] = 10.0,
+    rate: Annotated[
+        float,
+        typer.Option(help="Publications/s (rooms; latency: 0 = calibrate, use --fraction)."),
+    ] = 0.0,
+    fraction: Annotated[
+        float, typer.Option(help="latency: fraction of the measured maximum to publish at.")
+    ] = 0.5,
+    batch: Annotated[
+        int, typer.Option(help="Publications per publish request (0: fanout 10, others 1).")
+    ] = 0,
+    bursts: Annotated[int, typer.Option(help="fanout: bursts (the median is reported).")] = 5,
+    calibrate: Annotated[
+        float, typer.Option(help="latency: seconds at max rate to find the maximum.")
+    ] = 3.0,
+    window: Annotated[
+        int,
+        typer.Option(
+            help="fanout: publications ahead of the average subscriber "
+            "(0: adaptive, ~0.1 s of deliveries)."
+        ),
+    ] = 0,
+    concurrency: Annotated[
+        int, typer.Option(help="Publish requests in flight (0: fanout 4, others 64).")
+    ] = 0,
+    check_sample: Annotated[
+        int,
+        typer.Option(
+            help="Connections whose offsets/latency are checked (-1: scenario default: "
+            "fanout 64, latency 100, rooms all)."
+        ),
+    ] = -1,
+    server_pid: Annotated[
+        int, typer.Option(help="PID of the server, to sample its CPU and RSS (psutil).")
+    ] = 0,
+    source_addresses: Annotated[
+        int,
+        typer.Option(help="Spread connections over 127.0.0.2.. (0: automatic past ~25k)."),
+    ] = 0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON object.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress lines on stderr.")] = False,
+) -> None:
+    """Load-test a target with a fleet of simulated devices (see docs/benchmarks.md)."""
+    import json
+
+    from tether.bench import SCENARIOS, BenchOptions, run_bench
+
+    if scenario not in SCENARIOS:
+        typer.echo(
+            f"error: unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})", err=True
+        )
+        raise typer.Exit(2)
+    options = BenchOptions(
+        scenario=scenario,
+        url=url,
+        api_url=api_url,
+        api_key=api_key,
+        token_secret=token_secret,
+        protocol=protocol,
+        namespace=namespace,
+        connections=connections,
+        duration=duration,
+        rate=rate,
+        fraction=fraction,
+        batch=batch,
+        bursts=bursts,
+        calibrate=calibrate,
+        window=window,
+        concurrency=concurrency,
+        check_sample=check_sample,
+        server_pid=server_pid,
+        source_addresses=source_addresses,
+        progress=not quiet,
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        report = asyncio.run(run_bench(options))
+    else:
+        report = uvloop.run(run_bench(options))
+    if json_output:
+        typer.echo(json.dumps(report))
+    else:
+        for key, value in report.items():
+            typer.echo(f"{key:>32}: {value}")
+    failed = report.get("losses", 0) or report.get("duplicates", 0)
+    if failed or report.get("order_violations", 0):
+        raise typer.Exit(1)
 
 
 def main() -> None:
