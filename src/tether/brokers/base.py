@@ -15,8 +15,10 @@ stream at all. Channels without history have no stream: their publications carry
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+from tether.errors import UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
 
 
@@ -46,6 +48,34 @@ class HistoryPage(NamedTuple):
     publications: list[Publication]
     position: StreamPosition
     """The stream's top: offset of its latest publication, and its epoch."""
+
+
+def select_history(
+    publications: Sequence[Publication],
+    top: StreamPosition,
+    *,
+    since: StreamPosition | None,
+    limit: int,
+    reverse: bool,
+) -> HistoryPage:
+    """The history rules every stream store shares, applied to the publications it still
+    holds (oldest first, contiguous up to ``top``). Raises UnrecoverablePosition when
+    ``since`` is in another epoch, ahead of the stream, or older than what is held."""
+    selected: list[Publication]
+    if since is not None:
+        if since.epoch != top.epoch or since.offset > top.offset:
+            raise UnrecoverablePosition("position is not in the stream (other epoch)")
+        first = publications[0].offset if publications else top.offset + 1
+        if since.offset + 1 < first:
+            raise UnrecoverablePosition("publications after the position are gone")
+        selected = [p for p in publications if p.offset > since.offset]
+    else:
+        selected = list(publications)
+    if reverse:
+        selected.reverse()
+    if limit >= 0:
+        selected = selected[:limit]
+    return HistoryPage(selected, top)
 
 
 class BrokerEventHandler(Protocol):

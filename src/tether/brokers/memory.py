@@ -18,8 +18,8 @@ from tether.brokers.base import (
     PublishOptions,
     PublishResult,
     StreamPosition,
+    select_history,
 )
-from tether.errors import UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
 
 Clock = Callable[[], float]
@@ -153,21 +153,7 @@ class MemoryBroker:
         stream = self._stream(channel, create=True)
         assert stream is not None
         top = StreamPosition(stream.offset, stream.epoch)
-        pubs = stream.publications
-        if since is not None:
-            if since.epoch != stream.epoch or since.offset > stream.offset:
-                raise UnrecoverablePosition("position is not in the stream (other epoch)")
-            first = pubs[0].offset if pubs else stream.offset + 1
-            if since.offset + 1 < first:
-                raise UnrecoverablePosition("publications after the position are gone")
-            selected = [p for p in pubs if p.offset > since.offset]
-        else:
-            selected = list(pubs)
-        if reverse:
-            selected.reverse()
-        if limit >= 0:
-            selected = selected[:limit]
-        return HistoryPage(selected, top)
+        return select_history(stream.publications, top, since=since, limit=limit, reverse=reverse)
 
     async def remove_history(self, channel: str) -> None:
         stream = self._stream(channel, create=False)

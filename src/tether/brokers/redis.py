@@ -50,8 +50,9 @@ from tether.brokers.base import (
     PublishOptions,
     PublishResult,
     StreamPosition,
+    select_history,
 )
-from tether.errors import BrokerUnavailable, UnrecoverablePosition
+from tether.errors import BrokerUnavailable
 from tether.protocol.messages import ClientInfo, Publication
 
 log = structlog.get_logger("tether.redis")
@@ -431,18 +432,7 @@ class RedisBroker:
         for item in items:
             space = item.index(b" ")
             publications.append(_decode_publication(item[space + 1 :], int(item[:space])))
-        if since is not None:
-            first = publications[0].offset if publications else top.offset + 1
-            if since.epoch != top.epoch or since.offset > top.offset:
-                raise UnrecoverablePosition("position is not in the stream (other epoch)")
-            if since.offset + 1 < first:
-                raise UnrecoverablePosition("publications after the position are gone")
-            publications = [p for p in publications if p.offset > since.offset]
-        if reverse:
-            publications.reverse()
-        if limit >= 0:
-            publications = publications[:limit]
-        return HistoryPage(publications, top)
+        return select_history(publications, top, since=since, limit=limit, reverse=reverse)
 
     async def remove_history(self, channel: str) -> None:
         try:

@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from tether.brokers.base import Broker, HistoryPage, StreamPosition
+from tether.brokers.base import Broker, HistoryPage, StreamPosition, select_history
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import Publication
 
@@ -152,10 +152,4 @@ class RecoveryCache:
         if self._clock() >= tail.expire_at:
             tail.publications.clear()  # the broker expired them too (history_ttl)
         top = StreamPosition(tail.top, tail.epoch)
-        if since.epoch != tail.epoch or since.offset > tail.top:
-            raise UnrecoverablePosition("position is not in the stream (other epoch)")
-        first = tail.publications[0].offset if tail.publications else tail.top + 1
-        if since.offset + 1 < first:
-            raise UnrecoverablePosition("publications after the position are gone")
-        missed = [p for p in tail.publications if p.offset > since.offset][:limit]
-        return HistoryPage(missed, top)
+        return select_history(tail.publications, top, since=since, limit=limit, reverse=False)
