@@ -11,13 +11,14 @@ import os
 import re
 import secrets
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from tether.brokers.sharded import shard_address
 from tether.errors import ConfigError
 from tether.protocol.channels import DEFAULT_NAMESPACE
 
@@ -94,6 +95,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     use_uvloop: bool = True
     broker: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_urls: list[str] = msgspec.field(default_factory=list)
     redis_prefix: str = "tether"
     presence_ttl: float = 60
     namespaces: dict[str, NamespaceConfig] = {}
@@ -121,7 +123,7 @@ ENV_PREFIX = "TETHER_"
 _SCALAR_ENV = {
     name: f"{ENV_PREFIX}{name.upper()}"
     for name in Config.__struct_fields__
-    if name not in ("namespaces", "allowed_origins", "lane_publish_limits")
+    if name not in ("namespaces", "allowed_origins", "lane_publish_limits", "redis_urls")
 }
 
 
@@ -181,6 +183,7 @@ def _validate(config: Config) -> None:
         ("redis://", "rediss://", "unix://")
     ):
         raise bad("redis_url", "must be a redis://, rediss:// or unix:// URL")
+    _validate_redis_urls(config, bad)
     if config.log_format not in ("console", "json"):
         raise bad("log_format", "must be console or json")
     for name, ns in config.namespaces.items():
@@ -201,6 +204,31 @@ def _validate(config: Config) -> None:
             raise bad(f"{where}.lane", "ephemeral events are never stored: set history_size 0")
 
 
+def _validate_redis_urls(config: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    if not config.redis_urls:
+        return
+    if config.broker != "redis":
+        raise bad("redis_urls", 'needs broker = "redis"')
+    seen: dict[str, str] = {}
+    for i, url in enumerate(config.redis_urls):
+        try:
+            address = shard_address(url)
+        except ValueError as exc:
+            raise bad(f"redis_urls[{i}]", f"{exc} (got {_without_password(url)!r})") from None
+        if address in seen:
+            raise bad(
+                f"redis_urls[{i}]",
+                f"names the shard {address} again (already {seen[address]!r}): "
+                "every shard must be a different server or database",
+            )
+        seen[address] = _without_password(url)
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit for an error message: the password replaced by ``***``."""
+    return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, var in _SCALAR_ENV.items():
@@ -209,6 +237,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     if f"{ENV_PREFIX}ALLOWED_ORIGINS" in env:
         raw = env[f"{ENV_PREFIX}ALLOWED_ORIGINS"]
         out["allowed_origins"] = [o.strip() for o in raw.split(",") if o.strip()]
+    if f"{ENV_PREFIX}REDIS_URLS" in env:
+        raw = env[f"{ENV_PREFIX}REDIS_URLS"]
+        out["redis_urls"] = [u.strip() for u in raw.split(",") if u.strip()]
     return out
 
 
@@ -330,6 +361,11 @@ use_uvloop = true           # use uvloop when installed
 broker = "memory"           # memory (one node, embedded) or redis (many nodes)
 redis_url = "redis://127.0.0.1:6379/0"
 redis_prefix = "tether"     # prefix of every Redis key and pub/sub channel
+# Sharding: spread channels over several independent Redis servers (consistent hashing
+# on host:port/db; list the same servers on every node, in any order). When non-empty it
+# replaces redis_url. Adding a shard moves ~1/N of the channels, whose streams restart.
+# Environment: TETHER_REDIS_URLS, comma-separated. See docs/howto/scale-out.md.
+redis_urls = []             # e.g. ["redis://10.0.0.1:6379/0", "redis://10.0.0.2:6379/0"]
 presence_ttl = 60           # seconds a presence entry outlives its node (redis broker)
 
 # Publishes accepted but not yet done, per lane; beyond it the API answers 429 with

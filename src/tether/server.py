@@ -22,6 +22,8 @@ log = structlog.get_logger("tether.server")
 
 def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
     """The broker and presence store the config names."""
+    if config.broker == "redis" and config.redis_urls:
+        return _make_sharded_broker(config)
     if config.broker == "redis":
         from tether.brokers.guarded import GuardedBroker
         from tether.brokers.redis import RedisBroker, RedisPresenceStore
@@ -36,6 +38,32 @@ def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
         )
         return broker, presence
     return MemoryBroker(meta_ttl=config.history_meta_ttl), MemoryPresenceStore()
+
+
+def _make_sharded_broker(config: Config) -> tuple[Broker, PresenceStore]:
+    """One RedisBroker per ``redis_urls`` entry behind a ShardedBroker. Each shard has its
+    own circuit breaker (a failure domain of its own: one dead shard must not open the
+    breaker of every channel); the retry budget is shared, so retries add at most its
+    ratio to the node's whole load."""
+    from tether.brokers.guarded import GuardedBroker
+    from tether.brokers.redis import RedisBroker, RedisPresenceStore
+    from tether.brokers.sharded import ShardedBroker, ShardedPresenceStore, shard_address
+    from tether.resilience import CircuitBreaker, RetryBudget
+
+    budget = RetryBudget()
+    shards: dict[str, Broker] = {}
+    stores: dict[str, PresenceStore] = {}
+    for url in config.redis_urls:
+        address = shard_address(url)
+        shards[address] = GuardedBroker(
+            RedisBroker(url, prefix=config.redis_prefix, meta_ttl=config.history_meta_ttl),
+            breaker=CircuitBreaker(f"broker {address}"),
+            budget=budget,
+        )
+        stores[address] = RedisPresenceStore(
+            url, prefix=config.redis_prefix, ttl=config.presence_ttl
+        )
+    return ShardedBroker(shards), ShardedPresenceStore(stores)
 
 
 @dataclass
