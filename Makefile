@@ -36,8 +36,27 @@ typecheck: $(STAMP)
 test: $(STAMP) js-deps lint typecheck
 	$(BIN)/pytest
 
-bench: $(STAMP)
-	$(BIN)/tether bench --help
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[test,redis,bench]'
+	touch $@
+
+# Node.js peer of the bench (npm `socket.io`), pinned by its package-lock.json.
+bench/js/node_modules/.installed: bench/js/package.json bench/js/package-lock.json
+	cd bench/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Tether vs the raw-asyncio ceiling, websockets, python-socketio and Socket.IO on Node.js,
+## same scenarios, one session (about 8 minutes; stopped at 15): rewrites docs/benchmarks.md.
+bench: $(BENCH_STAMP) bench/js/node_modules/.installed
+	timeout 900 $(BIN)/python bench/compare.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+## A local cluster: Redis, 3 nodes and HAProxy (no sticky sessions) until Ctrl-C.
+## Clients on ws://127.0.0.1:8080, server API on :9080 (docs/howto/scale-out.md).
+.PHONY: cluster
+cluster: $(STAMP)
+	deploy/local/cluster.sh

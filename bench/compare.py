@@ -1,0 +1,660 @@
+"""`make bench`: Tether and the alternatives under the same scenarios, in one session.
+
+Starts each target server (one process each, one at a time, on loopback ports 18700+),
+runs `tether bench SCENARIO --json` against it with `--server-pid`, stops it, and writes
+docs/benchmarks.md (and the raw reports to docs/benchmarks.json). Every process it starts
+runs in its own session and is stopped by its process-group id, whatever happens.
+
+usage: python bench/compare.py [--quick] [--out docs/benchmarks.md] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TETHER = str(BIN / "tether")
+PY = sys.executable
+BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "18700"))
+TOKEN_SECRET = "bench-token-secret-" + "b" * 24
+API_KEY = "bench-api-key"
+
+
+def targets(port: int) -> dict[str, dict]:
+    http = port + 1
+    return {
+        "ceiling": {
+            "label": "raw-asyncio ceiling",
+            "protocol": "plain",
+            "cmd": [PY, "bench/peers/raw_ceiling.py", str(port)],
+            "url": f"ws://127.0.0.1:{port}/",
+        },
+        "tether": {
+            "label": "Tether",
+            "protocol": "tether",
+            "cmd": [TETHER, "serve", "--config", "bench/tether.bench.toml"],
+            "env": {
+                "TETHER_PORT": str(port),
+                "TETHER_HTTP_PORT": str(http),
+                "TETHER_HOST": "127.0.0.1",
+                "TETHER_TOKEN_SECRET": TOKEN_SECRET,
+                "TETHER_API_KEY": API_KEY,
+            },
+            "url": f"ws://127.0.0.1:{port}/connection/websocket",
+            "extra": [
+                "--api-url",
+                f"http://127.0.0.1:{http}/api",
+                "--api-key",
+                API_KEY,
+                "--token-secret",
+                TOKEN_SECRET,
+            ],
+        },
+        "websockets": {
+            "label": "websockets broadcast()",
+            "protocol": "plain",
+            "cmd": [PY, "bench/peers/websockets_server.py", str(port)],
+            "url": f"ws://127.0.0.1:{port}/",
+        },
+        "python-socketio": {
+            "label": "python-socketio AsyncServer",
+            "protocol": "socketio",
+            "cmd": [PY, "bench/peers/socketio_server.py", str(port)],
+            "url": f"ws://127.0.0.1:{port}/socket.io/",
+        },
+        "node-socketio": {
+            "label": "Socket.IO on Node.js",
+            "protocol": "socketio",
+            "cmd": ["node", "bench/js/socketio_server.js", str(port)],
+            "url": f"ws://127.0.0.1:{port}/socket.io/",
+        },
+    }
+
+
+PEERS = ["ceiling", "tether", "websockets", "python-socketio", "node-socketio"]
+
+
+def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
+    """(scenario, row name, extra args) in run order; targets interleaved per scenario so
+    that a noisy neighbour hurts them alike."""
+    if quick:
+        fan = ["-n", "300", "--duration", "2", "--bursts", "2"]
+        lat = ["-n", "200", "--duration", "2", "--calibrate", "1"]
+        rooms = ["-n", "300", "--duration", "2", "--rate", "500"]
+        idle = ["-n", "1000", "--duration", "1"]
+    else:
+        fan = ["-n", "2000", "--duration", "10", "--bursts", "5"]
+        lat = ["-n", "1000", "--duration", "8", "--calibrate", "3"]
+        rooms = ["-n", "2000", "--duration", "8", "--rate", "2000"]
+        idle = ["-n", "10000", "--duration", "5"]
+    out: list[tuple[str, str, list[str]]] = []
+    for name in PEERS:
+        out.append(("fanout", name, fan))
+    out.append(("fanout", "tether-batch1", [*fan, "--batch", "1", "--concurrency", "8"]))
+    for name in PEERS:
+        out.append(("latency", name, lat))
+    for name in PEERS:
+        out.append(("rooms", name, rooms))
+    for name in PEERS:
+        out.append(("idle", name, idle))
+    return out
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not open port {port}")
+
+
+class Server:
+    def __init__(self, spec: dict, port: int, log: Path) -> None:
+        env = dict(os.environ, **spec.get("env", {}))
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(
+            spec["cmd"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_port(port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        # Our own process group (start_new_session), by its id.
+        for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ")[0]
+
+
+def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) -> dict:
+    name = "tether" if row == "tether-batch1" else row
+    spec = targets(port)[name]
+    load0 = loadavg()
+    server = Server(spec, port, logdir / f"{row}-{scenario}.log")
+    try:
+        time.sleep(0.5)
+        cmd = [
+            TETHER,
+            "bench",
+            scenario,
+            "--protocol",
+            spec["protocol"],
+            "--url",
+            spec["url"],
+            "--server-pid",
+            str(server.proc.pid),
+            "--json",
+            "--quiet",
+            *spec.get("extra", []),
+            *extra,
+        ]
+        started = time.time()
+        result = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            start_new_session=True,
+        )
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            return {"row": row, "scenario": scenario, "error": result.stderr[-1500:] or "no report"}
+        report = json.loads(lines[-1])
+        report.update(
+            row=row,
+            label=spec["label"] + (" (1 publication/request)" if row == "tether-batch1" else ""),
+            elapsed_s=round(time.time() - started, 1),
+            load_before=load0,
+            load_after=loadavg(),
+            command=" ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
+        )
+        return report
+    except subprocess.TimeoutExpired:
+        return {"row": row, "scenario": scenario, "error": "bench timed out"}
+    finally:
+        server.stop()
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")),
+        "?",
+    )
+    mem = next(
+        (
+            l.split()[1]
+            for l in Path("/proc/meminfo").read_text().splitlines()
+            if l.startswith("MemTotal")
+        ),
+        "0",
+    )
+
+    def version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return "?"
+
+    def pkg(name: str) -> str:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as v
+
+        try:
+            return v(name)
+        except PackageNotFoundError:
+            return "-"
+
+    node_pkg = json.loads((ROOT / "bench/js/package.json").read_text())["dependencies"]
+    return {
+        "cpu": model,
+        "nproc": version(["nproc"]),
+        "mem_gib": round(int(mem) / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": version(["node", "--version"]),
+        "packages": {
+            n: pkg(n)
+            for n in (
+                "uvloop",
+                "websockets",
+                "python-socketio",
+                "python-engineio",
+                "aiohttp",
+                "msgspec",
+            )
+        }
+        | {f"npm {k}": v for k, v in node_pkg.items()},
+        "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+    }
+
+
+def fmt(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "-"
+    if isinstance(n, float) and n != n:
+        return "-"
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:.2f}M{unit}"
+    if abs(n) >= 1e4:
+        return f"{n / 1e3:.0f}k{unit}"
+    return f"{n:g}{unit}"
+
+
+def correctness(r: dict) -> str:
+    if "error" in r:
+        return "error"
+    parts = f"{r.get('losses', 0)} / {r.get('duplicates', 0)} / {r.get('order_violations', 0)}"
+    return parts
+
+
+def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
+    by = {(r["scenario"], r["row"]): r for r in results}
+    L: list[str] = []
+    w = L.append
+    w("# Benchmarks")
+    w("")
+    w(f"Measured {meta['date']} with `make bench` ({meta['wall_min']:.1f} min). Reproduce with:")
+    w("")
+    w(
+        "```sh\nmake bench            # installs the bench extras and the Node peer, runs everything,\n"
+        "                      # rewrites this file and docs/benchmarks.json\n```"
+    )
+    w("")
+    w("One scenario against one target by hand (any Tether URL):")
+    w("")
+    w(
+        "```sh\ntether bench fanout --url ws://HOST:PORT/connection/websocket \\\n"
+        "    --api-url http://HOST:HTTP_PORT/api --api-key KEY --token-secret SECRET \\\n"
+        "    -n 2000 --duration 10 --server-pid PID --json\n```"
+    )
+    w("")
+    m = meta["machine"]
+    w("## Machine")
+    w("")
+    w(f"- CPU: {m['cpu']}, `nproc` = {m['nproc']}, {m['mem_gib']} GiB RAM, Linux {m['kernel']}")
+    w(
+        f"- Python {m['python']}, Node.js {m['node']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    )
+    w(
+        "- Server and bench client run on the same machine, one process each: on 2 cores "
+        "they compete for CPU with each other (and with anything else running)."
+    )
+    w(
+        f"- Load average (1 min) at start {meta['load_start']}, at end {meta['load_end']}. "
+        + meta["shared_note"]
+    )
+    w("")
+    w("## Fan-out: one channel, 2,000 subscribers, one server process")
+    w("")
+    w(
+        "Publisher at the highest rate each target sustains (it keeps about 0.1 s of that "
+        "target's deliveries in flight: at least one batch, at most 400 publications ahead "
+        "of the average subscriber), 10 publications per publish call (Tether: one `/api/batch` "
+        "request; peers: one message), as in the reference ceiling's 10 frames per write. "
+        "Deliveries/s is the median of 5 bursts. *Per server CPU-s* divides deliveries by the "
+        "CPU seconds the server process used: it is the figure least disturbed by a busy machine."
+    )
+    w("")
+    w(
+        "| target | deliveries/s (median) | bursts | x ceiling | Tether ÷ target | server CPU | deliveries per server CPU-s | Tether ÷ target (per CPU-s) | loss / dup / order |"
+    )
+    w("|---|---|---|---|---|---|---|---|---|")
+    fan_rows = [
+        "ceiling",
+        "tether",
+        "tether-batch1",
+        "websockets",
+        "python-socketio",
+        "node-socketio",
+    ]
+    ceil = by.get(("fanout", "ceiling"), {})
+    teth = by.get(("fanout", "tether"), {})
+    for row in fan_rows:
+        r = by.get(("fanout", row))
+        if r is None:
+            continue
+        if "error" in r:
+            w(f"| {row} | error: {r['error'][:80]!r} | | | | | | | |")
+            continue
+        dps = r.get("deliveries_per_s")
+        cps = r.get("deliveries_per_server_cpu_s")
+        xc = f"{dps / ceil['deliveries_per_s']:.2f}" if ceil.get("deliveries_per_s") else "-"
+        tr = (
+            f"{teth['deliveries_per_s'] / dps:.2f}" if teth.get("deliveries_per_s") and dps else "-"
+        )
+        trc = (
+            f"{teth['deliveries_per_server_cpu_s'] / cps:.2f}"
+            if teth.get("deliveries_per_server_cpu_s") and cps
+            else "-"
+        )
+        bursts = ", ".join(fmt(b) for b in r.get("burst_deliveries_per_s", []))
+        w(
+            f"| {r['label']} | **{fmt(dps)}** | {bursts} | {xc} | {tr} | {r.get('server_cpu_percent', '-')}% | {fmt(cps)} | {trc} | {correctness(r)} |"
+        )
+    w("")
+    w("## Latency: 1,000 subscribers, publishing at half of the measured maximum")
+    w("")
+    w(
+        "Each target is first driven at its maximum for 3 s (calibration, one publication per "
+        "call as below), then published to "
+        "at 50% of that rate for 8 s, one publication per call (Tether: `POST /api/publish`). "
+        "Latency runs from the publication's *scheduled* send time to its arrival, measured on "
+        "100 of the 1,000 connections."
+    )
+    w("")
+    w(
+        "| target | calibrated max deliveries/s | publications/s | p50 | p99 | p99.9 | max | loss / dup / order |"
+    )
+    w("|---|---|---|---|---|---|---|---|")
+    for row in PEERS:
+        r = by.get(("latency", row))
+        if r is None:
+            continue
+        if "error" in r:
+            w(f"| {row} | error: {r['error'][:80]!r} | | | | | | |")
+            continue
+        lat = r.get("latency") or {}
+        w(
+            f"| {r['label']} | {fmt(r.get('calibrated_max_deliveries_per_s'))} | {r.get('rate')} | "
+            f"{lat.get('p50_ms', '-')} ms | **{lat.get('p99_ms', '-')} ms** | {lat.get('p999_ms', '-')} ms | "
+            f"{lat.get('max_ms', '-')} ms | {correctness(r)} |"
+        )
+    w("")
+    w("## Rooms: 2,000 connections, personal channel + 10-member group channel")
+    w("")
+    w(
+        "2,000 publications/s, alternately to a personal and a group channel (11,000 deliveries/s "
+        "expected); offsets and latency checked on every connection."
+    )
+    w("")
+    w("| target | deliveries/s | p50 | p99 | server CPU | loss / dup / order |")
+    w("|---|---|---|---|---|---|")
+    for row in PEERS:
+        r = by.get(("rooms", row))
+        if r is None:
+            continue
+        if "error" in r:
+            w(f"| {row} | error: {r['error'][:80]!r} | | | | |")
+            continue
+        lat = r.get("latency") or {}
+        w(
+            f"| {r['label']} | {fmt(r.get('deliveries_per_s'))} | {lat.get('p50_ms', '-')} ms | "
+            f"{lat.get('p99_ms', '-')} ms | {r.get('server_cpu_percent', '-')}% | {correctness(r)} |"
+        )
+    w("")
+    w("## Idle: 10,000 connections x 2 channels")
+    w("")
+    w(
+        "Connections are opened 256 at a time; an upgrade refused with 503 (Tether's admission "
+        "control, 2,000 connects/s by default) is retried after its `Retry-After`, as SDKs do. "
+        "Server RSS after the connections are set up and subscribed, minus RSS before, divided "
+        "by the connections; then held for 5 s (heartbeats answered)."
+    )
+    w("")
+    w(
+        "| target | KiB per connection | RSS before → connected | connections/s (setup) "
+        "| upgrades refused (503), retried | alive at end |"
+    )
+    w("|---|---|---|---|---|---|")
+    for row in PEERS:
+        r = by.get(("idle", row))
+        if r is None:
+            continue
+        if "error" in r:
+            w(f"| {row} | error: {r['error'][:80]!r} | | | |")
+            continue
+        w(
+            f"| {r['label']} | **{r.get('rss_per_connection_kib')}** | {r.get('server_rss_before_mib')} → "
+            f"{r.get('server_rss_connected_mib')} MiB | {fmt(r.get('connect_per_s'))} | "
+            f"{r.get('connect_refused_retried', '-')} | "
+            f"{r.get('alive_at_end')} / {r.get('connections')} |"
+        )
+    w("")
+    w("## Targets of issue 3")
+    w("")
+    for line in meta["verdicts"]:
+        w(f"- {line}")
+    w("")
+    w("## How the numbers are made")
+    w("")
+    w(
+        "- The client is `tether bench` (`src/tether/bench/`): one process, uvloop, a hand-written "
+        "WebSocket client on `asyncio.Protocol`. Every connection counts deliveries with one "
+        "`bytes.count` per read; a declared sample (64 of 2,000 in fan-out, 100 in latency, all "
+        "in rooms) cuts frames and checks every offset (loss, duplicate, order) and latency. "
+        "Connections outside the sample add losses and duplicates by count."
+    )
+    w(
+        "- Tether: `tether serve --config bench/tether.bench.toml` (namespace `bench`: history "
+        "100, recovery on, every connection with its own JWT); publications through the server "
+        "HTTP API; offsets are Tether's stream offsets."
+    )
+    w(
+        "- Peers (`bench/peers/`, `bench/js/`) relay the bench's JSON messages; the publisher "
+        "numbers them per channel so loss/duplicate/order are checked the same way. The raw "
+        "ceiling frames each publication once and writes a published batch to each subscriber "
+        "as one `write`; it has no auth, history, heartbeats or queue bounds."
+    )
+    w(
+        '- python-socketio: `AsyncServer(async_mode="aiohttp", transports=["websocket"], '
+        "async_handlers=False)` on uvloop (with the default `async_handlers=True` consecutive "
+        "publish events are handled concurrently and deliveries arrive out of order). "
+        "Socket.IO on Node.js: one process, WebSocket transport, `bufferutil` + "
+        "`utf-8-validate`, the initial request dropped (the Socket.IO performance-tuning "
+        "guide). websockets: `broadcast()`, no compression, no keepalive pings."
+    )
+    w(
+        "- The ceiling is the reference's idea (frames built once, a batch written as one "
+        "`write`) run through the same closed loop as everyone else. It ignores "
+        "`pause_writing`: when the client falls behind, each batch is queued separately in "
+        "the event loop's buffer. Tether holds and merges what it queues while a socket is "
+        "paused, so it makes fewer, larger writes and can come out above this ceiling (the "
+        "reference's open-loop figure on this machine is ~1.9M deliveries/s for 1,000 "
+        "clients). Compare per server CPU-second as well as per second."
+    )
+    w(
+        "- Latency is measured with one publication per API call, so a publication's frame "
+        "goes out as one `write` per subscriber: that shape costs several times more per "
+        "delivery than the batched fan-out above (compare the two Tether fan-out rows)."
+    )
+    w(f"- Raw reports of every run: `docs/benchmarks.json`. {meta['fifty_k']}")
+    w("")
+    out.write_text("\n".join(L))
+
+
+def verdicts(by: dict) -> list[str]:
+    out = []
+    ceil = by.get(("fanout", "ceiling"), {})
+    teth = by.get(("fanout", "tether"), {})
+    if ceil.get("deliveries_per_s") and teth.get("deliveries_per_s"):
+        ratio = teth["deliveries_per_s"] / ceil["deliveries_per_s"]
+        cpu_ratio = (teth.get("deliveries_per_server_cpu_s") or 0) / max(
+            ceil.get("deliveries_per_server_cpu_s") or 1, 1
+        )
+        out.append(
+            f"Fan-out >= 0.7x the raw ceiling: **{'met' if ratio >= 0.7 else 'MISSED'}** "
+            f"({ratio:.2f}x by deliveries/s; {cpu_ratio:.2f}x per server CPU-second)."
+        )
+        peers = [
+            p
+            for p in ("websockets", "python-socketio", "node-socketio")
+            if by.get(("fanout", p), {}).get("deliveries_per_s")
+        ]
+        worst = (
+            min(
+                (teth["deliveries_per_s"] / by[("fanout", p)]["deliveries_per_s"], p) for p in peers
+            )
+            if peers
+            else None
+        )
+        if worst:
+            out.append(
+                f"Fan-out >= 3x every peer: **{'met' if worst[0] >= 3 else 'MISSED'}** "
+                f"(closest peer: {worst[1]}, Tether is {worst[0]:.1f}x)."
+            )
+    idle = by.get(("idle", "tether"), {})
+    if idle.get("rss_per_connection_kib") is not None:
+        k = idle["rss_per_connection_kib"]
+        out.append(
+            f"Idle <= 6 KiB server RSS per connection (10,000 x 2 channels): "
+            f"**{'met' if k <= 6 else 'MISSED'}** ({k} KiB)."
+        )
+    lat = by.get(("latency", "tether"), {}).get("latency") or {}
+    if lat:
+        out.append(
+            f"Latency p99 < 50 ms at half of max throughput: "
+            f"**{'met' if lat['p99_ms'] < 50 else 'MISSED'}** (p99 {lat['p99_ms']} ms)."
+        )
+    bad = [
+        (r["scenario"], r["row"])
+        for r in by.values()
+        if r["row"].startswith("tether")
+        and (r.get("losses") or r.get("duplicates") or r.get("order_violations"))
+    ]
+    tether_runs = [r for r in by.values() if r["row"].startswith("tether")]
+    out.append(
+        "Zero losses / duplicates / order violations (Tether, every scenario): "
+        + ("**met**" if not bad and tether_runs else f"**MISSED** in {bad}")
+    )
+    return out
+
+
+def shared_note(load_start: str, results: list[dict]) -> str:
+    """What the load averages say about other work on the machine during the run."""
+    peak = max((float(r.get("load_before", 0)) for r in results), default=0.0)
+    if float(load_start) > 0.5:
+        return (
+            f"The machine was shared with other work (load {load_start} before the first run; "
+            f"up to {peak:.2f} before later runs, which includes about 2 from the previous "
+            "bench run itself): absolute figures are depressed and noisy, per-CPU-second "
+            "figures less so."
+        )
+    return (
+        f"The machine was quiet when the run started (load {load_start}); loads before later "
+        f"runs (up to {peak:.2f}) include about 2 from the previous bench run itself. Other "
+        "engineers share this machine, so work starting mid-run cannot be ruled out."
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny runs (a smoke test of the harness)"
+    )
+    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--only", nargs="*", help="rows to run (default: all)")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the page from its .json, run nothing"
+    )
+    args = parser.parse_args()
+    if args.render_only:
+        out = ROOT / args.out
+        saved = json.loads(out.with_suffix(".json").read_text())
+        saved["meta"]["shared_note"] = shared_note(saved["meta"]["load_start"], saved["results"])
+        write_markdown(saved["results"], saved["meta"], out)
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
+    # `timeout` (make bench) sends SIGTERM: unwind, so that every server is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    logdir = Path(tempfile.gettempdir()) / "tether-bench-logs"
+    logdir.mkdir(exist_ok=True)
+    print(f"server logs in {logdir}", file=sys.stderr)
+    t0 = time.time()
+    load_start = loadavg()
+    results: list[dict] = []
+    steps = [s for s in plan(args.quick) if not args.only or s[1] in args.only]
+    for i, (scenario, row, extra) in enumerate(steps):
+        port = BASE_PORT + 2 * (i % 40)
+        print(
+            f"[{i + 1}/{len(steps)}] {scenario:8} {row:16} ...", end="", flush=True, file=sys.stderr
+        )
+        r = run_one(scenario, row, extra, port, logdir)
+        results.append(r)
+        summary = r.get("error") or (
+            f"{fmt(r.get('deliveries_per_s'))}/s"
+            if scenario != "idle"
+            else f"{r.get('rss_per_connection_kib')} KiB/conn"
+        )
+        if scenario == "latency" and r.get("latency"):
+            summary += f" p99 {r['latency']['p99_ms']} ms"
+        print(
+            f" {summary}  (load {r.get('load_before', '?')}->{r.get('load_after', '?')})",
+            file=sys.stderr,
+            flush=True,
+        )
+    by = {(r["scenario"], r["row"]): r for r in results}
+    load_end = loadavg()
+    shared = shared_note(load_start, results)
+    fifty = (
+        (
+            "A 50,000-connection run was not made: this machine caps open files per process "
+            f"at {hard} (hard RLIMIT_NOFILE, not raisable here), and one server process needs "
+            "one per connection. `tether bench` supports it (it raises its own limit and "
+            "spreads source addresses over 127.0.0.x past ~25k connections)."
+        )
+        if hard < 50_500
+        else ""
+    )
+    meta = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "wall_min": (time.time() - t0) / 60,
+        "machine": machine(),
+        "load_start": load_start,
+        "load_end": load_end,
+        "shared_note": shared,
+        "verdicts": verdicts(by),
+        "fifty_k": fifty,
+    }
+    out = ROOT / args.out
+    write_markdown(results, meta, out)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    for line in meta["verdicts"]:
+        print("  " + line.replace("**", ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

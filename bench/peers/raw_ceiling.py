@@ -1,0 +1,122 @@
+"""The raw-asyncio ceiling: the least work a Python server can do per delivery here.
+
+A hand-written WebSocket server on ``asyncio.Protocol`` under uvloop, modelled on the
+reference measurement (shared/bench-reference, ``raw_asyncio.py`` with ``BATCH=10``):
+frames are built once per publication, and a published batch goes to each subscriber as
+one ``transport.write`` of the concatenated frames. No protocol beyond the bench's plain
+JSON messages: ``{"op":"sub","rooms":[..]}`` (answered ``{"op":"subok"}``) and
+``{"op":"pub","room":R,"msgs":[..]}`` (each message relayed unchanged to room R).
+No history, no auth, no heartbeats, no queue bounds: it is a yardstick, not a server.
+
+usage: python raw_ceiling.py PORT
+"""
+
+import asyncio
+import base64
+import hashlib
+import json
+import struct
+import sys
+
+import uvloop
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+rooms: dict[str, set["Conn"]] = {}
+
+
+def frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    n = len(data)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+
+
+class Conn(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.tr = transport
+        self.buf = b""
+        self.open = False
+        self.rooms = []
+
+    def data_received(self, data):
+        buf = self.buf + data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            key = b""
+            for line in buf[:end].split(b"\r\n"):
+                if line.lower().startswith(b"sec-websocket-key:"):
+                    key = line.split(b":", 1)[1].strip()
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            self.tr.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            self.open = True
+            buf = buf[end + 4 :]
+        pos, end = 0, len(buf)
+        while end - pos >= 6:
+            b0, n = buf[pos], buf[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif n == 127:
+                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            if end - pos < head + 4 + n:
+                break
+            mask = buf[pos + head : pos + head + 4]
+            payload = unmask(buf[pos + head + 4 : pos + head + 4 + n], mask) if n else b""
+            pos += head + 4 + n
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                self.tr.close()
+                return
+            if opcode == 0x1:
+                self.on_message(payload)
+        self.buf = buf[pos:]
+
+    def on_message(self, payload):
+        msg = json.loads(payload)
+        if msg["op"] == "sub":
+            for room in msg["rooms"]:
+                rooms.setdefault(room, set()).add(self)
+                self.rooms.append(room)
+            self.tr.write(frame(b'{"op":"subok"}'))
+        elif msg["op"] == "pub":
+            members = rooms.get(msg["room"])
+            if members:
+                data = b"".join(
+                    frame(json.dumps(m, separators=(",", ":")).encode()) for m in msg["msgs"]
+                )
+                for conn in members:
+                    conn.tr.write(data)
+
+    def connection_lost(self, exc):
+        for room in self.rooms:
+            members = rooms.get(room)
+            if members is not None:
+                members.discard(self)
+                if not members:
+                    del rooms[room]
+
+
+async def main(port):
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Conn, "127.0.0.1", port, backlog=4096, reuse_address=True)
+    print(f"raw ceiling on ws://127.0.0.1:{port}/", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1])))

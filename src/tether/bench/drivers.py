@@ -1,0 +1,194 @@
+"""Protocol drivers: how a bench connection subscribes, and what a delivery looks like.
+
+A driver knows, for one protocol: the upgrade path; the setup exchange after the upgrade
+(ending in :meth:`BenchConnection.go_live`); the *marker*, a byte string found exactly once
+in every delivered publication (the counting path counts it); the server heartbeat and its
+answer; and a regular expression that extracts ``(channel, offset, sent_at)`` of every
+publication (the checking path).
+
+* :class:`TetherDriver`: the Centrifugo client protocol v2, JSON (Tether, Centrifugo).
+  Offsets are the server's stream offsets; the subscribe reply says where each stream is.
+* :class:`SocketIODriver`: Socket.IO v5 over Engine.IO v4, WebSocket transport only (the
+  python-socketio and Node.js peers): ``0{..}`` open, ``40`` connect, ``421["join",[..]]``
+  with an ack, ``42["msg",{..}]`` deliveries, ping ``2`` answered with ``3``.
+* :class:`PlainDriver`: the minimal JSON protocol of the raw-asyncio ceiling and the
+  websockets peer: ``{"op":"sub","rooms":[..]}`` answered by ``{"op":"subok"}``.
+
+The peers assign no offsets, so for them the publisher numbers publications per channel
+(``"o"``) and the peer relays the message unchanged: losses, duplicates and reordering are
+detected the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import ClassVar
+
+from tether.bench.wsclient import BenchConnection, client_frame
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class Driver:
+    name: ClassVar[str]
+    default_path: ClassVar[str]
+    marker: bytes
+    ping_frame: bytes | None = None
+    """The whole server heartbeat frame, as the counting path finds it (None: none)."""
+    ping_payload: bytes | None = None
+    pong_frame: bytes | None = None
+    pattern: re.Pattern[bytes]
+    groups: tuple[int, int, int]
+    """Indexes of channel, offset and sent-at (microseconds) in a ``findall`` tuple."""
+    server_offsets: ClassVar[bool] = False
+    """True if the server assigns offsets (Tether); else the publisher numbers them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path or self.default_path
+        longest = max(len(self.marker), len(self.ping_frame or b""))
+        self.seam = longest - 1
+
+    def channel(self, name: str) -> str:
+        return name
+
+    def message(self, channel: str, seq: int, sent_at: int, pad: str) -> bytes:
+        """The JSON published for publication ``seq`` of ``channel``."""
+        return b'{"ch":"%s","o":%d,"t":%d,"p":"%s"}' % (
+            channel.encode(),
+            seq,
+            sent_at,
+            pad.encode(),
+        )
+
+    def on_open(self, conn: BenchConnection) -> None:
+        """The upgrade is done: start the setup exchange."""
+
+    def on_setup_message(self, conn: BenchConnection, payload: bytes) -> None:
+        """One message before the connection is live."""
+
+
+_PEER_PATTERN = re.compile(rb'"ch":\s*"([^"]*)",\s*"o":\s*(\d+),\s*"t":\s*(\d+)')
+
+
+class TetherDriver(Driver):
+    name = "tether"
+    default_path = "/connection/websocket"
+    marker = b'"pub":{'
+    ping_frame = b"\x81\x02{}"
+    ping_payload = b"{}"
+    pong_frame = client_frame(b"{}")
+    # The pub push is encoded as {"push":{"channel":C,"pub":{"data":D,"offset":N}}}; the
+    # bench's data D starts with "t" and holds no "offset" key.
+    pattern = re.compile(rb'"channel":"([^"]*)","pub":\{"data":\{"t":(\d+),.*?"offset":(\d+)')
+    groups = (0, 2, 1)
+    server_offsets = True
+
+    def __init__(self, path: str, namespace: str = "bench") -> None:
+        super().__init__(path)
+        self.namespace = namespace
+
+    def channel(self, name: str) -> str:
+        return f"{self.namespace}:{name}" if self.namespace else name
+
+    def message(self, channel: str, seq: int, sent_at: int, pad: str) -> bytes:
+        return b'{"t":%d,"p":"%s"}' % (sent_at, pad.encode())
+
+    def on_open(self, conn: BenchConnection) -> None:
+        commands = [_compact({"id": 1, "connect": {"token": conn.setup.get("token", "")}})]
+        for i, channel in enumerate(conn.channels):
+            commands.append(_compact({"id": i + 2, "subscribe": {"channel": channel}}))
+        conn.setup["pending"] = len(commands)
+        conn.setup["offsets"] = {}
+        conn.send(b"\n".join(commands))
+
+    def on_setup_message(self, conn: BenchConnection, payload: bytes) -> None:
+        for line in payload.split(b"\n"):
+            if not line.strip() or line.strip() == b"{}":
+                continue
+            reply = json.loads(line)
+            cid = reply.get("id", 0)
+            if not cid:
+                continue  # a push before the setup ends (join, ...): not a publication
+            if "error" in reply:
+                error = reply["error"]
+                conn.fail(f"command {cid} refused: {error.get('code')} {error.get('message')}")
+                return
+            if cid >= 2:
+                channel = conn.channels[cid - 2]
+                offset = int(reply.get("subscribe", {}).get("offset", 0))
+                conn.setup["offsets"][channel] = offset
+                if conn.checked:
+                    conn.expect_from(channel, offset)
+            conn.setup["pending"] -= 1
+            if conn.setup["pending"] == 0:
+                conn.go_live()
+                return
+
+
+class SocketIODriver(Driver):
+    name = "socketio"
+    default_path = "/socket.io/?EIO=4&transport=websocket"
+    marker = b'"o":'
+    ping_frame = b"\x81\x012"
+    ping_payload = b"2"
+    pong_frame = client_frame(b"3")
+    pattern = _PEER_PATTERN
+    groups = (0, 1, 2)
+
+    def __init__(self, path: str) -> None:
+        if path and "EIO=" not in path:
+            path = path.rstrip("/") + "/?EIO=4&transport=websocket"
+        if path.startswith("/?"):
+            path = "/socket.io" + path
+        super().__init__(path)
+
+    def on_setup_message(self, conn: BenchConnection, payload: bytes) -> None:
+        if payload == b"2":
+            return  # heartbeat, answered by the connection
+        if payload.startswith(b"0{"):
+            conn.send(b"40")  # Engine.IO open -> Socket.IO connect to "/"
+        elif payload.startswith(b"40"):
+            conn.send(b"421" + _compact(["join", conn.channels]))
+        elif payload.startswith(b"431"):
+            conn.go_live()  # the join ack
+        elif payload.startswith(b"44"):
+            conn.fail(f"socket.io connect refused: {payload[:200]!r}")
+
+    def publish_frame(self, channel: str, messages: list[bytes]) -> bytes:
+        body = b'42["pub",{"room":"%s","msgs":[%s]}]' % (channel.encode(), b",".join(messages))
+        return client_frame(body)
+
+
+class PlainDriver(Driver):
+    name = "plain"
+    default_path = "/"
+    marker = b'"o":'
+    pattern = _PEER_PATTERN
+    groups = (0, 1, 2)
+
+    def on_open(self, conn: BenchConnection) -> None:
+        conn.send(_compact({"op": "sub", "rooms": conn.channels}))
+
+    def on_setup_message(self, conn: BenchConnection, payload: bytes) -> None:
+        if b'"subok"' in payload:
+            conn.go_live()
+
+    def publish_frame(self, channel: str, messages: list[bytes]) -> bytes:
+        body = b'{"op":"pub","room":"%s","msgs":[%s]}' % (channel.encode(), b",".join(messages))
+        return client_frame(body)
+
+
+PROTOCOLS = ("tether", "socketio", "plain")
+
+
+def make_driver(protocol: str, path: str, namespace: str) -> Driver:
+    if protocol == "tether":
+        return TetherDriver(path, namespace)
+    if protocol == "socketio":
+        return SocketIODriver(path)
+    if protocol == "plain":
+        return PlainDriver(path)
+    raise ValueError(f"unknown protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
