@@ -180,12 +180,28 @@ class OutboundQueue:
         self._dirty = False
         if self._stopped:
             return
+        out = self._out
+        if (
+            len(out) == 1
+            and self._urgent is None
+            and self._held is None
+            and not self._eph
+            and not self._paused
+        ):
+            # The fan-out fast path: one tick batch (or frame) and nothing else queued.
+            item = out[0]
+            self._out = []
+            data = item if isinstance(item, bytes) else b"".join(item)
+            if len(data) <= self._limits.max_bytes or force:
+                self.transport.write(data)
+                return
+            out = [item]  # over the bound: the general path below declares it slow
         parts: list[bytes] = []
         if self._urgent is not None:
             _flatten(self._urgent, parts)
             self._urgent = None
-        if self._out:
-            _flatten(self._out, parts)
+        if out:
+            _flatten(out, parts)
             self._out = []
         blob = b"".join(parts)
         held = self._held_bytes + len(blob)
@@ -206,17 +222,17 @@ class OutboundQueue:
                     self._held.append(blob)
                 self._held_bytes = held
             return
-        out = self._held or []
+        chunks = self._held or []
         if blob:
-            out.append(blob)
+            chunks.append(blob)
         self._held = None
         self._held_bytes = 0
         if self._eph:
-            out.extend(self._eph.values())
+            chunks.extend(self._eph.values())
             self._eph = None
             self._eph_bytes = 0
-        if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if chunks:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _on_slow(self) -> None:
         raise NotImplementedError

@@ -78,7 +78,7 @@ class WebSocketConnection(asyncio.Protocol):
                 if self._client is not None:
                     self._client.on_message(event.data)
             elif isinstance(event, wire.Ping):
-                self._write(wire.control_frame(wire.OP_PONG, event.data))
+                self.write(wire.control_frame(wire.OP_PONG, event.data))
             elif isinstance(event, wire.Close):
                 # Echo the close (RFC 6455 5.5.1), then let the peer close TCP.
                 code = wire.CLOSE_NORMAL if event.code == 1005 else event.code
@@ -107,18 +107,15 @@ class WebSocketConnection(asyncio.Protocol):
     # -- ClientTransport --------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self._write(data)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def close(self, code: int, reason: str) -> None:
         self._client = None
         self._fail(code, reason)
 
     # -- internals --------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
 
     def _fail(self, code: int, reason: str) -> None:
         """Send a close frame and close the socket (queued data goes first)."""
