@@ -69,7 +69,8 @@ def serve(
             "(or a config file) for anything else.\n"
             f"  token secret: {cfg.token_secret}\n"
             f"  API key:      {cfg.api_key}\n"
-            f"  mint a token: TETHER_TOKEN_SECRET={cfg.token_secret} tether token --user alice\n",
+            f"  mint a token: TETHER_TOKEN_SECRET={cfg.token_secret} "
+            f"{sys.argv[0]} token --user alice\n",
             err=True,
         )
     typer.echo(
@@ -215,6 +216,13 @@ def bench(
         int,
         typer.Option(help="Spread connections over 127.0.0.2.. (0: automatic past ~25k)."),
     ] = 0,
+    start_file: Annotated[
+        str,
+        typer.Option(
+            help="rooms: after connecting, wait until this file exists before publishing "
+            "(to start several bench processes together)."
+        ),
+    ] = "",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
     ] = False,
@@ -250,6 +258,7 @@ def bench(
         check_sample=check_sample,
         server_pid=server_pid,
         source_addresses=source_addresses,
+        start_file=start_file,
         progress=not quiet,
     )
     try:
