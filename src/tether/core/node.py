@@ -115,7 +115,7 @@ class Node:
 
     async def start(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
-        flusher = Flusher(loop.call_soon)
+        flusher = Flusher(loop.call_soon, loop.call_later, max_delay=self.config.flush_max_delay)
         flusher.on_tick_end(self.hub.end_tick)
         self._queue_limits = QueueLimits(
             max_bytes=self.config.outbound_queue_bytes,

@@ -8,6 +8,7 @@ connection. Two implementations: the WebSocket listener, and the in-memory pair 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,15 +25,44 @@ class ClientTransport(Protocol):
 
 
 class Flusher:
-    """Coalesces writes: every connection that got data during this loop tick is flushed
-    once, with one ``write`` of everything queued for it, by a single scheduled callback."""
+    """Coalesces writes: every connection that got data since the last flush is flushed
+    once, with one ``write`` of everything queued for it, by a single scheduled callback.
 
-    __slots__ = ("_call_soon", "_dirty", "_scheduled", "_tick_end")
+    Adaptive delay: while flushing is cheap the flush runs on the next loop iteration
+    (``call_soon``). When a flush is expensive (thousands of sockets), the next one is
+    scheduled after a delay equal to the last flush's duration, capped at ``max_delay``
+    seconds: publications that arrive meanwhile (one by one from a broker, or from
+    separate API requests) join the same tick batches, so a burst costs one write per
+    socket instead of one per publication, at a latency cost bounded by ``max_delay`` and
+    by the flush time itself. ``max_delay = 0`` turns it off.
+    """
 
-    def __init__(self, call_soon: Callable[[Callable[[], None]], object]) -> None:
+    __slots__ = (
+        "_call_later",
+        "_call_soon",
+        "_clock",
+        "_delay",
+        "_dirty",
+        "_scheduled",
+        "_tick_end",
+        "max_delay",
+    )
+
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], None]], object],
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        *,
+        max_delay: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self._dirty: list[Flushable] = []
         self._scheduled = False
         self._call_soon = call_soon
+        self._call_later = call_later
+        self._clock = clock
+        self._delay = 0.0
+        self.max_delay = max_delay if call_later is not None else 0.0
         self._tick_end: list[Callable[[], None]] = []
 
     def on_tick_end(self, callback: Callable[[], None]) -> None:
@@ -43,15 +73,23 @@ class Flusher:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            self._call_soon(self._flush)
+            if self._delay > 0.0 and self._call_later is not None:
+                self._call_later(self._delay, self._flush)
+            else:
+                self._call_soon(self._flush)
 
     def _flush(self) -> None:
+        started = self._clock()
         self._scheduled = False
         for callback in self._tick_end:
             callback()
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
+        if self.max_delay:
+            cost = self._clock() - started
+            # Below a millisecond the loop is not the bottleneck: keep latency minimal.
+            self._delay = min(cost, self.max_delay) if cost > 0.001 else 0.0
 
 
 class Flushable(Protocol):
