@@ -73,6 +73,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_channel_length: int = 255
     max_presence_entries: int = 1000
     outbound_queue_bytes: int = 1 << 20
+    flush_max_delay: float = 0.002
     ephemeral_queue_bytes: int = 64 << 10
     lane_publish_limits: dict[str, int] = msgspec.field(
         default_factory=lambda: {"critical": 10000, "standard": 5000, "ephemeral": 1000}
@@ -96,6 +97,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     broker: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_urls: list[str] = msgspec.field(default_factory=list)
+    redis_cluster: bool = False
     redis_prefix: str = "tether"
     presence_ttl: float = 60
     namespaces: dict[str, NamespaceConfig] = {}
@@ -168,7 +170,12 @@ def _validate(config: Config) -> None:
         raise bad("expired_close_delay", "must be 0 or more")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise bad("log_level", "must be one of debug, info, warning, error")
-    for key in ("max_connections_per_ip", "max_connections_per_user", "drain_window"):
+    for key in (
+        "max_connections_per_ip",
+        "max_connections_per_user",
+        "drain_window",
+        "flush_max_delay",
+    ):
         if getattr(config, key) < 0:
             raise bad(key, "must be 0 (unlimited / immediate) or more")
     for lane in LANES:
@@ -184,6 +191,7 @@ def _validate(config: Config) -> None:
     ):
         raise bad("redis_url", "must be a redis://, rediss:// or unix:// URL")
     _validate_redis_urls(config, bad)
+    _validate_redis_cluster(config, bad)
     if config.log_format not in ("console", "json"):
         raise bad("log_format", "must be console or json")
     for name, ns in config.namespaces.items():
@@ -222,6 +230,33 @@ def _validate_redis_urls(config: Config, bad: Callable[[str, str], ConfigError])
                 "every shard must be a different server or database",
             )
         seen[address] = _without_password(url)
+
+
+def _validate_redis_cluster(config: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    if not config.redis_cluster:
+        return
+    if config.broker != "redis":
+        raise bad("redis_cluster", 'needs broker = "redis"')
+    if config.redis_urls:
+        raise bad(
+            "redis_cluster",
+            "cannot be combined with redis_urls (sharding over independent servers): "
+            "a Redis Cluster spreads the channels itself; set redis_url to one of its nodes",
+        )
+    if not config.redis_url.startswith(("redis://", "rediss://")):
+        raise bad(
+            "redis_url",
+            "must be a redis:// or rediss:// URL of a cluster node with redis_cluster = true "
+            f"(got {_without_password(config.redis_url)!r})",
+        )
+    try:
+        address = shard_address(config.redis_url)
+    except ValueError as exc:
+        raise bad("redis_url", f"{exc} (got {_without_password(config.redis_url)!r})") from None
+    if not address.endswith("/0"):
+        raise bad(
+            "redis_url", "must use database 0 with redis_cluster = true (a cluster has no others)"
+        )
 
 
 def _without_password(url: str) -> str:
@@ -334,6 +369,8 @@ max_subscriptions = 128     # per connection (error 106)
 max_channel_length = 255    # characters (error 107)
 max_presence_entries = 1000 # presence replies larger than this: error 106
 outbound_queue_bytes = 1048576  # per connection, all lanes; over it the client is slow (3008)
+flush_max_delay = 0.002     # seconds: after an expensive flush (many sockets), wait up to
+                            # this long so that more publications share the next write
 ephemeral_queue_bytes = 65536   # per connection, ephemeral lane; over it oldest are dropped
 client_publish_rate = 50    # publishes per second per connection (error 111 beyond)
 client_publish_burst = 100
@@ -366,6 +403,9 @@ redis_prefix = "tether"     # prefix of every Redis key and pub/sub channel
 # replaces redis_url. Adding a shard moves ~1/N of the channels, whose streams restart.
 # Environment: TETHER_REDIS_URLS, comma-separated. See docs/howto/scale-out.md.
 redis_urls = []             # e.g. ["redis://10.0.0.1:6379/0", "redis://10.0.0.2:6379/0"]
+# Redis Cluster (>= 7) with sharded pub/sub: redis_url names one node (the seed), the
+# other masters are discovered from it. Not with redis_urls. See docs/howto/scale-out.md.
+redis_cluster = false       # environment: TETHER_REDIS_CLUSTER=true
 presence_ttl = 60           # seconds a presence entry outlives its node (redis broker)
 
 # Publishes accepted but not yet done, per lane; beyond it the API answers 429 with

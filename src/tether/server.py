@@ -24,6 +24,19 @@ def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
     """The broker and presence store the config names."""
     if config.broker == "redis" and config.redis_urls:
         return _make_sharded_broker(config)
+    if config.broker == "redis" and config.redis_cluster:
+        from tether.brokers.guarded import GuardedBroker
+        from tether.brokers.redis_cluster import RedisClusterBroker, RedisClusterPresenceStore
+
+        cluster = GuardedBroker(
+            RedisClusterBroker(
+                config.redis_url, prefix=config.redis_prefix, meta_ttl=config.history_meta_ttl
+            )
+        )
+        store = RedisClusterPresenceStore(
+            config.redis_url, prefix=config.redis_prefix, ttl=config.presence_ttl
+        )
+        return cluster, store
     if config.broker == "redis":
         from tether.brokers.guarded import GuardedBroker
         from tether.brokers.redis import RedisBroker, RedisPresenceStore

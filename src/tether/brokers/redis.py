@@ -9,7 +9,9 @@ Keys, per channel ``CH`` (prefix ``tether`` by default):
 * ``tether.idem.{CH}.<key>``: ``"<offset> <epoch>"`` of an idempotent publish.
 * Pub/sub channel ``tether.ch.{CH}``: messages ``p<offset> <json>``, ``j<json>``, ``l<json>``.
 
-The braces make every key of a channel hash to one Redis Cluster slot.
+The braces make every key of a channel hash to one Redis Cluster slot. The scripts, the
+key layout and the stored encoding live in :mod:`tether.brokers.redis_common`, shared with
+the Redis Cluster broker (:mod:`tether.brokers.redis_cluster`).
 
 A publish is one Lua script: dedup, offset increment, append, trim, expire and PUBLISH run
 atomically, so the stream and the fan-out can never disagree. Commands are never retried
@@ -30,19 +32,15 @@ import asyncio
 import contextlib
 import math
 import random
-import secrets
 from collections import deque
 from typing import Any
 
-import msgspec
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.connection import BlockingConnectionPool, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tether.brokers.base import (
     BrokerEventHandler,
@@ -50,97 +48,26 @@ from tether.brokers.base import (
     PublishOptions,
     PublishResult,
     StreamPosition,
-    select_history,
+)
+from tether.brokers.redis_common import (
+    HISTORY_SCRIPT,
+    UNAVAILABLE,
+    StreamKeys,
+    decode_info,
+    dispatch,
+    encoder,
+    history_call,
+    history_page,
+    publish_call,
+    publish_result,
+    publish_script,
 )
 from tether.errors import BrokerUnavailable
 from tether.protocol.messages import ClientInfo, Publication
 
 log = structlog.get_logger("tether.redis")
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-
-_PUBLISH = """
--- KEYS: 1 history list, 2 meta hash, 3 idempotency key (or the meta key when unused)
--- ARGV: 1 pubsub channel, 2 publication json, 3 history size, 4 history ttl ms,
---       5 meta ttl ms, 6 epoch for a new stream, 7 idempotency ttl ms, 8 "1" if idempotent
-if ARGV[8] == "1" then
-  local seen = redis.call("get", KEYS[3])
-  if seen then return {seen, 1} end
-end
-local size = tonumber(ARGV[3])
-local offset = 0
-local epoch = ""
-if size > 0 then
-  epoch = redis.call("hget", KEYS[2], "e")
-  if not epoch then
-    epoch = ARGV[6]
-    redis.call("hset", KEYS[2], "e", epoch)
-  end
-  offset = redis.call("hincrby", KEYS[2], "s", 1)
-  redis.call("rpush", KEYS[1], offset .. " " .. ARGV[2])
-  redis.call("ltrim", KEYS[1], -size, -1)
-  redis.call("pexpire", KEYS[1], ARGV[4])
-  redis.call("pexpire", KEYS[2], ARGV[5])
-end
-redis.call("publish", ARGV[1], "p" .. offset .. " " .. ARGV[2])
-local result = offset .. " " .. epoch
-if ARGV[8] == "1" then redis.call("set", KEYS[3], result, "px", ARGV[7]) end
-return {result, 0}
-"""
-
-_HISTORY = """
--- KEYS: 1 history list, 2 meta hash.  ARGV: 1 epoch for a new stream, 2 meta ttl ms
-local epoch = redis.call("hget", KEYS[2], "e")
-if not epoch then
-  epoch = ARGV[1]
-  redis.call("hset", KEYS[2], "e", epoch)
-  redis.call("pexpire", KEYS[2], ARGV[2])
-end
-local top = redis.call("hget", KEYS[2], "s") or "0"
-return {top, epoch, redis.call("lrange", KEYS[1], 0, -1)}
-"""
-
-_encoder = msgspec.json.Encoder()
-
-
-# msgspec cannot decode into ``Raw | None`` (ClientInfo.conn_info/chan_info), so what comes
-# back from Redis is decoded into these mirrors, where an absent field is an empty Raw.
-class _StoredInfo(msgspec.Struct):
-    user: str = ""
-    client: str = ""
-    conn_info: msgspec.Raw = msgspec.Raw()
-    chan_info: msgspec.Raw = msgspec.Raw()
-
-    def to_info(self) -> ClientInfo:
-        return ClientInfo(
-            user=self.user,
-            client=self.client,
-            conn_info=self.conn_info or None,
-            chan_info=self.chan_info or None,
-        )
-
-
-class _StoredPublication(msgspec.Struct):
-    data: msgspec.Raw = msgspec.Raw(b"null")
-    info: _StoredInfo | None = None
-    tags: dict[str, str] | None = None
-    time: int = 0
-
-
-_pub_decoder = msgspec.json.Decoder(_StoredPublication)
-_info_decoder = msgspec.json.Decoder(_StoredInfo)
-
-
-def _decode_publication(raw: bytes, offset: int) -> Publication:
-    stored = _pub_decoder.decode(raw)
-    info = stored.info.to_info() if stored.info is not None else None
-    return Publication(
-        data=stored.data, info=info, offset=offset, tags=stored.tags, time=stored.time
-    )
-
-
-def _decode_info(raw: bytes) -> ClientInfo:
-    return _info_decoder.decode(raw).to_info()
+_UNAVAILABLE = UNAVAILABLE
 
 
 def _client(
@@ -190,8 +117,9 @@ class RedisBroker:
             connect_timeout=connect_timeout,
             max_connections=max_connections,
         )
-        self._publish_script = self._redis.register_script(_PUBLISH)
-        self._history_script = self._redis.register_script(_HISTORY)
+        self._keys = StreamKeys(prefix)
+        self._publish_script = self._redis.register_script(publish_script("publish"))
+        self._history_script = self._redis.register_script(HISTORY_SCRIPT)
         self._handler: BrokerEventHandler | None = None
         self._channels: set[str] = set()
         self._conn: Connection | None = None
@@ -203,15 +131,6 @@ class RedisBroker:
         """How many times the subscriber connection was lost (for metrics and tests)."""
 
     # -- keys -------------------------------------------------------------------------
-
-    def _meta_key(self, channel: str) -> str:
-        return f"{self._prefix}.meta.{{{channel}}}"
-
-    def _history_key(self, channel: str) -> str:
-        return f"{self._prefix}.history.{{{channel}}}"
-
-    def _idem_key(self, channel: str, key: str) -> str:
-        return f"{self._prefix}.idem.{{{channel}}}.{key}"
 
     def _pubsub_channel(self, channel: str) -> str:
         return f"{self._prefix}.ch.{channel}"
@@ -314,25 +233,8 @@ class RedisBroker:
             # subscribe / unsubscribe confirmations need no action
 
     def _dispatch(self, channel: str, message: bytes) -> None:
-        handler = self._handler
-        if handler is None:
-            return
-        kind = message[:1]
-        try:
-            if kind == b"p":
-                space = message.index(b" ")
-                publication = _decode_publication(message[space + 1 :], int(message[1:space]))
-                handler.on_publication(channel, publication)
-            elif kind == b"j":
-                handler.on_join(channel, _decode_info(message[1:]))
-            elif kind == b"l":
-                handler.on_leave(channel, _decode_info(message[1:]))
-        except Exception:
-            # A message this node cannot take (a bug, or a node of another version on the
-            # same prefix) must neither kill the subscriber loop nor vanish: the channel's
-            # subscribers are told to recover from the stream.
-            log.exception("redis message not delivered; channel resyncs", channel=channel)
-            handler.on_resync({channel})
+        if self._handler is not None:
+            dispatch(self._handler, channel, message)
 
     async def _barrier(self) -> None:
         """Wait until the subscriber connection has handed over everything Redis sent it
@@ -374,33 +276,23 @@ class RedisBroker:
     async def publish(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> PublishResult:
-        idempotent = bool(options.idempotency_key)
-        meta = self._meta_key(channel)
-        keys = [
-            self._history_key(channel),
-            meta,
-            self._idem_key(channel, options.idempotency_key) if idempotent else meta,
-        ]
-        args: list[bytes | str | int] = [
+        keys, args = publish_call(
+            self._keys,
+            channel,
             self._pubsub_channel(channel),
-            _encoder.encode(publication),
-            options.history_size,
-            max(1, int(options.history_ttl * 1000)),
-            max(self._meta_ttl_ms, int(options.history_ttl * 1000)),
-            secrets.token_hex(4),
-            max(1, int(options.idempotency_ttl * 1000)),
-            "1" if idempotent else "0",
-        ]
+            publication,
+            options,
+            self._meta_ttl_ms,
+        )
         try:
-            result, duplicate = await self._publish_script(keys=keys, args=args)
+            reply = await self._publish_script(keys=keys, args=args)
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis publish: {exc}") from None
-        offset, _, epoch = result.decode().partition(" ")
-        return PublishResult(StreamPosition(int(offset), epoch), duplicate=bool(duplicate))
+        return publish_result(reply)
 
     async def _publish_control(self, channel: str, kind: bytes, info: ClientInfo) -> None:
         try:
-            await self._redis.publish(self._pubsub_channel(channel), kind + _encoder.encode(info))
+            await self._redis.publish(self._pubsub_channel(channel), kind + encoder.encode(info))
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis publish: {exc}") from None
 
@@ -418,25 +310,18 @@ class RedisBroker:
         limit: int = 0,
         reverse: bool = False,
     ) -> HistoryPage:
+        keys, args = history_call(self._keys, channel, self._meta_ttl_ms)
         try:
-            top_raw, epoch_raw, items = await self._history_script(
-                keys=[self._history_key(channel), self._meta_key(channel)],
-                args=[secrets.token_hex(4), self._meta_ttl_ms],
-            )
+            reply = await self._history_script(keys=keys, args=args)
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis history: {exc}") from None
-        top = StreamPosition(int(top_raw), epoch_raw.decode())
         if channel in self._channels:
             await self._barrier()  # never run ahead of delivery (Broker contract)
-        publications = []
-        for item in items:
-            space = item.index(b" ")
-            publications.append(_decode_publication(item[space + 1 :], int(item[:space])))
-        return select_history(publications, top, since=since, limit=limit, reverse=reverse)
+        return history_page(reply, since=since, limit=limit, reverse=reverse)
 
     async def remove_history(self, channel: str) -> None:
         try:
-            await self._redis.delete(self._history_key(channel))
+            await self._redis.delete(self._keys.history(channel))
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis history_remove: {exc}") from None
 
@@ -475,7 +360,7 @@ class RedisPresenceStore:
     ) -> None:
         self.ttl: float | None = ttl
         self._ttl_ms = int(ttl * 1000)
-        self._prefix = prefix
+        self._stream_keys = StreamKeys(prefix)
         self._redis = _client(
             url,
             command_timeout=command_timeout,
@@ -485,10 +370,7 @@ class RedisPresenceStore:
         self._get_script = self._redis.register_script(self._GET)
 
     def _keys(self, channel: str) -> tuple[str, str]:
-        return (
-            f"{self._prefix}.presence.{{{channel}}}",
-            f"{self._prefix}.presence.exp.{{{channel}}}",
-        )
+        return self._stream_keys.presence(channel)
 
     async def _now_ms(self) -> int:
         seconds, micros = await self._redis.time()
@@ -500,7 +382,7 @@ class RedisPresenceStore:
             now = await self._now_ms()
             ttl_ms = self._ttl_ms
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(entries, client_id, _encoder.encode(info))
+                pipe.hset(entries, client_id, encoder.encode(info))
                 pipe.zadd(expiry, {client_id: now + ttl_ms})
                 pipe.pexpire(entries, ttl_ms)
                 pipe.pexpire(expiry, ttl_ms)
@@ -525,7 +407,7 @@ class RedisPresenceStore:
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis presence: {exc}") from None
         pairs = iter(raw)
-        return {k.decode(): _decode_info(v) for k, v in zip(pairs, pairs, strict=True)}
+        return {k.decode(): decode_info(v) for k, v in zip(pairs, pairs, strict=True)}
 
     async def stats(self, channel: str) -> tuple[int, int]:
         entries = await self.get(channel)

@@ -15,13 +15,16 @@ milliseconds); call them through :func:`asyncio.to_thread` from a running event 
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["RedisServer", "RedisServerError", "free_port"]
+__all__ = ["RedisClusterNodes", "RedisServer", "RedisServerError", "free_port"]
 
 
 class RedisServerError(RuntimeError):
@@ -47,11 +50,21 @@ def _pong(host: str, port: int) -> bool:
 
 class RedisServer:
     """One ``redis-server`` child process on ``host``:``port`` (``port=0``: a free one,
-    chosen at the first :meth:`start` and kept for later starts)."""
+    chosen at the first :meth:`start` and kept for later starts). ``extra_args`` are added
+    to the command line; ``cwd`` is its working directory (where relative paths point)."""
 
-    def __init__(self, port: int = 0, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
+        cwd: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        self.extra_args = list(extra_args)
+        self.cwd = cwd
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +90,9 @@ class RedisServer:
             port = self.port or free_port(self.host)
             process = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", self.host, "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+                 "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+                 *self.extra_args],
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -119,3 +134,138 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
     process.wait(timeout=10)
+
+
+class RedisClusterNodes:
+    """A Redis Cluster of ``masters`` ``redis-server`` children (no replicas) on free ports,
+    its config files in a temporary directory of its own::
+
+        with RedisClusterNodes() as cluster:      # 3 masters, slots split evenly
+            broker = RedisClusterBroker(cluster.url)
+            ...
+            cluster.nodes[1].restart()            # SIGKILL, start again: same slots, no data
+
+    A node restarted with :meth:`RedisServer.restart` comes back with its ``nodes.conf``
+    (its ID and slots), empty, as a master that crashed without persistence does; the
+    cluster is whole again once :meth:`wait_ok` returns. ``node_timeout_ms`` is the
+    cluster's ``cluster-node-timeout``: a node down longer than that is marked failed and,
+    with no replica to take its slots, the whole cluster refuses commands until it is back.
+    The methods block; call them through :func:`asyncio.to_thread` from an event loop.
+    """
+
+    def __init__(
+        self, masters: int = 3, *, host: str = "127.0.0.1", node_timeout_ms: int = 5000
+    ) -> None:
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.host = host
+        self.node_timeout_ms = node_timeout_ms
+        self._count = masters
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """A seed URL (the first node): clients discover the others from it."""
+        return f"redis://{self.host}:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30) -> None:
+        """Start the nodes, join them into one cluster (``redis-cli --cluster create``) and
+        wait for every node to report ``cluster_state:ok``. Raises
+        :class:`RedisServerError` if a binary is missing or the cluster does not form."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerError("redis-cli is not installed (Debian: apt-get install redis)")
+        self._dir = tempfile.TemporaryDirectory(prefix="tether-redis-cluster-")
+        try:
+            for _ in range(self._count):
+                port = _cluster_port(self.host)
+                node = RedisServer(
+                    port,
+                    host=self.host,
+                    cwd=self._dir.name,
+                    extra_args=[
+                        "--cluster-enabled", "yes",
+                        "--cluster-config-file", f"nodes-{port}.conf",
+                        "--cluster-node-timeout", str(self.node_timeout_ms),
+                        "--dir", self._dir.name,
+                    ],
+                )  # fmt: skip
+                node.start(timeout)
+                self.nodes.append(node)
+            addresses = [f"{self.host}:{node.port}" for node in self.nodes]
+            created = subprocess.run(
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                 "--cluster-yes"],
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )  # fmt: skip
+            if created.returncode != 0:
+                raise RedisServerError(
+                    f"redis-cli --cluster create failed: {created.stdout[-500:]!r}"
+                )
+            self.wait_ok(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Wait until every node answers ``cluster_state:ok`` with every slot assigned."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(_cluster_ok(self.host, node.port) for node in self.nodes):
+                return
+            time.sleep(0.05)
+        raise RedisServerError("the redis cluster did not reach cluster_state:ok")
+
+    def kill(self) -> None:
+        """SIGKILL every node and remove the config directory."""
+        for node in self.nodes:
+            node.kill()
+        self.nodes = []
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> RedisClusterNodes:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+def _cluster_port(host: str) -> int:
+    """A free port P at most 55535 whose cluster bus port P + 10000 is free too (Redis
+    refuses a cluster port above 55535)."""
+    for _ in range(100):
+        port = random.randint(20000, 55535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind((host, port))
+                b.bind((host, port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RedisServerError("found no free port pair for a cluster node")
+
+
+def _cluster_ok(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"CLUSTER INFO\r\n")
+            reply = b""
+            while b"cluster_stats_messages" not in reply and len(reply) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return False
+    return b"cluster_state:ok" in reply and b"cluster_slots_ok:16384" in reply

@@ -1,0 +1,231 @@
+"""What the single-server and the Redis Cluster brokers share: the Lua scripts, the key
+layout, how publications and client infos are stored, and how a pub/sub message becomes a
+handler call. Both brokers store a channel identically; only how commands reach a server
+and how the subscriber side listens differ (:mod:`tether.brokers.redis`,
+:mod:`tether.brokers.redis_cluster`).
+
+Every key of a channel ``CH`` carries the hash tag ``{CH}``, so in a Redis Cluster they all
+live in one slot, and the publish script (whose keys all name that slot) runs on the
+slot's master.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+import msgspec
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tether.brokers.base import (
+    BrokerEventHandler,
+    HistoryPage,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+    select_history,
+)
+from tether.protocol.messages import ClientInfo, Publication
+
+log = structlog.get_logger("tether.redis")
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors that mean "Redis cannot be reached now" (raised as BrokerUnavailable)."""
+
+_PUBLISH = """
+-- KEYS: 1 history list, 2 meta hash, 3 idempotency key (or the meta key when unused)
+-- ARGV: 1 pubsub channel, 2 publication json, 3 history size, 4 history ttl ms,
+--       5 meta ttl ms, 6 epoch for a new stream, 7 idempotency ttl ms, 8 "1" if idempotent
+if ARGV[8] == "1" then
+  local seen = redis.call("get", KEYS[3])
+  if seen then return {seen, 1} end
+end
+local size = tonumber(ARGV[3])
+local offset = 0
+local epoch = ""
+if size > 0 then
+  epoch = redis.call("hget", KEYS[2], "e")
+  if not epoch then
+    epoch = ARGV[6]
+    redis.call("hset", KEYS[2], "e", epoch)
+  end
+  offset = redis.call("hincrby", KEYS[2], "s", 1)
+  redis.call("rpush", KEYS[1], offset .. " " .. ARGV[2])
+  redis.call("ltrim", KEYS[1], -size, -1)
+  redis.call("pexpire", KEYS[1], ARGV[4])
+  redis.call("pexpire", KEYS[2], ARGV[5])
+end
+redis.call("publish", ARGV[1], "p" .. offset .. " " .. ARGV[2])
+local result = offset .. " " .. epoch
+if ARGV[8] == "1" then redis.call("set", KEYS[3], result, "px", ARGV[7]) end
+return {result, 0}
+"""
+
+
+def publish_script(command: Literal["publish", "spublish"]) -> str:
+    """The publish script, delivering with ``command``: ``publish`` for one server,
+    ``spublish`` for a Redis Cluster (sharded pub/sub: the message reaches only the
+    subscribers of the slot's shard, and the channel must hash to the keys' slot)."""
+    return _PUBLISH.replace('redis.call("publish",', f'redis.call("{command}",')
+
+
+HISTORY_SCRIPT = """
+-- KEYS: 1 history list, 2 meta hash.  ARGV: 1 epoch for a new stream, 2 meta ttl ms
+local epoch = redis.call("hget", KEYS[2], "e")
+if not epoch then
+  epoch = ARGV[1]
+  redis.call("hset", KEYS[2], "e", epoch)
+  redis.call("pexpire", KEYS[2], ARGV[2])
+end
+local top = redis.call("hget", KEYS[2], "s") or "0"
+return {top, epoch, redis.call("lrange", KEYS[1], 0, -1)}
+"""
+
+encoder = msgspec.json.Encoder()
+
+
+class StreamKeys:
+    """Key names of a channel's stream under ``prefix`` (see :mod:`tether.brokers.redis`)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def meta(self, channel: str) -> str:
+        return f"{self.prefix}.meta.{{{channel}}}"
+
+    def history(self, channel: str) -> str:
+        return f"{self.prefix}.history.{{{channel}}}"
+
+    def idempotency(self, channel: str, key: str) -> str:
+        return f"{self.prefix}.idem.{{{channel}}}.{key}"
+
+    def presence(self, channel: str) -> tuple[str, str]:
+        """The presence entries hash and their expiry sorted set."""
+        return (
+            f"{self.prefix}.presence.{{{channel}}}",
+            f"{self.prefix}.presence.exp.{{{channel}}}",
+        )
+
+
+def publish_call(
+    keys: StreamKeys,
+    channel: str,
+    pubsub_channel: str,
+    publication: Publication,
+    options: PublishOptions,
+    meta_ttl_ms: int,
+) -> tuple[list[str], list[bytes | str | int]]:
+    """KEYS and ARGV of the publish script for one publish."""
+    idempotent = bool(options.idempotency_key)
+    meta = keys.meta(channel)
+    script_keys = [
+        keys.history(channel),
+        meta,
+        keys.idempotency(channel, options.idempotency_key) if idempotent else meta,
+    ]
+    args: list[bytes | str | int] = [
+        pubsub_channel,
+        encoder.encode(publication),
+        options.history_size,
+        max(1, int(options.history_ttl * 1000)),
+        max(meta_ttl_ms, int(options.history_ttl * 1000)),
+        secrets.token_hex(4),
+        max(1, int(options.idempotency_ttl * 1000)),
+        "1" if idempotent else "0",
+    ]
+    return script_keys, args
+
+
+def publish_result(reply: Any) -> PublishResult:
+    """The publish script's reply (``[b"<offset> <epoch>", duplicate]``) as a result."""
+    result, duplicate = reply
+    offset, _, epoch = result.decode().partition(" ")
+    return PublishResult(StreamPosition(int(offset), epoch), duplicate=bool(duplicate))
+
+
+def history_call(
+    keys: StreamKeys, channel: str, meta_ttl_ms: int
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the history script."""
+    return [keys.history(channel), keys.meta(channel)], [secrets.token_hex(4), meta_ttl_ms]
+
+
+def history_page(
+    reply: Any,
+    *,
+    since: StreamPosition | None,
+    limit: int,
+    reverse: bool,
+) -> HistoryPage:
+    """The history script's reply, with the history rules applied (may raise
+    UnrecoverablePosition)."""
+    top_raw, epoch_raw, items = reply
+    top = StreamPosition(int(top_raw), epoch_raw.decode())
+    publications = []
+    for item in items:
+        space = item.index(b" ")
+        publications.append(decode_publication(item[space + 1 :], int(item[:space])))
+    return select_history(publications, top, since=since, limit=limit, reverse=reverse)
+
+
+# msgspec cannot decode into ``Raw | None`` (ClientInfo.conn_info/chan_info), so what comes
+# back from Redis is decoded into these mirrors, where an absent field is an empty Raw.
+class _StoredInfo(msgspec.Struct):
+    user: str = ""
+    client: str = ""
+    conn_info: msgspec.Raw = msgspec.Raw()
+    chan_info: msgspec.Raw = msgspec.Raw()
+
+    def to_info(self) -> ClientInfo:
+        return ClientInfo(
+            user=self.user,
+            client=self.client,
+            conn_info=self.conn_info or None,
+            chan_info=self.chan_info or None,
+        )
+
+
+class _StoredPublication(msgspec.Struct):
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    info: _StoredInfo | None = None
+    tags: dict[str, str] | None = None
+    time: int = 0
+
+
+_pub_decoder = msgspec.json.Decoder(_StoredPublication)
+_info_decoder = msgspec.json.Decoder(_StoredInfo)
+
+
+def decode_publication(raw: bytes, offset: int) -> Publication:
+    stored = _pub_decoder.decode(raw)
+    info = stored.info.to_info() if stored.info is not None else None
+    return Publication(
+        data=stored.data, info=info, offset=offset, tags=stored.tags, time=stored.time
+    )
+
+
+def decode_info(raw: bytes) -> ClientInfo:
+    return _info_decoder.decode(raw).to_info()
+
+
+def dispatch(handler: BrokerEventHandler, channel: str, message: bytes) -> None:
+    """Hand one pub/sub message of ``channel`` (``p<offset> <json>``, ``j<json>``,
+    ``l<json>``) to ``handler``."""
+    kind = message[:1]
+    try:
+        if kind == b"p":
+            space = message.index(b" ")
+            publication = decode_publication(message[space + 1 :], int(message[1:space]))
+            handler.on_publication(channel, publication)
+        elif kind == b"j":
+            handler.on_join(channel, decode_info(message[1:]))
+        elif kind == b"l":
+            handler.on_leave(channel, decode_info(message[1:]))
+    except Exception:
+        # A message this node cannot take (a bug, or a node of another version on the
+        # same prefix) must neither kill the subscriber loop nor vanish: the channel's
+        # subscribers are told to recover from the stream.
+        log.exception("redis message not delivered; channel resyncs", channel=channel)
+        handler.on_resync({channel})
