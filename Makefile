@@ -48,9 +48,25 @@ bench/js/node_modules/.installed: bench/js/package.json bench/js/package-lock.js
 	touch $@
 
 ## Tether vs the raw-asyncio ceiling, websockets, python-socketio and Socket.IO on Node.js,
-## same scenarios, one session (about 8 minutes; stopped at 15): rewrites docs/benchmarks.md.
+## same scenarios, one session, then the resilience section (about 8 minutes; stopped at 15):
+## rewrites docs/benchmarks.md.
 bench: $(BENCH_STAMP) bench/js/node_modules/.installed
 	timeout 900 $(BIN)/python bench/compare.py --out docs/benchmarks.md
+
+## Only the resilience section of docs/benchmarks.md (slow consumers, typing storm,
+## reconnect storm, publish burst; Tether on a private redis-server, about 2 minutes);
+## the other sections are kept from docs/benchmarks.json. `make bench` runs it too.
+.PHONY: bench-resilience
+bench-resilience: $(BENCH_STAMP)
+	timeout 600 $(BIN)/python bench/compare.py --resilience --out docs/benchmarks.md
+
+## Scale-out measurements (issues 3 and 4): `tether serve --workers 1/2/3` over Redis, a
+## 3-node cluster behind HAProxy (rooms, reconnect storms, a node killed), 50,000
+## connections; about 8 minutes, stopped at 15. Rewrites only the scale section of
+## docs/benchmarks.md (between <!-- scale:begin/end -->) and docs/benchmarks-scale.json.
+.PHONY: bench-scale
+bench-scale: $(BENCH_STAMP)
+	timeout 900 $(BIN)/python bench/scale.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache

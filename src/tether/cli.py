@@ -144,7 +144,13 @@ def genconfig() -> None:
 
 @app.command(no_args_is_help=True)
 def bench(
-    scenario: Annotated[str, typer.Argument(help="fanout, rooms, idle or latency.")],
+    scenario: Annotated[
+        str,
+        typer.Argument(
+            help="fanout, rooms, idle, latency; resilience: slow-consumers, typing-storm, "
+            "reconnect-storm, publish-burst."
+        ),
+    ],
     url: Annotated[
         str, typer.Option(help="WebSocket URL of the target.")
     ] = "ws://127.0.0.1:8000/connection/websocket",
@@ -174,13 +180,19 @@ def bench(
         typer.Option(
             "--connections",
             "-n",
-            help="Connections (default: fanout 2000, rooms 2000, idle 10000, latency 1000).",
+            help="Connections (default: fanout 2000, rooms 2000, idle 10000, latency 1000, "
+            "slow-consumers 500 healthy, typing-storm 300, reconnect-storm 2000, "
+            "publish-burst 200).",
         ),
     ] = 0,
     duration: Annotated[float, typer.Option(help="Seconds of measurement.")] = 10.0,
     rate: Annotated[
         float,
-        typer.Option(help="Publications/s (rooms; latency: 0 = calibrate, use --fraction)."),
+        typer.Option(
+            help="Publications/s (rooms; latency: 0 = calibrate, use --fraction; "
+            "slow-consumers 200, typing-storm 50 chat, reconnect-storm 100; "
+            "publish-burst: 0 = factor x the calibrated rate)."
+        ),
     ] = 0.0,
     fraction: Annotated[
         float, typer.Option(help="latency: fraction of the measured maximum to publish at.")
@@ -188,7 +200,13 @@ def bench(
     batch: Annotated[
         int, typer.Option(help="Publications per publish request (0: fanout 10, others 1).")
     ] = 0,
-    bursts: Annotated[int, typer.Option(help="fanout: bursts (the median is reported).")] = 5,
+    bursts: Annotated[
+        int,
+        typer.Option(
+            help="fanout: bursts (the median is reported); typing-storm: interleaved rounds "
+            "of each phase."
+        ),
+    ] = 5,
     calibrate: Annotated[
         float, typer.Option(help="latency: seconds at max rate to find the maximum.")
     ] = 3.0,
@@ -223,6 +241,31 @@ def bench(
             "(to start several bench processes together)."
         ),
     ] = "",
+    slow: Annotated[int, typer.Option(help="slow-consumers: clients that stop reading.")] = 20,
+    payload: Annotated[
+        int, typer.Option(help="Filler bytes per publication (0: scenario default).")
+    ] = 0,
+    outage: Annotated[
+        float, typer.Option(help="reconnect-storm: seconds before everyone reconnects.")
+    ] = 1.0,
+    channels: Annotated[
+        int, typer.Option(help="reconnect-storm: channels the clients are spread over.")
+    ] = 4,
+    factor: Annotated[
+        float,
+        typer.Option(
+            help="publish-burst: burst rate / sustainable rate; "
+            "typing-storm: typing rate / chat rate."
+        ),
+    ] = 10.0,
+    http_connections: Annotated[
+        int,
+        typer.Option(help="Resilience scenarios: API client sockets (0: scenario default)."),
+    ] = 0,
+    metrics_url: Annotated[
+        str, typer.Option(help="Target's /metrics (default: next to --api-url).")
+    ] = "",
+    connect_concurrency: Annotated[int, typer.Option(help="Connection setups in flight.")] = 256,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
     ] = False,
@@ -259,6 +302,14 @@ def bench(
         server_pid=server_pid,
         source_addresses=source_addresses,
         start_file=start_file,
+        slow=slow,
+        payload=payload,
+        outage=outage,
+        channels=channels,
+        factor=factor,
+        http_connections=http_connections,
+        metrics_url=metrics_url,
+        connect_concurrency=connect_concurrency,
         progress=not quiet,
     )
     try:

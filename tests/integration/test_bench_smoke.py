@@ -131,3 +131,109 @@ async def test_refused_connections_are_reported_not_hidden(server: Server) -> No
 
     with pytest.raises(ConnectionError, match="no connection"):
         await run_bench(options)
+
+
+# -- the resilience scenarios ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def lanes_server() -> Any:
+    """Namespaces of the resilience scenarios; a small queue bound, so that a client that
+    stops reading is cut off quickly."""
+    config = make_config(
+        namespaces={
+            "default": NamespaceConfig(),
+            "bench": BENCH_NAMESPACE,
+            "chat": NamespaceConfig(
+                history_size=300,
+                history_ttl=300,
+                recover=True,
+                allow_subscribe=True,
+                lane="critical",
+            ),
+            "typing": NamespaceConfig(allow_subscribe=True, lane="ephemeral"),
+        },
+        outbound_queue_bytes=64 * 1024,
+        max_connects_per_second=50,
+        max_connects_burst=10,
+    )
+    async with running_server(config) as srv:
+        yield srv
+
+
+async def test_slow_consumers_are_cut_off_and_healthy_ones_get_everything(
+    lanes_server: Server,
+) -> None:
+    report = await run_bench(
+        _options(
+            lanes_server,
+            "slow-consumers",
+            connections=6,
+            slow=2,
+            rate=200,
+            duration=1.0,
+            payload=40000,
+            check_sample=3,
+        )
+    )
+
+    _assert_exact(report)
+    assert report["healthy"] == 6
+    assert report["slow_disconnects"] == 2
+    assert report["slow_closed_3008_seen"] == 2
+    for phase in ("without_slow", "with_slow"):
+        assert report[phase]["deliveries"] == report[phase]["expected_deliveries"] > 0
+
+
+async def test_typing_storm_never_loses_chat_and_accounts_for_every_typing_frame(
+    lanes_server: Server,
+) -> None:
+    report = await run_bench(
+        _options(lanes_server, "typing-storm", connections=5, rate=20, duration=0.5, bursts=2)
+    )
+
+    _assert_exact(report)
+    assert report["typing_accepted"] == 100  # 10 x 20/s for 0.5 s
+    accounted = report["typing_delivered"] + report["typing_dropped"] + report["typing_coalesced"]
+    assert accounted == report["typing_expected_frames"] == 100 * 5
+    assert report["chat_only"]["deliveries"] == report["chat_only"]["expected_deliveries"]
+    assert report["with_typing"]["deliveries"] == report["with_typing"]["expected_deliveries"]
+
+
+async def test_reconnect_storm_recovers_every_client_exactly(lanes_server: Server) -> None:
+    report = await run_bench(
+        _options(lanes_server, "reconnect-storm", connections=30, channels=2, rate=50, outage=0.3)
+    )
+
+    _assert_exact(report)
+    assert report["reconnected"] == 30
+    assert report["reconnect_errors"] == 0
+    assert report["recovered_true"] == 30
+    assert report["recovered_false"] == 0
+    # 30 reconnects against a burst of 10: some are refused with 503 and retried.
+    assert report["refused_503"] == report["connects_refused_server"] > 0
+    assert 1 <= report["recovery_broker_reads"] <= 2 * 2
+
+
+async def test_publish_burst_delivers_every_accepted_publication_exactly_once(
+    lanes_server: Server,
+) -> None:
+    report = await run_bench(
+        _options(
+            lanes_server,
+            "publish-burst",
+            connections=5,
+            calibrate=0.3,
+            duration=0.5,
+            factor=3,
+            http_connections=16,
+        )
+    )
+
+    _assert_exact(report)
+    assert report["offered"] > 0
+    # The memory broker never keeps a publish waiting, so no lane fills up: nothing is shed.
+    assert report["shed_429"] == report["shed_server"] == 0
+    assert report["accepted"] + report["shed_429"] + report["publish_errors"] == report["offered"]
+    assert report["offsets_match_accepted"]
+    assert report["deliveries"] == report["expected_deliveries"] == report["accepted"] * 5

@@ -5,7 +5,9 @@ One process opens thousands of WebSocket connections with a lean client of its o
 Centrifugo protocol, Socket.IO, or the plain JSON protocol of the comparison peers),
 publishes through the target's API (:mod:`.publisher`), and reports deliveries per second,
 publish-to-delivery latency, losses, duplicates and order violations, and the server's CPU
-and memory (:mod:`.scenarios`).
+and memory (:mod:`.scenarios`). The resilience scenarios (:mod:`.resilience`: slow consumers,
+typing storm, reconnect storm, publish burst) add the server's own counters from its
+``/metrics``.
 
 Hand-written client, not a library, because the bar is measured: one process must absorb
 more than 2M deliveries per second on one core, which leaves well under a microsecond per

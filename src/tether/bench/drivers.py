@@ -45,11 +45,23 @@ class Driver:
     """Indexes of channel, offset and sent-at (microseconds) in a ``findall`` tuple."""
     server_offsets: ClassVar[bool] = False
     """True if the server assigns offsets (Tether); else the publisher numbers them."""
+    extra_marker: bytes | None = None
+    """A second event kind to count apart (``BenchConnection.extra``), never checked."""
 
     def __init__(self, path: str) -> None:
         self.path = path or self.default_path
-        longest = max(len(self.marker), len(self.ping_frame or b""))
-        self.seam = longest - 1
+        self._seam()
+
+    def _seam(self) -> None:
+        markers = (self.marker, self.ping_frame or b"", self.extra_marker or b"")
+        self.seam = max(len(m) for m in markers) - 1
+
+    def set_markers(self, marker: bytes, extra: bytes | None = None) -> None:
+        """Count deliveries by ``marker`` (once per counted publication) and another kind
+        of event by ``extra``; the checking path is unchanged."""
+        self.marker = marker
+        self.extra_marker = extra
+        self._seam()
 
     def channel(self, name: str) -> str:
         return name
@@ -98,10 +110,17 @@ class TetherDriver(Driver):
 
     def on_open(self, conn: BenchConnection) -> None:
         commands = [_compact({"id": 1, "connect": {"token": conn.setup.get("token", "")}})]
+        recover: dict[str, tuple[int, str]] = conn.setup.get("recover") or {}
         for i, channel in enumerate(conn.channels):
-            commands.append(_compact({"id": i + 2, "subscribe": {"channel": channel}}))
+            subscribe: dict[str, object] = {"channel": channel}
+            if channel in recover:
+                offset, epoch = recover[channel]
+                subscribe.update(recover=True, offset=offset, epoch=epoch)
+            commands.append(_compact({"id": i + 2, "subscribe": subscribe}))
         conn.setup["pending"] = len(commands)
         conn.setup["offsets"] = {}
+        conn.setup["epochs"] = {}
+        conn.setup["recovered"] = {}
         conn.send(b"\n".join(commands))
 
     def on_setup_message(self, conn: BenchConnection, payload: bytes) -> None:
@@ -118,9 +137,18 @@ class TetherDriver(Driver):
                 return
             if cid >= 2:
                 channel = conn.channels[cid - 2]
-                offset = int(reply.get("subscribe", {}).get("offset", 0))
+                result = reply.get("subscribe", {})
+                offset = int(result.get("offset", 0))
                 conn.setup["offsets"][channel] = offset
-                if conn.checked:
+                conn.setup["epochs"][channel] = result.get("epoch", "")
+                if result.get("was_recovering"):
+                    # Resubscribed with a position: the missed publications come in the
+                    # reply, and the connection's checks go on from where it was.
+                    conn.setup["recovered"][channel] = bool(result.get("recovered"))
+                    name = channel.encode()
+                    for pub in result.get("publications", ()):
+                        conn.record(name, int(pub.get("offset", 0)))
+                elif conn.checked:
                     conn.expect_from(channel, offset)
             conn.setup["pending"] -= 1
             if conn.setup["pending"] == 0:

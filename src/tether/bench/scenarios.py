@@ -48,7 +48,17 @@ from tether.bench.wsclient import (
     parse_ws_url,
 )
 
-SCENARIOS = ("fanout", "rooms", "idle", "latency")
+SCENARIOS = (
+    "fanout",
+    "rooms",
+    "idle",
+    "latency",
+    "slow-consumers",
+    "typing-storm",
+    "reconnect-storm",
+    "publish-burst",
+)
+"""The last four are the resilience scenarios (:mod:`tether.bench.resilience`)."""
 GROUP_SIZE = 10
 
 
@@ -85,11 +95,38 @@ class BenchOptions:
     connect_concurrency: int = 256
     settle: float = 2.0
     """idle: seconds between the last connection and the RSS reading."""
+    start_file: str = ""
+    """rooms: once every connection is set up, wait (phase "ready") until this file
+    exists before publishing, so that several bench processes measure together."""
     progress: bool = True
+    slow: int = 20
+    """slow-consumers: clients that stop reading."""
+    payload: int = 0
+    """Bytes of filler per publication (0: the scenario's default)."""
+    outage: float = 1.0
+    """reconnect-storm: seconds between the disconnect and the first reconnect."""
+    channels: int = 4
+    """reconnect-storm: channels the clients are spread over."""
+    factor: float = 10.0
+    """publish-burst: the burst rate, as a multiple of the sustainable rate;
+    typing-storm: typing publications per chat publication."""
+    http_connections: int = 0
+    """Resilience scenarios: keep-alive sockets of the API client (0: scenario default)."""
+    metrics_url: str = ""
+    """The target's Prometheus metrics (empty: ``/metrics`` next to ``api_url``)."""
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
 
 
-DEFAULT_CONNECTIONS = {"fanout": 2000, "rooms": 2000, "idle": 10000, "latency": 1000}
+DEFAULT_CONNECTIONS = {
+    "fanout": 2000,
+    "rooms": 2000,
+    "idle": 10000,
+    "latency": 1000,
+    "slow-consumers": 500,
+    "typing-storm": 300,
+    "reconnect-storm": 2000,
+    "publish-burst": 200,
+}
 
 
 def _log(message: str) -> None:
@@ -324,6 +361,15 @@ class Run:
                 if self.monitor.process is not None:
                     parts.append(f"server rss {rss / 2**20:.0f} MiB")
                 _log("  ".join(parts))
+
+    async def wait_start_file(self) -> None:
+        """Phase "ready" until ``start_file`` exists (at once when none is set)."""
+        if not self.o.start_file:
+            return
+        self.phase = "ready"
+        # Another process makes the file: polling is the only way to see it.
+        while not await asyncio.to_thread(os.path.exists, self.o.start_file):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
     def start_progress(self) -> None:
         self._progress_task = asyncio.get_running_loop().create_task(self._progress())
@@ -564,6 +610,7 @@ async def rooms(run: Run) -> dict[str, Any]:
     groups = [run.driver.channel(f"g{j}-{o.run_id}") for j in range(math.ceil(n / GROUP_SIZE))]
     await run.connect([[personal[i], groups[i // GROUP_SIZE]] for i in range(n)], _sample(o, n, n))
     await run.make_publisher(o.concurrency)
+    await run.wait_start_file()
     rate = o.rate or 1000.0
     run.phase = "publishing"
 
@@ -695,7 +742,10 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run one scenario against a running target; returns the report (a JSON object).
 
     Raises ConnectionError when no connection could be set up."""
-    if options.scenario not in _RUNNERS:
+    from tether.bench.resilience import RUNNERS as resilience_runners
+
+    runners = {**_RUNNERS, **resilience_runners}
+    if options.scenario not in runners:
         raise ValueError(f"unknown scenario {options.scenario!r} (one of {', '.join(SCENARIOS)})")
     if not options.connections:
         options.connections = DEFAULT_CONNECTIONS[options.scenario]
@@ -707,7 +757,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
     run.start_progress()
     started = time.time()
     try:
-        report = await _RUNNERS[options.scenario](run)
+        report = await runners[options.scenario](run)
     finally:
         await run.close()
     report["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))

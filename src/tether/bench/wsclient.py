@@ -122,6 +122,7 @@ class BenchConnection(asyncio.Protocol):
         "count",
         "duplicates",
         "error",
+        "extra",
         "live",
         "lost",
         "order_violations",
@@ -155,6 +156,8 @@ class BenchConnection(asyncio.Protocol):
         self.upgraded = False
         self.live = False
         self.count = 0
+        self.extra = 0
+        """Occurrences of the driver's ``extra_marker`` (a second event kind, counted only)."""
         self.checks: dict[bytes, ChannelCheck] = {}
         self.duplicates = 0
         self.order_violations = 0
@@ -241,6 +244,11 @@ class BenchConnection(asyncio.Protocol):
             pings = data.count(ping) + seam.count(ping) - tail.count(ping) - head.count(ping)
             if pings:
                 self.send_raw(pong * pings)
+        extra = driver.extra_marker
+        if extra is not None:
+            self.extra += (
+                data.count(extra) + seam.count(extra) - tail.count(extra) - head.count(extra)
+            )
         if n:
             self.count += n
             stats = self.stats
@@ -306,6 +314,8 @@ class BenchConnection(asyncio.Protocol):
         if not end:
             return
         driver = self._driver
+        if driver.extra_marker is not None:
+            self.extra += buf.count(driver.extra_marker, 0, end)
         ci, oi, ti = driver.groups
         records = driver.pattern.findall(buf, 0, end)
         if not records:
@@ -337,6 +347,25 @@ class BenchConnection(asyncio.Protocol):
         stats.deliveries += n
         if stats.wake_at >= 0 and stats.deliveries >= stats.wake_at:
             stats._reached()
+
+    def record(self, channel: bytes, offset: int) -> None:
+        """One publication received outside a live frame (a recovery reply): checked like
+        a live one (no latency), counted as a delivery."""
+        check = self.checks.get(channel)
+        if check is None:
+            check = self.checks[channel] = ChannelCheck(0)
+        if offset == check.last + 1:
+            check.last = offset
+        elif offset > check.last:
+            check.missing.update(range(check.last + 1, offset))
+            check.last = offset
+        elif offset in check.missing:
+            check.missing.discard(offset)
+            self.order_violations += 1
+        else:
+            self.duplicates += 1
+        self.count += 1
+        self.stats.deliveries += 1
 
     def expect_from(self, channel: str, offset: int) -> None:
         """The channel's stream is at ``offset`` when this connection starts receiving."""

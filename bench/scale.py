@@ -1,0 +1,1398 @@
+"""`make bench-scale`: Tether scaled out on one machine, measured (issues 3 and 4).
+
+Three parts, each with a Redis of its own (``tether.testing.redisserver``, a free port):
+
+``workers``
+    ``tether serve --workers N`` for N = 1, 2, 3 over one Redis; the same ``tether bench
+    fanout`` (2,000 subscribers, as ``make bench``) against each, in interleaved rounds,
+    and one ``rooms`` run per N. Server CPU is the sum over the worker processes (sampled
+    with psutil here, and by the bench's ``--server-pid``, which includes children).
+``cluster``
+    Three ``tether serve`` node processes over one Redis behind HAProxy (round-robin, no
+    stickiness; ``tether.testing.cluster``): ``tether bench rooms`` through the balancer,
+    then a reconnect storm: 2,000 reconnecting clients (``Follower``: resubscribe with
+    recovery, as the SDKs do) under a steady publish stream, one node killed with SIGKILL;
+    time until every client of the dead node has resubscribed and recovered, refused
+    connects, losses and duplicates.
+``fifty``
+    50,000 connections: ``tether serve --workers 3`` (one process holds at most 20,000 file
+    descriptors here) and three ``tether bench rooms`` processes of 16,667 connections each,
+    spread over source addresses 127.0.0.2-5, started together (``--start-file``); every
+    publication's delivery is checked on every connection; RSS and CPU of the workers.
+
+Results go to docs/benchmarks-scale.json and into docs/benchmarks.md between the
+``<!-- scale:begin -->`` and ``<!-- scale:end -->`` markers (the rest of the page belongs to
+bench/compare.py, which keeps this section when it rewrites the page).
+
+Every process started here runs in its own session and is stopped by its pid or process
+group id (workers: by their own pids, they have process groups of their own), whatever
+happens; the whole run is bounded (``make bench-scale`` adds ``timeout 900``).
+
+usage: python bench/scale.py [--only workers cluster fifty] [--quick] [--out docs/benchmarks.md]
+       python bench/scale.py --render-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from tether.auth import mint_connection_token
+from tether.testing.cluster import (
+    CLUSTER_API_KEY,
+    CLUSTER_SECRET,
+    Follower,
+    HAProxy,
+    NodeProcess,
+    node_config,
+)
+from tether.testing.redisserver import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TETHER = str(BIN / "tether")
+BASE_PORT = int(os.environ.get("BENCH_SCALE_PORT", "18950"))
+TOKEN_SECRET = "bench-token-secret-" + "b" * 24
+API_KEY = "bench-api-key"
+BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+
+BENCH_NAMESPACE = """
+[namespaces.bench]
+history_size = 100
+history_ttl = 300
+recover = true
+allow_subscribe = true
+"""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def rel(cmd: list[str]) -> str:
+    return " ".join(cmd).replace(str(BIN) + "/", ".venv/bin/").replace(str(ROOT) + "/", "")
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+class Proc:
+    """A child in its own session; :meth:`stop` ends it (and ``extra`` pids) by id."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], logfile: Path) -> None:
+        self.log = logfile.open("ab")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.extra: list[int] = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers (own process groups) normally exit with their supervisor; make sure.
+        for pid in self.extra:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc = psutil.Process(pid)
+                proc.kill()
+                proc.wait(5)
+        self.log.close()
+
+
+def wait_http(port: int, path: str = "/ready", timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5) as sock:
+                sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                if b" 200 " in sock.recv(64):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing ready on :{port}{path}")
+
+
+def start_workers(n: int, redis_url: str, port: int, workdir: Path) -> Proc:
+    """``tether serve --workers n`` on ``port``/``port+1``, ready; its worker pids in
+    ``.extra``. ``n = 0``: one process on the memory broker (the baseline of `make bench`)."""
+    config = workdir / "scale.toml"
+    broker = "memory" if n == 0 else "redis"
+    config.write_text(
+        f'host = "127.0.0.1"\nbroker = "{broker}"\nredis_url = "{redis_url}"\n'
+        f'log_level = "warning"\ndrain_window = 1\n{BENCH_NAMESPACE}'
+    )
+    n = max(n, 1)
+    env = dict(
+        os.environ,
+        TETHER_PORT=str(port),
+        TETHER_HTTP_PORT=str(port + 1),
+        TETHER_TOKEN_SECRET=TOKEN_SECRET,
+        TETHER_API_KEY=API_KEY,
+    )
+    env.pop("TETHER_CONFIG", None)
+    server = Proc(
+        [TETHER, "serve", "--config", str(config), "--workers", str(n)],
+        env,
+        workdir / f"serve-w{n}.log",
+    )
+    try:
+        end = time.monotonic() + 20
+        while n > 1 and len(psutil.Process(server.pid).children()) < n and time.monotonic() < end:
+            time.sleep(0.05)
+        server.extra = [c.pid for c in psutil.Process(server.pid).children()]
+        if n == 1:
+            server.extra = []  # --workers 1 runs the node in the command's own process
+        wait_http(port + 1)
+        time.sleep(1.0)  # every worker listening, not just the first to answer
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def server_pids(server: Proc) -> list[int]:
+    return server.extra or [server.pid]
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+    return out
+
+
+def rss_bytes(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out[pid] = psutil.Process(pid).memory_info().rss
+    return out
+
+
+def fds(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out[pid] = psutil.Process(pid).num_fds()
+    return out
+
+
+class Sampler:
+    """Samples RSS of ``pids`` once a second in a thread; keeps the peak of the sum."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.peak = max(self.peak, sum(rss_bytes(self.pids).values()))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_cmd(scenario: str, port: int, args: list[str]) -> list[str]:
+    return [
+        TETHER,
+        "bench",
+        scenario,
+        "--url",
+        f"ws://127.0.0.1:{port}/connection/websocket",
+        "--api-url",
+        f"http://127.0.0.1:{port + 1}/api",
+        "--api-key",
+        API_KEY,
+        "--token-secret",
+        TOKEN_SECRET,
+        "--json",
+        "--quiet",
+        *args,
+    ]
+
+
+def run_bench(cmd: list[str], timeout: float = 240) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return {"error": "bench timed out"}
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"error": err[-1500:] or "no report"}
+    report: dict[str, Any] = json.loads(lines[-1])
+    return report
+
+
+# -- part 1: workers ---------------------------------------------------------------------
+
+
+def part_workers(quick: bool, workdir: Path) -> dict[str, Any]:
+    ns = (1, 2, 3)
+    rounds = 1 if quick else 2
+    fan = ["-n", "300" if quick else "2000", "--duration", "2" if quick else "10"]
+    fan += ["--bursts", "2" if quick else "5"]
+    rooms = ["-n", "300" if quick else "2000", "--duration", "2" if quick else "8"]
+    rooms += ["--rate", "500" if quick else "2000"]
+    runs: list[dict[str, Any]] = []
+    # 0: one process on the memory broker, the setup of `make bench`, as the baseline.
+    # Fan-out with the bench's adaptive window (as `make bench`) once, then with a fixed
+    # window of 400 publications in interleaved rounds: publish-to-delivery over Redis
+    # takes ~100 ms or more here, so a window of ~0.1 s of deliveries keeps the Redis path idle.
+    plan = [("fanout", n, fan) for n in (0, *ns)]
+    plan += [("fanout", n, [*fan, "--window", "400"]) for _ in range(rounds) for n in (0, *ns)]
+    plan += [("rooms", n, rooms) for n in (0, *ns)]
+    with RedisServer() as redis:
+        for i, (scenario, n, extra) in enumerate(plan):
+            port = BASE_PORT + 4 * (i % 10)
+            load0 = loadavg()
+            server = start_workers(n, redis.url, port, workdir)
+            try:
+                pids = server_pids(server)
+                cmd = bench_cmd(scenario, port, ["--server-pid", str(server.pid), *extra])
+                cpu0, rcpu0, t0 = cpu_seconds(pids), cpu_seconds([redis_pid(redis)]), time.time()
+                report = run_bench(cmd)
+                cpu1, rcpu1, t1 = cpu_seconds(pids), cpu_seconds([redis_pid(redis)]), time.time()
+                per_worker = [round(cpu1[p] - cpu0.get(p, 0), 2) for p in cpu1]
+                report.update(
+                    workers=n,
+                    worker_pids=pids,
+                    # Over the whole bench command (connect, publish, drain), per worker.
+                    worker_cpu_s_whole_run=per_worker,
+                    redis_cpu_s_whole_run=round(sum(rcpu1.values()) - sum(rcpu0.values()), 2),
+                    whole_run_s=round(t1 - t0, 1),
+                    load_before=load0,
+                    load_after=loadavg(),
+                    command=rel(cmd).replace(str(server.pid), "SERVER_PID"),
+                )
+                runs.append(report)
+                log(
+                    f"  workers={n} {scenario}: "
+                    + (
+                        report.get("error", "")[:200]
+                        or f"{report.get('deliveries_per_s'):,}/s, server CPU "
+                        f"{report.get('server_cpu_percent')}%, per worker {per_worker} CPU-s, "
+                        f"loss/dup {report.get('losses')}/{report.get('duplicates')}"
+                    )
+                )
+            finally:
+                server.stop()
+    return {"runs": runs}
+
+
+def redis_pid(redis: RedisServer) -> int:
+    process = redis._process
+    return process.pid if process is not None else 0
+
+
+# -- part 2: a 3-node cluster behind HAProxy ----------------------------------------------
+
+
+def part_cluster(quick: bool, workdir: Path) -> dict[str, Any]:
+    import uvloop
+
+    return uvloop.run(_cluster(quick, workdir))
+
+
+async def _cluster(quick: bool, workdir: Path) -> dict[str, Any]:
+    redis = RedisServer()
+    await asyncio.to_thread(redis.start)
+    config = node_config(redis.url, extra="drain_window = 1") + BENCH_NAMESPACE
+    nodes = [NodeProcess(f"node-{i}", workdir, redis.url, config=config) for i in range(3)]
+    lb = HAProxy(workdir, nodes)
+    out: dict[str, Any] = {}
+    try:
+        for node in nodes:
+            node.start()
+        async with asyncio.timeout(60):
+            for node in nodes:
+                await node.wait_ready()
+            lb.start()
+            await lb.wait_up()
+        n, duration = ("300", "2") if quick else ("2000", "8")
+        out["rooms_runs"] = [
+            await _cluster_bench(
+                "rooms", ["-n", n, "--duration", duration, "--rate", str(rate)], nodes, lb, redis
+            )
+            for rate in (1000, 2000)
+        ]
+        # The bench's own storm (src/tether/bench/resilience.py): every client socket cut
+        # at once, all reconnect together through the balancer after --outage.
+        storm = ["-n", "300" if quick else "2000", "--outage", "1", "--rate", "100"]
+        out["client_storm"] = await _cluster_bench("reconnect-storm", storm, nodes, lb, redis)
+        # A node crash: SIGKILL one node under 2,000 reconnecting clients.
+        out["storm"] = await _storm(quick, nodes, lb)
+    finally:
+        lb.stop()
+        await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
+        await asyncio.to_thread(redis.kill)
+    return out
+
+
+def _pids(nodes: list[NodeProcess]) -> list[int]:
+    return [n.process.pid for n in nodes if n.process is not None and n.alive]
+
+
+async def _cluster_bench(
+    scenario: str, args: list[str], nodes: list[NodeProcess], lb: HAProxy, redis: RedisServer
+) -> dict[str, Any]:
+    """``tether bench SCENARIO`` through the balancer; CPU of nodes, HAProxy and Redis."""
+    cmd = [
+        TETHER,
+        "bench",
+        scenario,
+        "--url",
+        f"ws://127.0.0.1:{lb.port}/connection/websocket",
+        "--api-url",
+        f"{lb.api_url}/api",
+        "--api-key",
+        CLUSTER_API_KEY,
+        "--token-secret",
+        CLUSTER_SECRET,
+        "--json",
+        "--quiet",
+        *args,
+    ]
+    pids = _pids(nodes)
+    assert lb.process is not None
+    others = {"haproxy": lb.process.pid, "redis": redis_pid(redis)}
+    load0 = loadavg()
+    cpu0, ocpu0, t0 = cpu_seconds(pids), cpu_seconds(list(others.values())), time.time()
+    report = await asyncio.to_thread(run_bench, cmd)
+    cpu1, ocpu1, t1 = cpu_seconds(pids), cpu_seconds(list(others.values())), time.time()
+    wall = t1 - t0
+    report.update(
+        node_cpu_s_whole_run=[round(cpu1[p] - cpu0[p], 2) for p in cpu1],
+        node_cpu_percent_whole_run=round(100 * (sum(cpu1.values()) - sum(cpu0.values())) / wall),
+        haproxy_cpu_s_whole_run=round(ocpu1[others["haproxy"]] - ocpu0[others["haproxy"]], 2),
+        redis_cpu_s_whole_run=round(ocpu1[others["redis"]] - ocpu0[others["redis"]], 2),
+        whole_run_s=round(wall, 1),
+        load_before=load0,
+        load_after=loadavg(),
+        command=rel(cmd).replace(str(lb.port), "LB_PORT").replace(str(lb.api_port), "LB_API"),
+    )
+    lat = report.get("latency") or {}
+    log(
+        f"  cluster {scenario}: {report.get('deliveries_per_s')}/s p99 {lat.get('p99_ms')} ms, "
+        f"recovery {report.get('time_to_full_recovery_s')} s, "
+        f"loss/dup {report.get('losses')}/{report.get('duplicates')} "
+        f"{report.get('error', '')[-300:]}"
+    )
+    return report
+
+
+async def _publish(
+    session: aiohttp.ClientSession, url: str, channel: str, seq: int, stats: dict[str, Any]
+) -> None:
+    """Publish until accepted, with one idempotency key (stored once, whatever node)."""
+    body = {"channel": channel, "data": {"seq": seq}, "idempotency_key": f"{channel}/{seq}"}
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            async with session.post(
+                f"{url}/api/publish", json=body, headers={"X-API-Key": CLUSTER_API_KEY}
+            ) as response:
+                answer = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, ValueError, TimeoutError):
+            status, answer = 0, {}
+        if status == 200 and isinstance(answer, dict) and "result" in answer:
+            offset = answer["result"]["offset"]
+            stats["final"][channel] = max(stats["final"].get(channel, 0), offset)
+            stats["offsets"].setdefault(channel, set()).add(offset)
+            break
+        stats["failed_attempts"] += 1
+        await asyncio.sleep(0.05)
+    stats["retried"] += attempts > 1
+    stats["accepted"] += 1
+
+
+async def _storm(quick: bool, nodes: list[NodeProcess], lb: HAProxy) -> dict[str, Any]:
+    """2,000 reconnecting clients under a publish stream; SIGKILL one node."""
+    count = 200 if quick else 2000
+    groups = count // 10
+    followers = [
+        Follower(
+            lb.port,
+            mint_connection_token(CLUSTER_SECRET, f"storm-{i}"),
+            ["chat:all", f"chat:g{i // 10}"],
+        )
+        for i in range(count)
+    ]
+    tasks = [asyncio.create_task(f.run()) for f in followers]
+    stats: dict[str, Any] = {
+        "final": {},
+        "offsets": {},
+        "failed_attempts": 0,
+        "retried": 0,
+        "accepted": 0,
+    }
+    pubs: set[asyncio.Task[None]] = set()
+    stop_publishing = asyncio.Event()
+    out: dict[str, Any] = {"clients": count, "channels_per_client": 2, "groups": groups}
+    try:
+        t0 = time.monotonic()
+        async with asyncio.timeout(90):
+            for f in followers:
+                await f.wait_until(lambda f: f.connected)
+        out["connect_all_s"] = round(time.monotonic() - t0, 2)
+        spread = {n.name: sum(1 for f in followers if f.nodes[-1] == n.name) for n in nodes}
+        out["clients_per_node"] = spread
+
+        async with aiohttp.ClientSession() as session:
+
+            async def publisher() -> None:
+                # 50 publications/s to the group channels (round-robin), 2/s to chat:all.
+                tick, seq_all, seq = 0, 0, 0
+                start = time.monotonic()
+                while not stop_publishing.is_set():
+                    channel = f"chat:g{tick % groups}"
+                    task = asyncio.create_task(
+                        _publish(session, lb.api_url, channel, tick // groups, stats)
+                    )
+                    pubs.add(task)
+                    task.add_done_callback(pubs.discard)
+                    if tick % 25 == 0:
+                        task = asyncio.create_task(
+                            _publish(session, lb.api_url, "chat:all", seq_all, stats)
+                        )
+                        pubs.add(task)
+                        task.add_done_callback(pubs.discard)
+                        seq_all += 1
+                    tick += 1
+                    seq += 1
+                    await asyncio.sleep(max(0, start + tick * 0.02 - time.monotonic()))
+
+            pub_task = asyncio.create_task(publisher())
+            cpu_pids = _pids(nodes)
+            await asyncio.sleep(3)
+            victim = nodes[0]
+            victims = [f for f in followers if f.nodes[-1] == victim.name]
+            base = {id(f): (len(f.outcomes), len(f.errors), len(f.nodes)) for f in victims}
+            base_err = {id(f): len(f.errors) for f in followers}
+            cpu0 = cpu_seconds(cpu_pids)
+            load0 = loadavg()
+            t_kill = time.monotonic()
+            await asyncio.to_thread(victim.kill)  # SIGKILL: a crash
+            killed_after = time.monotonic() - t_kill
+            done: dict[int, float] = {}
+            first_connect: dict[int, float] = {}
+            deadline = t_kill + 60
+            while len(done) < len(victims) and time.monotonic() < deadline:
+                now = time.monotonic() - t_kill
+                for f in victims:
+                    key = id(f)
+                    n_out, _, n_nodes = base[key]
+                    if key not in first_connect and len(f.nodes) > n_nodes:
+                        first_connect[key] = now
+                    if key not in done and f.connected and len(f.outcomes) - n_out >= 2:
+                        done[key] = now
+                await asyncio.sleep(0.02)
+            out["resubscribed_s"] = sorted(done.values())
+            await asyncio.sleep(max(0, 10 - (time.monotonic() - t_kill)))
+            stop_publishing.set()
+            await pub_task
+            async with asyncio.timeout(60):
+                while pubs:
+                    await asyncio.gather(*list(pubs))
+            cpu1 = cpu_seconds(cpu_pids)
+            publish_window = time.monotonic() - t_kill
+        # Every client must now catch up with every accepted publication.
+        final = stats["final"]
+        t_wait = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                for f in followers:
+                    await f.wait_until(
+                        lambda f: all(
+                            (f.received[ch][-1].offset if f.received[ch] else 0) >= final.get(ch, 0)
+                            for ch in f.channels
+                        )
+                    )
+        caught_up_s = time.monotonic() - t_wait
+        await asyncio.sleep(0.5)  # a duplicate would show by now
+    finally:
+        stop_publishing.set()
+        for task in [*tasks, *pubs]:
+            task.cancel()
+        await asyncio.gather(*tasks, *pubs, return_exceptions=True)
+
+    losses = duplicates = order = 0
+    lagging = 0
+    for f in followers:
+        for ch in f.channels:
+            offsets = f.offsets(ch)
+            want = final.get(ch, 0)
+            seen = set(offsets)
+            losses += sum(1 for o in range(1, want + 1) if o not in seen)
+            duplicates += len(offsets) - len(seen)
+            order += sum(1 for a, b in itertools.pairwise(offsets) if b <= a)
+            lagging += (offsets[-1] if offsets else 0) < want
+    stored_twice = sum(final[ch] - len(stats["offsets"][ch]) for ch in final)
+    recoveries = [o for f in victims for o in f.outcomes[base[id(f)][0] :] if o.was_recovering]
+    errors_after = [e for f in followers for e in f.errors[base_err[id(f)] :]]
+    times = out.pop("resubscribed_s")
+    conn_times = sorted(first_connect.values())
+    out.update(
+        victim=victim.name,
+        victim_clients=len(victims),
+        sigkill_to_exit_s=round(killed_after, 3),
+        resubscribed=len(times),
+        resubscribed_p50_s=round(statistics.median(times), 3) if times else None,
+        resubscribed_p99_s=round(times[max(0, int(len(times) * 0.99) - 1)], 3) if times else None,
+        all_resubscribed_s=round(times[-1], 3) if len(times) == len(victims) else None,
+        first_reconnect_p50_s=round(statistics.median(conn_times), 3) if conn_times else None,
+        recoveries=len(recoveries),
+        recovered_true=sum(1 for o in recoveries if o.recovered),
+        moved_to={n.name: sum(1 for f in victims if f.nodes[-1] == n.name) for n in nodes[1:]},
+        connect_errors_after_kill=sum(1 for e in errors_after if e.startswith("open:")),
+        refused_503_after_kill=sum(1 for e in errors_after if "HTTP 503" in e),
+        session_errors_after_kill=sum(1 for e in errors_after if e.startswith("session:")),
+        publications=stats["accepted"],
+        publish_attempts_failed=stats["failed_attempts"],
+        publications_retried=stats["retried"],
+        stored_twice=stored_twice,
+        catch_up_after_last_publish_s=round(caught_up_s, 2),
+        losses=losses,
+        duplicates=duplicates,
+        order_violations=order,
+        clients_behind_at_end=lagging,
+        node_cpu_s_after_kill=[round(cpu1[p] - cpu0[p], 2) for p in cpu0 if p in cpu1],
+        window_after_kill_s=round(publish_window, 1),
+        load_before=load0,
+        load_after=loadavg(),
+    )
+    log(
+        f"  storm: {len(victims)} clients of {victim.name}; all resubscribed in "
+        f"{out['all_resubscribed_s']} s (p50 {out['resubscribed_p50_s']}); recovered "
+        f"{out['recovered_true']}/{out['recoveries']}; loss/dup/order {losses}/{duplicates}/"
+        f"{order}; refused {out['refused_503_after_kill']}"
+    )
+    return out
+
+
+# -- part 3: 50,000 connections -----------------------------------------------------------
+
+
+def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
+    total = 3000 if quick else 50_000
+    procs = 3
+    rate = 100 if quick else 300
+    duration = 10 if quick else 60
+    sizes = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
+    port = BASE_PORT + 60
+    start_file = workdir / "fifty.start"
+    start_file.unlink(missing_ok=True)
+    out: dict[str, Any] = {"connections": total, "bench_processes": procs, "rate_per_process": rate}
+    with RedisServer() as redis:
+        server = start_workers(3, redis.url, port, workdir)
+        benches: list[subprocess.Popen[str]] = []
+        try:
+            workers = server_pids(server)
+            rpid = redis_pid(redis)
+            time.sleep(1)
+            rss0 = rss_bytes(workers)
+            cmds = [
+                bench_cmd(
+                    "rooms",
+                    port,
+                    [
+                        "-n",
+                        str(size),
+                        "--rate",
+                        str(rate),
+                        "--duration",
+                        str(duration),
+                        "--source-addresses",
+                        "4",
+                        "--start-file",
+                        str(start_file),
+                    ],
+                )
+                for size in sizes
+            ]
+            for cmd in cmds:
+                cmd.remove("--quiet")  # progress lines tell when every connection is up
+            out["command"] = rel(cmds[0]).replace(str(start_file), "START_FILE")
+            phases = ["connecting"] * procs
+            lines: list[list[str]] = [[] for _ in range(procs)]
+            outputs: list[str] = [""] * procs
+            load0 = loadavg()
+            t0 = time.monotonic()
+            cpu_a = cpu_seconds([*workers, rpid])
+            for cmd in cmds:
+                benches.append(
+                    subprocess.Popen(
+                        cmd,
+                        cwd=ROOT,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        start_new_session=True,
+                    )
+                )
+
+            def read_err(i: int) -> None:
+                stream = benches[i].stderr
+                assert stream is not None
+                for line in stream:
+                    lines[i].append(line.rstrip())
+                    if line.startswith("["):
+                        phases[i] = line.split("]", 1)[1].split()[0]
+
+            def read_out(i: int) -> None:
+                stream = benches[i].stdout
+                assert stream is not None
+                outputs[i] = stream.read()
+
+            readers = [threading.Thread(target=f, args=(i,), daemon=True) for i in range(procs)
+                       for f in (read_err, read_out)]  # fmt: skip
+            for thread in readers:
+                thread.start()
+            with Sampler(workers) as sampler:
+                end = time.monotonic() + 240
+                while any(p != "ready" for p in phases) and time.monotonic() < end:
+                    if any(b.poll() is not None for b in benches):
+                        break
+                    time.sleep(0.2)
+                connect_s = time.monotonic() - t0
+                cpu_b = cpu_seconds([*workers, rpid])
+                time.sleep(3)  # settle: setup garbage collected, queues empty
+                rss1 = rss_bytes(workers)
+                fd1 = fds(workers)
+                cpu_c, t_c = cpu_seconds([*workers, rpid]), time.monotonic()
+                start_file.touch()
+                for b in benches:
+                    try:
+                        b.wait(timeout=duration + 180)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(b.pid, signal.SIGKILL)
+                        b.wait()
+                cpu_d, t_d = cpu_seconds([*workers, rpid]), time.monotonic()
+                rss2 = rss_bytes(workers)
+            for thread in readers:
+                thread.join(5)
+            reports = []
+            for i in range(procs):
+                found = [ln for ln in outputs[i].splitlines() if ln.startswith("{")]
+                reports.append(
+                    json.loads(found[-1]) if found else {"error": "\n".join(lines[i][-5:])}
+                )
+
+            def span(a: dict[int, float], b: dict[int, float], pids: list[int]) -> float:
+                return sum(b.get(p, 0) - a.get(p, 0) for p in pids)
+
+            connected = sum(r.get("connected", 0) for r in reports)
+            wall = t_d - t_c
+            out.update(
+                workers=3,
+                worker_pids=workers,
+                connected=connected,
+                connect_errors=sum(r.get("connect_errors", 0) for r in reports),
+                connect_error_sample=[
+                    s for r in reports for s in r.get("connect_error_sample", [])
+                ][:3],
+                refused_retried=sum(r.get("connect_refused_retried", 0) for r in reports),
+                alive_at_end=sum(r.get("alive_at_end", 0) for r in reports),
+                connect_all_s=round(connect_s, 1),
+                fds_per_worker=list(fd1.values()),
+                rss_before_mib=round(sum(rss0.values()) / 2**20, 1),
+                rss_connected_mib=round(sum(rss1.values()) / 2**20, 1),
+                rss_connected_per_worker_mib=[round(v / 2**20, 1) for v in rss1.values()],
+                rss_end_mib=round(sum(rss2.values()) / 2**20, 1),
+                rss_peak_mib=round(
+                    max(sampler.peak, sum(rss1.values()), sum(rss2.values())) / 2**20, 1
+                ),
+                rss_per_connection_kib=round(
+                    (sum(rss1.values()) - sum(rss0.values())) / max(connected, 1) / 1024, 2
+                ),
+                worker_cpu_connect_s=round(span(cpu_a, cpu_b, workers), 1),
+                worker_cpu_publish_percent=round(100 * span(cpu_c, cpu_d, workers) / wall, 1),
+                redis_cpu_publish_percent=round(100 * span(cpu_c, cpu_d, [rpid]) / wall, 1),
+                bench_client_cpu_percent=[r.get("client_cpu_percent") for r in reports],
+                publish_phase_s=round(wall, 1),
+                publications=sum(r.get("publications", 0) for r in reports),
+                publish_errors=sum(r.get("publish_errors", 0) for r in reports),
+                deliveries=sum(r.get("deliveries", 0) for r in reports),
+                expected_deliveries=sum(r.get("expected_deliveries", 0) for r in reports),
+                losses=sum(r.get("losses", 0) for r in reports),
+                duplicates=sum(r.get("duplicates", 0) for r in reports),
+                order_violations=sum(r.get("order_violations", 0) for r in reports),
+                checked_connections=sum(r.get("checked_connections", 0) for r in reports),
+                drained=all(r.get("drained") for r in reports),
+                latency_p50_ms=[(r.get("latency") or {}).get("p50_ms") for r in reports],
+                latency_p99_ms=[(r.get("latency") or {}).get("p99_ms") for r in reports],
+                load_before=load0,
+                load_after=loadavg(),
+                errors=[r["error"] for r in reports if "error" in r],
+                reports=reports,
+            )
+            log(
+                f"  50k: connected {connected}, alive {out['alive_at_end']}, RSS "
+                f"{out['rss_connected_mib']} MiB ({out['rss_per_connection_kib']} KiB/conn), "
+                f"deliveries {out['deliveries']}/{out['expected_deliveries']}, loss/dup "
+                f"{out['losses']}/{out['duplicates']}"
+            )
+        finally:
+            for b in benches:
+                if b.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(b.pid, signal.SIGKILL)
+                    b.wait()
+            server.stop()
+            start_file.unlink(missing_ok=True)
+    return out
+
+
+# -- the page -----------------------------------------------------------------------------
+
+
+def fmt(n: float | None) -> str:
+    if n is None:
+        return "-"
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if abs(n) >= 1e4:
+        return f"{n / 1e3:.0f}k"
+    return f"{n:g}"
+
+
+def _med(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def _lcd(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return "error"
+    return f"{r.get('losses', 0)} / {r.get('duplicates', 0)} / {r.get('order_violations', 0)}"
+
+
+def _load(r: dict[str, Any]) -> str:
+    return f"{r.get('load_before', ['?'])[0]} → {r.get('load_after', ['?'])[0]}"
+
+
+def render(data: dict[str, Any]) -> str:
+    meta = data.get("meta", {})
+    L: list[str] = []
+    w = L.append
+    w("## Scale-out on one machine: workers, a 3-node cluster, 50,000 connections")
+    w("")
+    w(
+        f"Measured {meta.get('date')} with `make bench-scale` ({meta.get('wall_min')} min; "
+        f"load average (1/5/15 min) {meta.get('load_start')} at start, {meta.get('load_end')} "
+        f"at end). This section is written by `bench/scale.py` (raw figures: "
+        "`docs/benchmarks-scale.json`); `make bench` keeps it."
+    )
+    w("")
+    w("```sh")
+    w("make bench-scale                     # all three parts, about 8 minutes (stopped at 15)")
+    w(".venv/bin/python bench/scale.py --only workers      # or: cluster, fifty")
+    w(".venv/bin/python bench/scale.py --render-only       # rewrite this section from the .json")
+    w("```")
+    w("")
+    w(
+        f"The machine has **{meta.get('nproc')} cores** and a hard limit of "
+        f"{meta.get('nofile_hard')} open files per process. Servers, Redis, HAProxy and the "
+        "bench clients all run on it together, so every figure below is what is left of two "
+        "cores after the client took its share: more workers than cores cannot be faster "
+        "here, and the client competes with the workers for the same cores. Other engineers "
+        "share the machine (see the load averages per run). Each part starts its own "
+        "`redis-server` on a free port."
+    )
+    w("")
+    L += _render_findings(data)
+    L += _render_workers(data.get("workers", {}))
+    L += _render_cluster(data.get("cluster", {}))
+    L += _render_fifty(data.get("fifty", {}))
+    return "\n".join(L) + "\n"
+
+
+def _fan_median(runs: list[dict[str, Any]], n: int, fixed: bool, key: str) -> float | None:
+    return _med(
+        [
+            r.get(key)
+            for r in runs
+            if r.get("scenario") == "fanout"
+            and r.get("workers") == n
+            and isinstance(r.get("window"), int) == fixed
+            and "error" not in r
+        ]
+    )
+
+
+def _render_findings(data: dict[str, Any]) -> list[str]:
+    """The headline figures and what they do not show, from the data of this run."""
+    L: list[str] = []
+    w = L.append
+    w("### What the figures say, and what they do not")
+    w("")
+    runs = data.get("workers", {}).get("runs", [])
+    if runs:
+        base = _fan_median(runs, 0, True, "deliveries_per_s")
+        base_cpu = _fan_median(runs, 0, True, "deliveries_per_server_cpu_s")
+        per_n = {n: _fan_median(runs, n, True, "deliveries_per_s") for n in (1, 2, 3)}
+        per_cpu = {n: _fan_median(runs, n, True, "deliveries_per_server_cpu_s") for n in (1, 2, 3)}
+        cpu = {n: _fan_median(runs, n, True, "server_cpu_percent") for n in (1, 2, 3)}
+        redis_fan = [
+            r
+            for r in runs
+            if r.get("scenario") == "fanout" and r.get("workers") and "error" not in r
+        ]
+        each = [r.get("deliveries_per_s") or 0 for r in redis_fan]
+        p50s = [(r.get("latency") or {}).get("p50_ms") or 0 for r in redis_fan]
+        client = [r.get("client_cpu_percent") or 0 for r in redis_fan]
+        loads = [r.get("load_before", [0])[0] for r in runs]
+        ratio = (
+            base_cpu / statistics.median(per_cpu.values())
+            if base_cpu and all(per_cpu.values())
+            else None
+        )
+        w(
+            "- **Workers barely change fan-out throughput on this 2-core machine.** Fan-out "
+            "over Redis: "
+            + ", ".join(f"{n} worker{'s' if n > 1 else ''} {fmt(v)}/s" for n, v in per_n.items())
+            + f" (medians, window 400; single runs ranged {fmt(min(each, default=0))} to "
+            f"{fmt(max(each, default=0))}/s, so the differences are within the noise), "
+            f"against {fmt(base)}/s for one process on the memory broker. The workers split "
+            "the CPU evenly (see *per worker*), and their sum stays at "
+            + ", ".join(f"{round(v or 0)}%" for v in cpu.values())
+            + f" of a core; the bench client takes {round(min(client, default=0))}-"
+            f"{round(max(client, default=0))}% and other work on the machine the rest (load "
+            f"{min(loads, default=0)}-{max(loads, default=0)} during these runs), so a third "
+            "worker on two cores only adds contention. What the table does show is the cost "
+            "of the Redis path: "
+            + ", ".join(fmt(v) for v in per_cpu.values())
+            + f" deliveries per server CPU-second against {fmt(base_cpu)} on the memory "
+            f"broker (about {round(ratio or 0)} times the CPU per delivery), and "
+            f"{round(min(p50s, default=0))}-{round(max(p50s, default=0))} ms publish-to-"
+            "delivery at p50. Redis itself is nearly idle (see *Redis CPU-s*). Where the "
+            "node's CPU goes on the Redis path (the first suspect: each publication arrives "
+            "from pub/sub on its own, so the per-batch encoding and writes of the memory "
+            "broker are lost) is not investigated here: it is the lead for issue 4."
+        )
+        rooms = {r.get("workers"): r for r in runs if r.get("scenario") == "rooms"}
+        if rooms:
+            w(
+                "- At a fixed 2,000 publications/s (rooms) every setup delivers the 11,000/s "
+                "without loss; over Redis it costs "
+                + ", ".join(
+                    f"{rooms[n].get('server_cpu_percent')}% ({n})" for n in (1, 2, 3) if n in rooms
+                )
+                + f" of a core against {rooms.get(0, {}).get('server_cpu_percent')}% on the "
+                "memory broker, and the p99 latency is tens to hundreds of ms (the publisher "
+                "was late for some publications: the API path, not delivery, saturates first)."
+            )
+    cluster = data.get("cluster", {})
+    storm, cstorm = cluster.get("storm", {}), cluster.get("client_storm", {})
+    if storm and "error" not in storm:
+        w(
+            f"- **A node crash costs about {storm.get('all_resubscribed_s')} s**: the "
+            f"{storm.get('victim_clients')} clients of the killed node were all connected to "
+            f"the other two and resubscribed {storm.get('all_resubscribed_s')} s after the "
+            f"SIGKILL (p50 {storm.get('resubscribed_p50_s')} s), all with `recovered: true` "
+            f"({storm.get('recovered_true')} of {storm.get('recoveries')} subscriptions), "
+            f"no connect refused, loss / dup / order {_lcd(storm)}; "
+            f"{storm.get('publish_attempts_failed')} publish attempt(s) failed on the dead "
+            "node and were retried with the same idempotency key, stored once."
+        )
+    if cstorm and "error" not in cstorm:
+        w(
+            f"- Cutting all {cstorm.get('clients')} clients at once: all back and recovered "
+            f"{cstorm.get('time_to_full_recovery_s')} s after they started reconnecting, "
+            f"{cstorm.get('refused_503')} refused, loss / dup / order {_lcd(cstorm)}. At 2,000 "
+            "clients over three nodes the admission limit (2,000 connects/s per node) is never "
+            "reached, so this storm does not exercise the 503 path; larger storms are "
+            "limited here by HAProxy's `maxconn 4000` and the client's CPU."
+        )
+    rr = {r.get("rate"): r for r in cluster.get("rooms_runs", [])}
+    if rr:
+        ok, over = rr.get(1000.0) or {}, rr.get(2000.0) or {}
+        w(
+            "- Rooms through HAProxy: at 1,000 publications/s p99 "
+            f"{(ok.get('latency') or {}).get('p99_ms')} ms; at 2,000/s (the rate of `make "
+            f"bench`) p99 {(over.get('latency') or {}).get('p99_ms')} ms with "
+            f"{over.get('publisher_late')} publications sent late: three node processes, "
+            "HAProxy, Redis and the bench share two cores, and the one-publication-per-"
+            "request API path through the balancer saturates. Nothing was lost in either."
+        )
+    f = data.get("fifty", {})
+    if f and "error" not in f:
+        w(
+            f"- **50,000 connections: met.** {f.get('connected'):,} set up, "
+            f"{f.get('alive_at_end'):,} alive at the end, every publication delivered "
+            f"({f.get('deliveries'):,} of {f.get('expected_deliveries'):,}, offsets checked "
+            f"on all {f.get('checked_connections'):,} connections, loss / dup / order "
+            f"{_lcd(f)}); server RSS {f.get('rss_connected_mib')} MiB for the three workers "
+            f"({f.get('rss_per_connection_kib')} KiB per connection with 2 channels, the "
+            f"the workers' own {round(f.get('rss_before_mib', 0) / 3)} MiB each before any "
+            "connection excluded), workers' CPU "
+            f"{f.get('worker_cpu_publish_percent')}% of a core while publishing. Misses: "
+            f"setting up 50,000 connections took {f.get('connect_all_s')} s (about "
+            f"{round(f.get('connected', 0) / max(f.get('connect_all_s') or 1, 1)):,}/s, "
+            f"{f.get('worker_cpu_connect_s')} CPU-s in the workers: token check, two "
+            "subscriptions and a Redis SUBSCRIBE for each new channel); and latency p99 "
+            f"was {max(v for v in f.get('latency_p99_ms') or [0] if v is not None)} ms "
+            f"(p50 {min(v for v in f.get('latency_p50_ms') or [0] if v is not None)} ms): "
+            "the bench publishers were late for "
+            + ", ".join(f"{r.get('publisher_late'):,}" for r in f.get("reports", []))
+            + f" of their {f.get('publications', 0) // max(len(f.get('reports', [])), 1):,} "
+            "publications each (all 64 requests in flight), so the API path stalled now "
+            "and then, and latency counts from the scheduled time. The cause (event loops busy "
+            "with 17,000 connections each, garbage-collection pauses, or the machine's "
+            "other load) was not established."
+        )
+    w(
+        "- Not done: more than one machine (every figure here includes the client's and the "
+        "other processes' share of the same two cores); a storm large enough to hit "
+        "admission control through the balancer; a repeat of the cluster and 50k parts "
+        "(one run each, so no medians there)."
+    )
+    w("")
+    return L
+
+
+def _pairs(d: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in (d or {}).items())
+
+
+def _label(n: int) -> str:
+    return "1, memory broker (baseline)" if n == 0 else f"{n}, Redis"
+
+
+def _render_workers(part: dict[str, Any]) -> list[str]:
+    L: list[str] = []
+    w = L.append
+    w("### `tether serve --workers N` over one Redis (issue 4)")
+    w("")
+    if "error" in part:
+        return [*L, f"Not measured: {part['error']}", ""]
+    runs = part.get("runs", [])
+    fan = [r for r in runs if r.get("scenario") == "fanout" or "fanout" in r.get("command", "")]
+    rooms = [r for r in runs if r.get("scenario") == "rooms"]
+    if fan:
+        w(
+            "Fan-out as in `make bench` (one channel, 2,000 subscribers, 10 publications per "
+            "`/api/batch`, median of 5 bursts of 2 s). *Window*: publications the publisher "
+            "keeps ahead of the average subscriber; `make bench` sizes it to 0.1 s of "
+            "deliveries, which starves the Redis path (publish-to-delivery takes ~100 ms or more "
+            "there, so one batch is in flight at a time), hence a second series with a fixed "
+            "window of 400, in interleaved rounds (median over rounds; each round's median "
+            "listed). *Server CPU* is the sum over the worker processes during the "
+            "measurement (the bench's `--server-pid` points at the `serve` command, whose "
+            "children it adds up); *per worker* is each worker's CPU seconds over the whole "
+            "bench command, sampled here with psutil."
+        )
+        w("")
+        w(
+            "| workers | window | deliveries/s (median) | per round | server CPU (sum of "
+            "workers) | deliveries per server CPU-s | per worker, CPU-s | Redis CPU-s | bench "
+            "client CPU | load before → after | loss / dup / order |"
+        )
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        series = [(False, n) for n in (0, 1, 2, 3)] + [(True, n) for n in (0, 1, 2, 3)]
+        for fixed, n in series:
+            rs = [
+                r
+                for r in fan
+                if r.get("workers") == n and isinstance(r.get("window"), int) == fixed
+            ]
+            if not rs:
+                continue
+            ok = [r for r in rs if "error" not in r]
+            dps = _med([r.get("deliveries_per_s") for r in ok])
+            w(
+                f"| {_label(n)} | {400 if fixed else 'adaptive'} | **{fmt(dps)}** | "
+                + ", ".join(
+                    fmt(r.get("deliveries_per_s")) if "error" not in r else "error" for r in rs
+                )
+                + f" | {_med([r.get('server_cpu_percent') for r in ok])}% | "
+                f"{fmt(_med([r.get('deliveries_per_server_cpu_s') for r in ok]))} | "
+                + "; ".join(str(r.get("worker_cpu_s_whole_run")) for r in ok)
+                + f" | {_med([r.get('redis_cpu_s_whole_run') for r in ok])} | "
+                f"{_med([r.get('client_cpu_percent') for r in ok])}% | "
+                + "; ".join(_load(r) for r in rs)
+                + f" | {'; '.join(_lcd(r) for r in rs)} |"
+            )
+        w("")
+    if rooms:
+        w(
+            "Rooms as in `make bench` (2,000 connections, personal + 10-member group "
+            "channel, 2,000 publications/s through `/api/publish`, 11,000 deliveries/s "
+            "expected), one run per N: the rate is fixed, so what changes is the CPU it costs "
+            "and the latency."
+        )
+        w("")
+        w(
+            "| workers | deliveries/s | p50 | p99 | server CPU (sum of workers) "
+            "| per worker, CPU-s | Redis CPU-s | load before → after | loss / dup / order |"
+        )
+        w("|---|---|---|---|---|---|---|---|---|")
+        for r in rooms:
+            lat = r.get("latency") or {}
+            w(
+                f"| {_label(r.get('workers', 0))} | {fmt(r.get('deliveries_per_s'))} | "
+                f"{lat.get('p50_ms', '-')} ms | {lat.get('p99_ms', '-')} ms | "
+                f"{r.get('server_cpu_percent', '-')}% | {r.get('worker_cpu_s_whole_run')} | "
+                f"{r.get('redis_cpu_s_whole_run')} | {_load(r)} | {_lcd(r)} |"
+            )
+        w("")
+    if fan and runs:
+        w(
+            "Commands (`SERVER_PID`: the pid of `tether serve`; `scale.toml`: "
+            '`host = "127.0.0.1"`, `broker = "redis"`, `redis_url` of the part\'s own '
+            '`redis-server`, `log_level = "warning"`, `drain_window = 1`, and the `bench` '
+            "namespace of `bench/tether.bench.toml`; ports and secrets from `TETHER_*`):"
+        )
+        w("")
+        w("```sh")
+        w(
+            "tether serve --config scale.toml --workers N   # baseline (0 in the JSON): "
+            '--workers 1 with broker = "memory"'
+        )
+        seen = []
+        for r in runs:
+            cmd = re.sub(r":\d+", ":PORT", r.get("command", ""))
+            cmd = re.sub(r"PORT/api", "HTTP_PORT/api", cmd)
+            if cmd and cmd not in seen:
+                seen.append(cmd)
+                w(cmd)
+        w("```")
+        w("")
+    return L
+
+
+def _render_cluster(part: dict[str, Any]) -> list[str]:
+    L: list[str] = []
+    w = L.append
+    w("### Three nodes behind HAProxy, one Redis (issue 4)")
+    w("")
+    if "error" in part:
+        return [*L, f"Not measured: {part['error']}", ""]
+    w(
+        "Three `tether serve` processes (one event loop each) over one `redis-server`, HAProxy "
+        "in front with round-robin balancing and no stickiness, for clients and for the server "
+        "API: the configuration of `deploy/local/haproxy.cfg`, generated by "
+        "`tether.testing.cluster` as in the cluster tests."
+    )
+    w("")
+    rooms = part.get("rooms_runs") or ([part["rooms"]] if "rooms" in part else [])
+    if rooms:
+        w(
+            "**Rooms through the balancer** (2,000 connections, personal + 10-member group "
+            "channel, offsets checked on every connection; publications one per request "
+            "through the balancer's API port). *Late*: publications the bench's publisher "
+            "could not send on time (all 64 requests in flight), i.e. the API path through "
+            "HAProxy was saturated."
+        )
+        w("")
+        w(
+            "| publications/s | deliveries/s | p50 | p99 | late | nodes CPU (sum, whole run) "
+            "| per node, CPU-s | HAProxy CPU-s | Redis CPU-s | bench client CPU "
+            "| load before → after | loss / dup / order |"
+        )
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rooms:
+            lat = r.get("latency") or {}
+            w(
+                f"| {fmt(r.get('rate'))} | {fmt(r.get('deliveries_per_s'))} | "
+                f"{lat.get('p50_ms', '-')} ms | {lat.get('p99_ms', '-')} ms | "
+                f"{r.get('publisher_late')} | {r.get('node_cpu_percent_whole_run')}% | "
+                f"{r.get('node_cpu_s_whole_run')} | {r.get('haproxy_cpu_s_whole_run')} | "
+                f"{r.get('redis_cpu_s_whole_run')} | {r.get('client_cpu_percent')}% | "
+                f"{_load(r)} | {_lcd(r)} |"
+            )
+        w("")
+        w(f"`{rooms[0].get('command', '')}` (and the same with `--rate 2000`)")
+        w("")
+    c = part.get("client_storm", {})
+    if c:
+        w(
+            "**Reconnect storm, every client at once** (the bench's `reconnect-storm` scenario "
+            "through the balancer: 2,000 clients, publications at 100/s throughout; every "
+            "client socket is cut at once, and after 1 s all reconnect together and resubscribe "
+            "with `recover: true`; a 503 is retried after its `Retry-After` with jitter):"
+        )
+        w("")
+        if "error" in c:
+            w(f"Not measured: {c['error'][-400:]!r}")
+        else:
+            w(
+                "| clients | reconnected | time to full recovery | from the cut | peak connects/s "
+                "| 503 retried | recovered true / false | publications | loss / dup / order |"
+            )
+            w("|---|---|---|---|---|---|---|---|---|")
+            w(
+                f"| {c.get('clients')} | {c.get('reconnected')} | "
+                f"**{c.get('time_to_full_recovery_s')} s** | {c.get('time_from_cut_s')} s | "
+                f"{fmt(c.get('peak_connects_per_s'))} | {c.get('refused_503')} | "
+                f"{c.get('recovered_true')} / {c.get('recovered_false')} | "
+                f"{c.get('publications')} | {_lcd(c)} |"
+            )
+            w("")
+            w(
+                "The scenario's server-side counters (`connects_refused_server`, "
+                "`recovery_broker_reads`) come from `/metrics`, which through the balancer "
+                "answers for one node at a time, so they are left out here. "
+                f"`{c.get('command', '')}`"
+            )
+        w("")
+    s = part.get("storm", {})
+    if s:
+        w(
+            f"**Node crash** (`bench/scale.py`): {s.get('clients')} reconnecting clients "
+            "(`tether.testing.cluster.Follower`: on a broken connection it reconnects through "
+            "the balancer after a jittered 25-75 ms and resubscribes with `recover`, offset and "
+            "epoch, as the SDKs do), each in `chat:all` and a 10-member group channel; "
+            "publications through the balancer's API at 52/s (50/s round-robin over the "
+            "groups, 2/s to `chat:all`), each retried with one idempotency key until accepted. "
+            f"3 s into the stream `{s.get('victim')}` is killed with SIGKILL; publishing goes "
+            "on for 10 s after the kill. Resubscribed = connected again and both "
+            "subscribe replies received (polled every 20 ms)."
+        )
+        w("")
+        if "error" in s:
+            w(f"Not measured: {s['error']}")
+        else:
+            w(
+                "| clients per node | clients of the dead node | all resubscribed after "
+                "| p50 / p99 | recovered true / recoveries | moved to | refused connects (503) "
+                "/ failed connects | publish attempts failed (retried) | loss / dup / order "
+                "| stored twice |"
+            )
+            w("|---|---|---|---|---|---|---|---|---|---|")
+            w(
+                f"| {_pairs(s.get('clients_per_node'))} | {s.get('victim_clients')} | "
+                f"**{s.get('all_resubscribed_s')} s** | {s.get('resubscribed_p50_s')} / "
+                f"{s.get('resubscribed_p99_s')} s | {s.get('recovered_true')} / "
+                f"{s.get('recoveries')} | {_pairs(s.get('moved_to'))} | "
+                f"{s.get('refused_503_after_kill')} / {s.get('connect_errors_after_kill')} | "
+                f"{s.get('publish_attempts_failed')} ({s.get('publications_retried')} of "
+                f"{s.get('publications')}) | {_lcd(s)} | {s.get('stored_twice')} |"
+            )
+            w("")
+            w(
+                f"Every client then had every accepted publication of both its channels "
+                f"({s.get('clients_behind_at_end')} behind at the end, "
+                f"{s.get('catch_up_after_last_publish_s')} s after the last publish); CPU of "
+                f"the surviving nodes in the {s.get('window_after_kill_s')} s after the kill: "
+                f"{s.get('node_cpu_s_after_kill')} CPU-s; load "
+                f"{_load(s)}."
+            )
+        w("")
+    return L
+
+
+def _render_fifty(f: dict[str, Any]) -> list[str]:
+    L: list[str] = []
+    w = L.append
+    w("### 50,000 connections on this 2-core machine (issue 3)")
+    w("")
+    if "error" in f:
+        return [*L, f"Not measured: {f['error']}", ""]
+    if not f:
+        return L
+    w(
+        "One process may hold at most 20,000 file descriptors here, so the server is "
+        "`tether serve --workers 3` (Redis broker; the kernel spreads connections over the "
+        "workers with SO_REUSEPORT) and the simulator is three `tether bench rooms` processes "
+        f"of about {f.get('connections', 0) // 3:,} connections each, their source addresses "
+        "spread over 127.0.0.2-127.0.0.5 (`--source-addresses 4`: about 12,500 connections "
+        "per source address, under the 28,000 ephemeral ports). Every connection subscribes "
+        "to a personal channel and a 10-member group channel (100,000 subscriptions); the "
+        "three processes connect, wait for each other (`--start-file`), then each publishes "
+        f"{f.get('rate_per_process')} publications/s for 60 s, alternately to a personal and "
+        "a group channel, through the HTTP API. Offsets (loss, duplicates, order) are checked "
+        "on **every** connection, and every group channel receives at least one publication, "
+        "so every connection must receive something. The connections stay open for the whole "
+        "run (heartbeats every 25 s answered)."
+    )
+    w("")
+    w("| figure | value |")
+    w("|---|---|")
+    rows = [
+        ("connections set up / asked", f"**{f.get('connected'):,} / {f.get('connections'):,}**"),
+        ("connect errors", f"{f.get('connect_errors')} {f.get('connect_error_sample') or ''}"),
+        ("upgrades refused with 503 and retried", f.get("refused_retried")),
+        ("alive at the end", f"**{f.get('alive_at_end'):,}**"),
+        ("time to set up every connection", f"{f.get('connect_all_s')} s"),
+        ("file descriptors per worker", f.get("fds_per_worker")),
+        (
+            "server RSS (sum of 3 workers): before → all connected → end (peak)",
+            f"{f.get('rss_before_mib')} → **{f.get('rss_connected_mib')}** → "
+            f"{f.get('rss_end_mib')} MiB ({f.get('rss_peak_mib')} MiB)",
+        ),
+        ("per worker when connected", f"{f.get('rss_connected_per_worker_mib')} MiB"),
+        (
+            "server RSS per connection (2 channels each)",
+            f"**{f.get('rss_per_connection_kib')} KiB**",
+        ),
+        ("workers' CPU while connecting", f"{f.get('worker_cpu_connect_s')} CPU-s"),
+        (
+            "workers' CPU while publishing (sum of 3, % of one core)",
+            f"{f.get('worker_cpu_publish_percent')}% over {f.get('publish_phase_s')} s",
+        ),
+        ("Redis CPU while publishing", f"{f.get('redis_cpu_publish_percent')}%"),
+        ("bench clients' CPU (each)", f"{f.get('bench_client_cpu_percent')} %"),
+        (
+            "publications accepted / publish errors",
+            f"{f.get('publications'):,} / {f.get('publish_errors')}",
+        ),
+        (
+            "deliveries / expected",
+            f"**{f.get('deliveries'):,} / {f.get('expected_deliveries'):,}**",
+        ),
+        ("loss / dup / order (checked on every connection)", f"**{_lcd(f)}**"),
+        ("connections checked", f"{f.get('checked_connections'):,}"),
+        (
+            "latency p50 / p99 per bench process",
+            f"{f.get('latency_p50_ms')} / {f.get('latency_p99_ms')} ms",
+        ),
+        ("load average before → after", _load(f)),
+    ]
+    for name, value in rows:
+        w(f"| {name} | {value} |")
+    w("")
+    if f.get("errors"):
+        w(f"Bench errors: `{f['errors']}`")
+        w("")
+    w(
+        "Commands (three bench processes at once, `-n` 16,667 / 16,667 / 16,666; "
+        "`scale.toml` as in the workers part):"
+    )
+    w("")
+    w("```sh")
+    w("tether serve --config scale.toml --workers 3")
+    cmd = re.sub(r":\d+", ":PORT", f.get("command", ""))
+    w(re.sub(r"PORT/api", "HTTP_PORT/api", cmd))
+    w("```")
+    w("")
+    return L
+
+
+def write_section(out: Path, section: str) -> None:
+    """Replace the marked section of ``out`` (or append it)."""
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    out.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=["workers", "cluster", "fifty"])
+    parser.add_argument("--quick", action="store_true", help="tiny runs (a harness smoke test)")
+    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--json", default="docs/benchmarks-scale.json")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    out, json_path = ROOT / args.out, ROOT / args.json
+    sys.path.insert(0, str(Path(__file__).parent))
+    if args.render_only:
+        write_section(out, render(json.loads(json_path.read_text())))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop what we started
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
+    parts = args.only or ["workers", "cluster", "fifty"]
+    previous = json.loads(json_path.read_text()) if json_path.exists() and args.only else {}
+    data: dict[str, Any] = previous or {}
+    t0 = time.time()
+    data["meta"] = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "load_start": loadavg(),
+        "nproc": os.cpu_count(),
+        "nofile_hard": hard,
+        "quick": args.quick,
+        "parts": parts,
+    }
+    runners = {"workers": part_workers, "cluster": part_cluster, "fifty": part_fifty}
+    with tempfile.TemporaryDirectory(prefix="tether-scale-") as tmp:
+        for part in parts:
+            log(f"[{part}] ...")
+            t = time.time()
+            try:
+                data[part] = runners[part](args.quick, Path(tmp))
+            except Exception as exc:
+                data[part] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"  {part} failed: {exc!r}")
+            data[part]["elapsed_s"] = round(time.time() - t, 1)
+    data["meta"]["load_end"] = loadavg()
+    data["meta"]["wall_min"] = round((time.time() - t0) / 60, 1)
+    json_path.write_text(json.dumps(data, indent=1))
+    write_section(out, render(data))
+    log(f"wrote {out} (section {BEGIN}) and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    random.seed()
+    sys.exit(main())
