@@ -644,8 +644,10 @@ def resilience_notes(by: dict) -> list[str]:
                 "run to run on this shared 2-core machine (where the bench client also "
                 "reads every typing frame), so read the 20% goal with that spread."
             )
-    if typing and "error" not in typing and not (
-        typing["typing_coalesced"] or typing["typing_dropped"]
+    if (
+        typing
+        and "error" not in typing
+        and not (typing["typing_coalesced"] or typing["typing_dropped"])
     ):
         out.append(
             "Typing storm: every subscriber kept up, so no typing frame had to be coalesced "
@@ -824,9 +826,7 @@ def resilience_markdown(by: dict, meta: dict) -> list[str]:
             f"| broker reads for recovery (`tether_recovery_broker_reads_total`) | "
             f"**{r['recovery_broker_reads']}** for {r['channels']} channels |"
         )
-        w(
-            f"| recovered true / false | {r['recovered_true']:,} / {r['recovered_false']:,} |"
-        )
+        w(f"| recovered true / false | {r['recovered_true']:,} / {r['recovered_false']:,} |")
         w(f"| clients that failed to reconnect | {r['reconnect_errors']} |")
         w(f"| loss / dup / order (offsets checked on every client) | **{correctness(r)}** |")
         w("")
@@ -979,9 +979,7 @@ def main() -> int:
         action="store_true",
         help="run only the resilience section; the other sections are kept from the .json",
     )
-    section.add_argument(
-        "--no-resilience", action="store_true", help="skip the resilience section"
-    )
+    section.add_argument("--no-resilience", action="store_true", help="skip the resilience section")
     args = parser.parse_args()
     if args.render_only:
         out = ROOT / args.out
@@ -989,7 +987,7 @@ def main() -> int:
         saved["meta"]["shared_note"] = shared_note(saved["meta"]["load_start"], saved["results"])
         write_markdown(saved["results"], saved["meta"], out)
         return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
     # `timeout` (make bench) sends SIGTERM: unwind, so that every server is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
