@@ -175,7 +175,7 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 class Server:
     def __init__(self, spec: dict, port: int, log: Path) -> None:
         env = dict(os.environ, **spec.get("env", {}))
-        self.log = open(log, "ab")
+        self.log = open(log, "ab")  # noqa: SIM115  (open for the server's whole life; closed in stop())
         self.proc = subprocess.Popen(
             spec["cmd"],
             cwd=ROOT,
@@ -263,14 +263,14 @@ def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) 
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next(
-        (l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")),
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
         "?",
     )
     mem = next(
         (
-            l.split()[1]
-            for l in Path("/proc/meminfo").read_text().splitlines()
-            if l.startswith("MemTotal")
+            ln.split()[1]
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
         ),
         "0",
     )
