@@ -927,10 +927,15 @@ def _render_findings(data: dict[str, Any]) -> list[str]:
             + f" deliveries per server CPU-second against {fmt(base_cpu)} on the memory "
             f"broker (about {round(ratio or 0)} times the CPU per delivery), and "
             f"{round(min(p50s, default=0))}-{round(max(p50s, default=0))} ms publish-to-"
-            "delivery at p50. Redis itself is nearly idle (see *Redis CPU-s*). Where the "
-            "node's CPU goes on the Redis path (the first suspect: each publication arrives "
-            "from pub/sub on its own, so the per-batch encoding and writes of the memory "
-            "broker are lost) is not investigated here: it is the lead for issue 4."
+            "delivery at p50. Redis itself is nearly idle (see *Redis CPU-s*). Over Redis "
+            "publications arrive from pub/sub one by one, and each used to get its own flush "
+            "(one write per socket per publication); the adaptive flush delay "
+            "(`flush_max_delay`, commit 63e8736) lets publications arriving during an "
+            "expensive flush share the next write: the first run after it (workers part, "
+            "2026-11-26 15:12, these figures) doubled the Redis-path throughput against the "
+            "14:52 run (184k to about 410-490k/s for 1 worker). The rest of the gap to the "
+            "memory broker (per-publication decode, EVALSHA round trips, fewer publications "
+            "per write) is not profiled yet."
         )
         rooms = {r.get("workers"): r for r in runs if r.get("scenario") == "rooms"}
         if rooms:
