@@ -44,26 +44,19 @@ from redis.exceptions import RedisError
 
 from tether.brokers.base import (
     BrokerEventHandler,
-    HistoryPage,
-    PublishOptions,
-    PublishResult,
-    StreamPosition,
 )
 from tether.brokers.redis_common import (
     HISTORY_SCRIPT,
     UNAVAILABLE,
+    StreamCommands,
     StreamKeys,
     decode_info,
     dispatch,
     encoder,
-    history_call,
-    history_page,
-    publish_call,
-    publish_result,
     publish_script,
 )
 from tether.errors import BrokerUnavailable
-from tether.protocol.messages import ClientInfo, Publication
+from tether.protocol.messages import ClientInfo
 
 log = structlog.get_logger("tether.redis")
 
@@ -87,7 +80,7 @@ def _client(
     return Redis.from_pool(pool)
 
 
-class RedisBroker:
+class RedisBroker(StreamCommands):
     """:class:`~tether.brokers.base.Broker` over one Redis server.
 
     ``url``: ``redis://host:port/db``. ``command_timeout``: seconds before a command is
@@ -273,57 +266,14 @@ class RedisBroker:
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis unsubscribe: {exc}") from None
 
-    async def publish(
-        self, channel: str, publication: Publication, options: PublishOptions
-    ) -> PublishResult:
-        keys, args = publish_call(
-            self._keys,
-            channel,
-            self._pubsub_channel(channel),
-            publication,
-            options,
-            self._meta_ttl_ms,
-        )
-        try:
-            reply = await self._publish_script(keys=keys, args=args)
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis publish: {exc}") from None
-        return publish_result(reply)
+    _label = "redis"
+    _unavailable = _UNAVAILABLE
 
-    async def _publish_control(self, channel: str, kind: bytes, info: ClientInfo) -> None:
-        try:
-            await self._redis.publish(self._pubsub_channel(channel), kind + encoder.encode(info))
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis publish: {exc}") from None
+    async def _send_control(self, pubsub_channel: str, message: bytes) -> None:
+        await self._redis.publish(pubsub_channel, message)
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self._publish_control(channel, b"j", info)
-
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self._publish_control(channel, b"l", info)
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        since: StreamPosition | None = None,
-        limit: int = 0,
-        reverse: bool = False,
-    ) -> HistoryPage:
-        keys, args = history_call(self._keys, channel, self._meta_ttl_ms)
-        try:
-            reply = await self._history_script(keys=keys, args=args)
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis history: {exc}") from None
-        if channel in self._channels:
-            await self._barrier()  # never run ahead of delivery (Broker contract)
-        return history_page(reply, since=since, limit=limit, reverse=reverse)
-
-    async def remove_history(self, channel: str) -> None:
-        try:
-            await self._redis.delete(self._keys.history(channel))
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis history_remove: {exc}") from None
+    async def _delivery_barrier(self, channel: str) -> None:
+        await self._barrier()
 
     async def channels(self) -> set[str]:
         prefix = f"{self._prefix}.ch."

@@ -52,26 +52,19 @@ from redis.exceptions import (
 
 from tether.brokers.base import (
     BrokerEventHandler,
-    HistoryPage,
-    PublishOptions,
-    PublishResult,
-    StreamPosition,
 )
 from tether.brokers.redis_common import (
     HISTORY_SCRIPT,
     UNAVAILABLE,
+    StreamCommands,
     StreamKeys,
     decode_info,
     dispatch,
     encoder,
-    history_call,
-    history_page,
-    publish_call,
-    publish_result,
     publish_script,
 )
 from tether.errors import BrokerUnavailable
-from tether.protocol.messages import ClientInfo, Publication
+from tether.protocol.messages import ClientInfo
 
 __all__ = ["RedisClusterBroker", "RedisClusterPresenceStore"]
 
@@ -130,7 +123,7 @@ class _Link:
                 fut.set_exception(BrokerUnavailable("redis cluster subscriber link lost"))
 
 
-class RedisClusterBroker:
+class RedisClusterBroker(StreamCommands):
     """:class:`~tether.brokers.base.Broker` over a Redis Cluster.
 
     ``url``: ``redis://host:port`` (or ``rediss://``) of any node, the *seed*: the others
@@ -505,63 +498,20 @@ class RedisClusterBroker:
             return  # nothing held: the repair leaves it out
         await self._send(link, "sunsubscribe", channel)
 
-    async def publish(
-        self, channel: str, publication: Publication, options: PublishOptions
-    ) -> PublishResult:
-        keys, args = publish_call(
-            self._keys,
-            channel,
-            self._pubsub_channel(channel),
-            publication,
-            options,
-            self._meta_ttl_ms,
-        )
-        try:
-            reply = await self._publish_script(keys=keys, args=args)
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis cluster publish: {exc}") from None
-        return publish_result(reply)
+    _label = "redis cluster"
+    _unavailable = _UNAVAILABLE
 
-    async def _publish_control(self, channel: str, kind: bytes, info: ClientInfo) -> None:
-        try:
-            await self._redis.spublish(self._pubsub_channel(channel), kind + encoder.encode(info))
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis cluster publish: {exc}") from None
+    async def _send_control(self, pubsub_channel: str, message: bytes) -> None:
+        await self._redis.spublish(pubsub_channel, message)
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self._publish_control(channel, b"j", info)
-
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self._publish_control(channel, b"l", info)
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        since: StreamPosition | None = None,
-        limit: int = 0,
-        reverse: bool = False,
-    ) -> HistoryPage:
-        keys, args = history_call(self._keys, channel, self._meta_ttl_ms)
-        try:
-            reply = await self._history_script(keys=keys, args=args)
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis cluster history: {exc}") from None
-        if channel in self._channels:
-            # Never run ahead of delivery (Broker contract): the barrier goes to the link
-            # that holds the channel; a channel no link holds is deaf, so unavailable.
-            name = self._assigned.get(channel)
-            link = self._links.get(name) if name is not None else None
-            if link is None or channel in self._lost:
-                raise BrokerUnavailable(f"redis cluster: {channel!r} is being resubscribed")
-            await self._barrier(link)
-        return history_page(reply, since=since, limit=limit, reverse=reverse)
-
-    async def remove_history(self, channel: str) -> None:
-        try:
-            await self._redis.delete(self._keys.history(channel))
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis cluster history_remove: {exc}") from None
+    async def _delivery_barrier(self, channel: str) -> None:
+        # The barrier goes to the link that holds the channel; a channel no link holds
+        # is deaf, so unavailable.
+        name = self._assigned.get(channel)
+        link = self._links.get(name) if name is not None else None
+        if link is None or channel in self._lost:
+            raise BrokerUnavailable(f"redis cluster: {channel!r} is being resubscribed")
+        await self._barrier(link)
 
     async def channels(self) -> set[str]:
         """Channels subscribed on any node (``PUBSUB SHARDCHANNELS`` of every master).

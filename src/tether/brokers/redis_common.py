@@ -27,6 +27,7 @@ from tether.brokers.base import (
     StreamPosition,
     select_history,
 )
+from tether.errors import BrokerUnavailable
 from tether.protocol.messages import ClientInfo, Publication
 
 log = structlog.get_logger("tether.redis")
@@ -229,3 +230,87 @@ def dispatch(handler: BrokerEventHandler, channel: str, message: bytes) -> None:
         # subscribers are told to recover from the stream.
         log.exception("redis message not delivered; channel resyncs", channel=channel)
         handler.on_resync({channel})
+
+
+class StreamCommands:
+    """The Broker methods whose Redis commands are the same on one server and on a Cluster.
+
+    A subclass provides the client (``_redis``), the registered scripts, the keys, its
+    error label and the exceptions that mean "unavailable", and two hooks: how a
+    join/leave message is published (PUBLISH or SPUBLISH) and the delivery barrier that
+    keeps ``history`` from running ahead of delivery (Broker contract).
+    """
+
+    _label: str
+    _unavailable: tuple[type[BaseException], ...]
+    _keys: StreamKeys
+    _meta_ttl_ms: int
+    _channels: set[str]
+    _redis: Any
+    _publish_script: Any
+    _history_script: Any
+
+    def _pubsub_channel(self, channel: str) -> str:
+        raise NotImplementedError
+
+    async def _send_control(self, pubsub_channel: str, message: bytes) -> None:
+        raise NotImplementedError
+
+    async def _delivery_barrier(self, channel: str) -> None:
+        """Return once everything Redis sent for ``channel`` before now was handed over."""
+        raise NotImplementedError
+
+    def _unavailable_error(self, what: str, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(f"{self._label} {what}: {exc}")
+
+    async def publish(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> PublishResult:
+        keys, args = publish_call(
+            self._keys,
+            channel,
+            self._pubsub_channel(channel),
+            publication,
+            options,
+            self._meta_ttl_ms,
+        )
+        try:
+            reply = await self._publish_script(keys=keys, args=args)
+        except self._unavailable as exc:
+            raise self._unavailable_error("publish", exc) from None
+        return publish_result(reply)
+
+    async def _publish_control(self, channel: str, kind: bytes, info: ClientInfo) -> None:
+        try:
+            await self._send_control(self._pubsub_channel(channel), kind + encoder.encode(info))
+        except self._unavailable as exc:
+            raise self._unavailable_error("publish", exc) from None
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_control(channel, b"j", info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_control(channel, b"l", info)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+    ) -> HistoryPage:
+        keys, args = history_call(self._keys, channel, self._meta_ttl_ms)
+        try:
+            reply = await self._history_script(keys=keys, args=args)
+        except self._unavailable as exc:
+            raise self._unavailable_error("history", exc) from None
+        if channel in self._channels:
+            await self._delivery_barrier(channel)  # never run ahead of delivery
+        return history_page(reply, since=since, limit=limit, reverse=reverse)
+
+    async def remove_history(self, channel: str) -> None:
+        try:
+            await self._redis.delete(self._keys.history(channel))
+        except self._unavailable as exc:
+            raise self._unavailable_error("history_remove", exc) from None
