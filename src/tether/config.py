@@ -100,6 +100,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     redis_cluster: bool = False
     redis_prefix: str = "tether"
     presence_ttl: float = 60
+    breaker_failures: int = 5
+    breaker_reset: float = 2.0
+    retry_budget_ratio: float = 0.1
     namespaces: dict[str, NamespaceConfig] = {}
 
     def namespace(self, name: str) -> NamespaceConfig | None:
@@ -153,6 +156,9 @@ def _validate(config: Config) -> None:
         "idempotency_ttl",
         "history_meta_ttl",
         "presence_ttl",
+        "breaker_failures",
+        "breaker_reset",
+        "retry_budget_ratio",
         "ephemeral_queue_bytes",
         "client_publish_rate",
         "client_publish_burst",
@@ -407,6 +413,9 @@ redis_urls = []             # e.g. ["redis://10.0.0.1:6379/0", "redis://10.0.0.2
 # other masters are discovered from it. Not with redis_urls. See docs/howto/scale-out.md.
 redis_cluster = false       # environment: TETHER_REDIS_CLUSTER=true
 presence_ttl = 60           # seconds a presence entry outlives its node (redis broker)
+breaker_failures = 5        # consecutive broker failures that open the circuit breaker
+breaker_reset = 2.0         # seconds the breaker stays open before one probe call
+retry_budget_ratio = 0.1    # retries (reads, idempotent publishes) add at most this load
 
 # Publishes accepted but not yet done, per lane; beyond it the API answers 429 with
 # Retry-After and clients get error 111, before any work is done.

@@ -14,10 +14,17 @@ from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
 from tether.config import Config
 from tether.core.node import Node
 from tether.protocol.codes import DisconnectCode
+from tether.resilience import CircuitBreaker, RetryBudget
 from tether.transports.http.app import build_app
 from tether.transports.websocket import server as websocket
 
 log = structlog.get_logger("tether.server")
+
+
+def _breaker(config: Config, name: str) -> CircuitBreaker:
+    return CircuitBreaker(
+        name, failure_threshold=config.breaker_failures, reset_timeout=config.breaker_reset
+    )
 
 
 def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
@@ -31,7 +38,9 @@ def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
         cluster = GuardedBroker(
             RedisClusterBroker(
                 config.redis_url, prefix=config.redis_prefix, meta_ttl=config.history_meta_ttl
-            )
+            ),
+            breaker=_breaker(config, "broker"),
+            budget=RetryBudget(config.retry_budget_ratio),
         )
         store = RedisClusterPresenceStore(
             config.redis_url, prefix=config.redis_prefix, ttl=config.presence_ttl
@@ -44,7 +53,9 @@ def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
         broker: Broker = GuardedBroker(
             RedisBroker(
                 config.redis_url, prefix=config.redis_prefix, meta_ttl=config.history_meta_ttl
-            )
+            ),
+            breaker=_breaker(config, "broker"),
+            budget=RetryBudget(config.retry_budget_ratio),
         )
         presence: PresenceStore = RedisPresenceStore(
             config.redis_url, prefix=config.redis_prefix, ttl=config.presence_ttl
@@ -61,16 +72,15 @@ def _make_sharded_broker(config: Config) -> tuple[Broker, PresenceStore]:
     from tether.brokers.guarded import GuardedBroker
     from tether.brokers.redis import RedisBroker, RedisPresenceStore
     from tether.brokers.sharded import ShardedBroker, ShardedPresenceStore, shard_address
-    from tether.resilience import CircuitBreaker, RetryBudget
 
-    budget = RetryBudget()
+    budget = RetryBudget(config.retry_budget_ratio)
     shards: dict[str, Broker] = {}
     stores: dict[str, PresenceStore] = {}
     for url in config.redis_urls:
         address = shard_address(url)
         shards[address] = GuardedBroker(
             RedisBroker(url, prefix=config.redis_prefix, meta_ttl=config.history_meta_ttl),
-            breaker=CircuitBreaker(f"broker {address}"),
+            breaker=_breaker(config, f"broker {address}"),
             budget=budget,
         )
         stores[address] = RedisPresenceStore(

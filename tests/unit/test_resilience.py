@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from tether import server
 from tether.auth import mint_connection_token
 from tether.brokers.base import PublishOptions, StreamPosition
 from tether.brokers.guarded import GuardedBroker
@@ -546,3 +547,22 @@ def test_ephemeral_namespace_with_history_is_refused_naming_the_key(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"namespaces\.typing") as raised:
         load_config(path, env={})
     assert "history_size" in str(raised.value)
+
+
+async def test_breaker_and_retry_budget_follow_the_config() -> None:
+    env = {
+        "TETHER_BROKER": "redis",
+        "TETHER_REDIS_URL": "redis://127.0.0.1:1",
+        "TETHER_BREAKER_FAILURES": "3",
+        "TETHER_BREAKER_RESET": "7.5",
+        "TETHER_RETRY_BUDGET_RATIO": "0.25",
+    }
+    broker, presence = server.make_broker(load_config(env=env).config)
+    try:
+        assert isinstance(broker, GuardedBroker)
+        assert broker.breaker.failure_threshold == 3
+        assert broker.breaker.reset_timeout == 7.5
+        assert broker.budget.ratio == 0.25
+    finally:
+        await broker.close()
+        await presence.close()
