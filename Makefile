@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration bench clean setup js-deps
+.PHONY: run test lint typecheck unit integration bench clean setup js-deps system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 
 js-deps: tests/js/node_modules/.installed
 
+# Debian packages the suite needs (Node.js, npm, redis-server, haproxy), if missing.
+system-deps:
+	bash scripts/system-deps.sh
+
 ## Start Tether on the embedded default, with the dev config (chat page on :9000).
 run: $(STAMP)
 	$(BIN)/tether serve --config dev/tether.dev.toml
@@ -33,7 +37,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## The whole suite: lint, types, unit and integration tests (real SDKs, real sockets).
-test: $(STAMP) js-deps lint typecheck
+test: system-deps $(STAMP) js-deps lint typecheck
 	$(BIN)/pytest
 
 BENCH_STAMP := $(VENV)/.bench-installed
