@@ -48,15 +48,13 @@ from tether.brokers.base import (
 from tether.brokers.redis_common import (
     HISTORY_SCRIPT,
     UNAVAILABLE,
+    PresenceCommands,
     StreamCommands,
     StreamKeys,
-    decode_info,
     dispatch,
-    encoder,
     publish_script,
 )
 from tether.errors import BrokerUnavailable
-from tether.protocol.messages import ClientInfo
 
 log = structlog.get_logger("tether.redis")
 
@@ -284,20 +282,12 @@ class RedisBroker(StreamCommands):
         return {(n.decode() if isinstance(n, bytes) else n)[len(prefix) :] for n in names}
 
 
-class RedisPresenceStore:
-    """:class:`~tether.brokers.base.PresenceStore` in Redis: a hash of entries and a sorted
-    set of their expiry times per channel. Entries not refreshed within ``ttl`` seconds
-    vanish, so the clients of a dead node disappear from presence."""
+class RedisPresenceStore(PresenceCommands):
+    """:class:`~tether.brokers.base.PresenceStore` on one Redis server (see
+    :class:`~tether.brokers.redis_common.PresenceCommands`)."""
 
-    _GET = """
-    -- KEYS: 1 entries hash, 2 expiry zset.  ARGV: 1 now ms
-    local expired = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[1])
-    if #expired > 0 then
-      redis.call("zremrangebyscore", KEYS[2], "-inf", ARGV[1])
-      redis.call("hdel", KEYS[1], unpack(expired))
-    end
-    return redis.call("hgetall", KEYS[1])
-    """
+    _label = "redis"
+    _unavailable = _UNAVAILABLE
 
     def __init__(
         self,
@@ -308,60 +298,13 @@ class RedisPresenceStore:
         command_timeout: float = 2.0,
         max_connections: int = 64,
     ) -> None:
-        self.ttl: float | None = ttl
-        self._ttl_ms = int(ttl * 1000)
-        self._stream_keys = StreamKeys(prefix)
         self._redis = _client(
             url,
             command_timeout=command_timeout,
             connect_timeout=command_timeout,
             max_connections=max_connections,
         )
-        self._get_script = self._redis.register_script(self._GET)
-
-    def _keys(self, channel: str) -> tuple[str, str]:
-        return self._stream_keys.presence(channel)
-
-    async def _now_ms(self) -> int:
-        seconds, micros = await self._redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
-
-    async def add(self, channel: str, client_id: str, info: ClientInfo) -> None:
-        entries, expiry = self._keys(channel)
-        try:
-            now = await self._now_ms()
-            ttl_ms = self._ttl_ms
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(entries, client_id, encoder.encode(info))
-                pipe.zadd(expiry, {client_id: now + ttl_ms})
-                pipe.pexpire(entries, ttl_ms)
-                pipe.pexpire(expiry, ttl_ms)
-                await pipe.execute()
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis presence: {exc}") from None
-
-    async def remove(self, channel: str, client_id: str) -> None:
-        entries, expiry = self._keys(channel)
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(entries, client_id)
-                pipe.zrem(expiry, client_id)
-                await pipe.execute()
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis presence: {exc}") from None
-
-    async def get(self, channel: str) -> dict[str, ClientInfo]:
-        entries, expiry = self._keys(channel)
-        try:
-            raw = await self._get_script(keys=[entries, expiry], args=[await self._now_ms()])
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis presence: {exc}") from None
-        pairs = iter(raw)
-        return {k.decode(): decode_info(v) for k, v in zip(pairs, pairs, strict=True)}
-
-    async def stats(self, channel: str) -> tuple[int, int]:
-        entries = await self.get(channel)
-        return len(entries), len({info.user for info in entries.values()})
+        self._init_presence(prefix, ttl)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -56,15 +56,13 @@ from tether.brokers.base import (
 from tether.brokers.redis_common import (
     HISTORY_SCRIPT,
     UNAVAILABLE,
+    PresenceCommands,
     StreamCommands,
     StreamKeys,
-    decode_info,
     dispatch,
-    encoder,
     publish_script,
 )
 from tether.errors import BrokerUnavailable
-from tether.protocol.messages import ClientInfo
 
 __all__ = ["RedisClusterBroker", "RedisClusterPresenceStore"]
 
@@ -525,46 +523,13 @@ class RedisClusterBroker(StreamCommands):
         return {self._channel_of(n if isinstance(n, bytes) else n.encode()) for n in names}
 
 
-class RedisClusterPresenceStore:
-    """:class:`~tether.brokers.base.PresenceStore` in a Redis Cluster: the layout of
-    :class:`~tether.brokers.redis.RedisPresenceStore` (a hash of entries and a sorted set
-    of their expiry times per channel, both in the channel's slot), every call one script
-    on the slot's master, timed by that master's clock (``TIME`` in the script), so the
-    masters' clocks need not agree."""
+class RedisClusterPresenceStore(PresenceCommands):
+    """:class:`~tether.brokers.base.PresenceStore` in a Redis Cluster (see
+    :class:`~tether.brokers.redis_common.PresenceCommands`): every call is one script on
+    the channel's slot master."""
 
-    _NOW = """
-    local t = redis.call("time")
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    """
-    _ADD = (
-        _NOW
-        + """
-    -- KEYS: 1 entries hash, 2 expiry zset.  ARGV: 1 client id, 2 info json, 3 ttl ms
-    redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
-    redis.call("zadd", KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-    redis.call("pexpire", KEYS[1], ARGV[3])
-    redis.call("pexpire", KEYS[2], ARGV[3])
-    return 1
-    """
-    )
-    _REMOVE = """
-    -- KEYS: 1 entries hash, 2 expiry zset.  ARGV: 1 client id
-    redis.call("hdel", KEYS[1], ARGV[1])
-    redis.call("zrem", KEYS[2], ARGV[1])
-    return 1
-    """
-    _GET = (
-        _NOW
-        + """
-    -- KEYS: 1 entries hash, 2 expiry zset
-    local expired = redis.call("zrangebyscore", KEYS[2], "-inf", now)
-    if #expired > 0 then
-      redis.call("zremrangebyscore", KEYS[2], "-inf", now)
-      redis.call("hdel", KEYS[1], unpack(expired))
-    end
-    return redis.call("hgetall", KEYS[1])
-    """
-    )
+    _label = "redis cluster"
+    _unavailable = _UNAVAILABLE
 
     def __init__(
         self,
@@ -575,45 +540,13 @@ class RedisClusterPresenceStore:
         command_timeout: float = 2.0,
         max_connections: int = 64,
     ) -> None:
-        self.ttl: float | None = ttl
-        self._ttl_ms = int(ttl * 1000)
-        self._keys = StreamKeys(prefix)
         self._redis = _cluster_client(
             url,
             command_timeout=command_timeout,
             connect_timeout=command_timeout,
             max_connections=max_connections,
         )
-        self._add = self._redis.register_script(self._ADD)
-        self._remove = self._redis.register_script(self._REMOVE)
-        self._get = self._redis.register_script(self._GET)
-
-    async def add(self, channel: str, client_id: str, info: ClientInfo) -> None:
-        try:
-            await self._add(
-                keys=self._keys.presence(channel),
-                args=[client_id, encoder.encode(info), self._ttl_ms],
-            )
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis cluster presence: {exc}") from None
-
-    async def remove(self, channel: str, client_id: str) -> None:
-        try:
-            await self._remove(keys=self._keys.presence(channel), args=[client_id])
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis cluster presence: {exc}") from None
-
-    async def get(self, channel: str) -> dict[str, ClientInfo]:
-        try:
-            raw = await self._get(keys=self._keys.presence(channel), args=[])
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis cluster presence: {exc}") from None
-        pairs = iter(raw)
-        return {k.decode(): decode_info(v) for k, v in zip(pairs, pairs, strict=True)}
-
-    async def stats(self, channel: str) -> tuple[int, int]:
-        entries = await self.get(channel)
-        return len(entries), len({info.user for info in entries.values()})
+        self._init_presence(prefix, ttl)
 
     async def close(self) -> None:
         await _close_cluster_client(self._redis)

@@ -314,3 +314,92 @@ class StreamCommands:
             await self._redis.delete(self._keys.history(channel))
         except self._unavailable as exc:
             raise self._unavailable_error("history_remove", exc) from None
+
+
+class PresenceCommands:
+    """The PresenceStore over Redis, on one server or a Cluster: per channel a hash of
+    entries and a sorted set of their expiry times (both in the channel's slot). Every call
+    is one script, timed by the Redis server's own clock (``TIME`` in the script), so
+    nodes' and masters' clocks need not agree. Entries not re-added within ``ttl`` seconds
+    vanish, so a dead node's clients disappear from presence.
+
+    A subclass sets ``_redis`` (a client or a cluster client), ``_label``, ``_unavailable``
+    and calls :meth:`_init_presence`.
+    """
+
+    _NOW = """
+    local t = redis.call("time")
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    """
+    _ADD = (
+        _NOW
+        + """
+    -- KEYS: 1 entries hash, 2 expiry zset.  ARGV: 1 client id, 2 info json, 3 ttl ms
+    redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
+    redis.call("zadd", KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+    redis.call("pexpire", KEYS[1], ARGV[3])
+    redis.call("pexpire", KEYS[2], ARGV[3])
+    return 1
+    """
+    )
+    _REMOVE = """
+    -- KEYS: 1 entries hash, 2 expiry zset.  ARGV: 1 client id
+    redis.call("hdel", KEYS[1], ARGV[1])
+    redis.call("zrem", KEYS[2], ARGV[1])
+    return 1
+    """
+    _GET = (
+        _NOW
+        + """
+    -- KEYS: 1 entries hash, 2 expiry zset
+    local expired = redis.call("zrangebyscore", KEYS[2], "-inf", now)
+    if #expired > 0 then
+      redis.call("zremrangebyscore", KEYS[2], "-inf", now)
+      redis.call("hdel", KEYS[1], unpack(expired))
+    end
+    return redis.call("hgetall", KEYS[1])
+    """
+    )
+
+    _label: str
+    _unavailable: tuple[type[BaseException], ...]
+    _redis: Any
+    ttl: float | None
+
+    def _init_presence(self, prefix: str, ttl: float) -> None:
+        self.ttl = ttl
+        self._ttl_ms = int(ttl * 1000)
+        self._presence_keys = StreamKeys(prefix)
+        self._add_script = self._redis.register_script(self._ADD)
+        self._remove_script = self._redis.register_script(self._REMOVE)
+        self._get_script = self._redis.register_script(self._GET)
+
+    def _unavailable_presence(self, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(f"{self._label} presence: {exc}")
+
+    async def add(self, channel: str, client_id: str, info: ClientInfo) -> None:
+        try:
+            await self._add_script(
+                keys=self._presence_keys.presence(channel),
+                args=[client_id, encoder.encode(info), self._ttl_ms],
+            )
+        except self._unavailable as exc:
+            raise self._unavailable_presence(exc) from None
+
+    async def remove(self, channel: str, client_id: str) -> None:
+        try:
+            await self._remove_script(keys=self._presence_keys.presence(channel), args=[client_id])
+        except self._unavailable as exc:
+            raise self._unavailable_presence(exc) from None
+
+    async def get(self, channel: str) -> dict[str, ClientInfo]:
+        try:
+            raw = await self._get_script(keys=self._presence_keys.presence(channel), args=[])
+        except self._unavailable as exc:
+            raise self._unavailable_presence(exc) from None
+        pairs = iter(raw)
+        return {k.decode(): decode_info(v) for k, v in zip(pairs, pairs, strict=True)}
+
+    async def stats(self, channel: str) -> tuple[int, int]:
+        entries = await self.get(channel)
+        return len(entries), len({info.user for info in entries.values()})
