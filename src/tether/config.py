@@ -75,6 +75,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     outbound_queue_bytes: int = 1 << 20
     flush_max_delay: float = 0.002
     ephemeral_queue_bytes: int = 64 << 10
+    ephemeral_window: float = 0.02
     lane_publish_limits: dict[str, int] = msgspec.field(
         default_factory=lambda: {"critical": 10000, "standard": 5000, "ephemeral": 1000}
     )
@@ -174,6 +175,8 @@ def _validate(config: Config) -> None:
         raise bad("pong_timeout", "must be smaller than ping_interval")
     if config.expired_close_delay < 0:
         raise bad("expired_close_delay", "must be 0 or more")
+    if config.ephemeral_window > 1:
+        raise bad("ephemeral_window", "must be at most 1 second (typing and cursors go stale)")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise bad("log_level", "must be one of debug, info, warning, error")
     for key in (
@@ -181,6 +184,7 @@ def _validate(config: Config) -> None:
         "max_connections_per_user",
         "drain_window",
         "flush_max_delay",
+        "ephemeral_window",
     ):
         if getattr(config, key) < 0:
             raise bad(key, "must be 0 (unlimited / immediate) or more")
@@ -378,6 +382,8 @@ outbound_queue_bytes = 1048576  # per connection, all lanes; over it the client 
 flush_max_delay = 0.002     # seconds: after an expensive flush (many sockets), wait up to
                             # this long so that more publications share the next write
 ephemeral_queue_bytes = 65536   # per connection, ephemeral lane; over it oldest are dropped
+ephemeral_window = 0.02     # seconds: ephemeral frames of a channel are coalesced by key and
+                            # sent together at most this often (the first at once)
 client_publish_rate = 50    # publishes per second per connection (error 111 beyond)
 client_publish_burst = 100
 

@@ -315,7 +315,8 @@ async def test_api_publishes_with_one_coalesce_key_reach_a_blocked_client_as_the
     typing = msgspec.structs.replace(
         OPEN, lane="ephemeral", history_size=0, history_ttl=0, recover=False, join_leave=False
     )
-    config = make_config(allow_anonymous=True, namespaces={"typing": typing})
+    # ephemeral_window 0: every tick's frames reach the queue, which must coalesce them
+    config = make_config(allow_anonymous=True, namespaces={"typing": typing}, ephemeral_window=0)
     async with local_node(config) as node:
         session = LocalSession(node)
         await session.call("connect", {})

@@ -9,6 +9,12 @@ collect ``(offset, frame)`` pairs instead, which :meth:`Hub.go_live` replays aft
 reply, skipping every offset the reply already carried. That is how the recovery invariant
 (no publication lost or duplicated between the history read and live delivery) is kept;
 see docs/explanation/recovery.md.
+
+The ephemeral lane (typing, cursors) goes through *windows* instead of tick batches: a
+channel's ephemeral frames are collected, newest per coalescing key, until the node's
+ephemeral cadence calls :meth:`Hub.flush_ephemeral` (at most once per ``ephemeral_window``;
+the first frame after a quiet window goes out on the next loop iteration). A storm of
+them then costs each subscriber one append and one write per window, not per event.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
+from tether.core.outbound import EphemeralBatch, QueueStats
 from tether.protocol import codec
 from tether.protocol.messages import Publication, Push
 
@@ -26,16 +33,36 @@ Framer = Callable[[bytes], bytes]
 
 
 class Hub:
-    __slots__ = ("_batches", "_frame", "_live", "_pending", "deliveries", "publications")
+    __slots__ = (
+        "_batches",
+        "_frame",
+        "_live",
+        "_pending",
+        "_request_ephemeral_flush",
+        "_windows",
+        "deliveries",
+        "publications",
+        "stats",
+    )
 
-    def __init__(self, frame: Framer) -> None:
+    def __init__(self, frame: Framer, stats: QueueStats | None = None) -> None:
         self._frame = frame
+        self.stats = stats if stats is not None else QueueStats()
+        """Shared with every client's queue (coalesced / dropped ephemeral frames)."""
         self._live: dict[str, dict[Client, None]] = {}
         self._pending: dict[str, dict[Client, list[tuple[int, bytes, Hashable]]]] = {}
         # channel -> this tick's batch of frames, shared by all its live subscribers
         self._batches: dict[str, list[bytes]] = {}
+        # channel -> coalescing key -> newest ephemeral frame of the open window
+        self._windows: dict[str, dict[Hashable, bytes]] = {}
+        self._request_ephemeral_flush: Callable[[], object] = self.flush_ephemeral
         self.publications = 0
         self.deliveries = 0
+
+    def use_ephemeral_cadence(self, request_flush: Callable[[], object]) -> None:
+        """``request_flush()`` must lead to one :meth:`flush_ephemeral` call soon (the
+        node's cadence). Until it is set, every ephemeral frame is flushed at once."""
+        self._request_ephemeral_flush = request_flush
 
     # -- membership ------------------------------------------------------------------
 
@@ -57,8 +84,11 @@ class Hub:
         buffered = pending.pop(client, []) if pending is not None else []
         if pending is not None and not pending:
             del self._pending[channel]
+        window = self._windows.get(channel)
+        # Frames still in the open ephemeral window reach the client with the window.
+        in_window = {id(f) for f in window.values()} if window else set()
         for offset, frame, key in buffered:
-            if offset == 0 or offset > after_offset:
+            if (offset == 0 or offset > after_offset) and id(frame) not in in_window:
                 _enqueue(client, frame, lane, key)
         # The channel's current batch was attached before this client was live: later
         # frames of this tick go to a new batch that it shares too.
@@ -114,14 +144,10 @@ class Hub:
             return
         frame = self._frame(payload)
         if live:
-            self.deliveries += len(live)
             if lane == "ephemeral":
-                # Coalescing is per connection: no shared batch.
-                if key is None:
-                    key = object()  # unique: coalesces with nothing
-                for client in live:
-                    client.enqueue_ephemeral(frame, key)
+                self._add_to_window(channel, frame, key, len(live))
             else:
+                self.deliveries += len(live)
                 batch = self._batches.get(channel)
                 if batch is not None:
                     batch.append(frame)  # every subscriber already holds this batch
@@ -137,6 +163,33 @@ class Hub:
             entry = (offset, frame, key)
             for buffer in pending.values():
                 buffer.append(entry)
+
+    def _add_to_window(self, channel: str, frame: bytes, key: Hashable, subscribers: int) -> None:
+        opened = not self._windows
+        window = self._windows.get(channel)
+        if window is None:
+            window = self._windows[channel] = {}
+        if key is None:
+            key = object()  # unique: coalesces with nothing
+        elif window.pop(key, None) is not None:
+            self.stats.ephemeral_coalesced += subscribers  # one frame fewer for each
+        window[key] = frame
+        if opened:
+            self._request_ephemeral_flush()
+
+    def flush_ephemeral(self) -> None:
+        """Close every open ephemeral window: its frames (newest per key) go to the
+        channel's live subscribers as one shared batch."""
+        windows, self._windows = self._windows, {}
+        for channel, window in windows.items():
+            live = self._live.get(channel)
+            if not live:
+                continue
+            frames = list(window.values())
+            batch = EphemeralBatch(list(window), frames, sum(map(len, frames)))
+            self.deliveries += len(frames) * len(live)
+            for client in live:
+                client.attach_ephemeral(batch)
 
 
 def _enqueue(client: Client, frame: bytes, lane: str, key: Hashable) -> None:

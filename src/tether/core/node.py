@@ -25,9 +25,9 @@ from tether.config import LANES, Config, NamespaceConfig
 from tether.core.admission import Admission
 from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
 from tether.core.hub import Framer, Hub
-from tether.core.outbound import QueueLimits
+from tether.core.outbound import QueueLimits, QueueStats
 from tether.core.recovery import RecoveryCache, recover
-from tether.core.transport import ClientTransport, Flusher
+from tether.core.transport import Cadence, ClientTransport, Flusher
 from tether.errors import BrokerUnavailable, ClientError
 from tether.protocol import codec
 from tether.protocol.channels import check_channel_name, namespace_of
@@ -71,7 +71,7 @@ class Node:
         self.frame = frame
         self.clock = clock
         self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.hub = Hub(frame)
+        self.hub = Hub(frame, QueueStats())
         self.recovery = RecoveryCache(broker, clock)
         self.clients: dict[str, Client] = {}
         self.users: dict[str, dict[Client, None]] = {}
@@ -117,11 +117,20 @@ class Node:
         self._loop = loop = asyncio.get_running_loop()
         flusher = Flusher(loop.call_soon, loop.call_later, max_delay=self.config.flush_max_delay)
         flusher.on_tick_end(self.hub.end_tick)
+        cadence = Cadence(
+            self.hub.flush_ephemeral,
+            loop.call_soon,
+            loop.call_later,
+            interval=self.config.ephemeral_window,
+            clock=loop.time,
+        )
+        self.hub.use_ephemeral_cadence(cadence.request)
         self._queue_limits = QueueLimits(
             max_bytes=self.config.outbound_queue_bytes,
             max_ephemeral_bytes=self.config.ephemeral_queue_bytes,
             flusher=flusher,
             call_soon=loop.call_soon,
+            stats=self.hub.stats,
         )
         await self.broker.start(self)
         self.spawn(self._housekeeping(), "housekeeping")
@@ -448,10 +457,10 @@ class Node:
         """Publish raw JSON ``data``. Raises ClientError, BrokerUnavailable.
 
         ``skip_history`` delivers without storing (offset 0, not recoverable).
-        ``coalesce_key`` (ephemeral lane only): queued frames with the same key replace
-        each other, so a slow client gets the newest. Refused with error 111 (temporary)
-        before any work when the channel's lane already has its limit of publishes in
-        flight (load shedding)."""
+        ``coalesce_key`` (ephemeral lane only): frames with the same key replace each
+        other within an ephemeral window and in a slow client's queue (newest wins).
+        Refused with error 111 (temporary) before any work when the channel's lane
+        already has its limit of publishes in flight (load shedding)."""
         ns = self.namespace(channel)
         lane = ns.lane
         if self._inflight[lane] >= self.config.lane_publish_limits[lane]:

@@ -8,6 +8,14 @@ connection, each write sends, in this order:
 3. the ``ephemeral`` lane (typing, cursors): at most one frame per coalescing key, the
    newest, so under pressure only the latest cursor position goes out.
 
+Ephemeral windows. The hub collects a channel's ephemeral frames for up to
+``ephemeral_window`` seconds, coalescing them by key, and attaches the result to every
+subscriber as one shared :class:`EphemeralBatch` (:meth:`OutboundQueue.attach_ephemeral`):
+a typing storm costs each connection one append and at most one write per window instead
+of one per event, so it cannot take the loop from chat. Only a connection whose socket is
+full folds batches into its own per-key table, where later frames keep replacing earlier
+ones until it drains.
+
 So a chat message (critical) is never queued behind a typing indicator, and within one
 channel order is kept (a channel has one lane).
 
@@ -35,6 +43,17 @@ from tether.core.transport import ClientTransport, Flusher
 
 Item = bytes | list[bytes]
 """A queued frame, or a tick batch of one channel's frames shared with other clients."""
+
+
+@dataclass(slots=True, frozen=True)
+class EphemeralBatch:
+    """One ephemeral window of one channel: the newest frame per coalescing key, in
+    publication order, shared by every subscriber of the channel."""
+
+    keys: list[Hashable]
+    frames: list[bytes]
+    size: int
+    """Total bytes of ``frames``."""
 
 
 @dataclass(slots=True)
@@ -74,6 +93,7 @@ class OutboundQueue:
     __slots__ = (
         "_dirty",
         "_eph",
+        "_eph_batches",
         "_eph_bytes",
         "_held",
         "_held_bytes",
@@ -91,6 +111,7 @@ class OutboundQueue:
         self._out: list[Item] = []
         self._urgent: list[Item] | None = None
         self._eph: dict[Hashable, bytes] | None = None
+        self._eph_batches: list[EphemeralBatch] | None = None
         self._eph_bytes = 0
         self._held: list[bytes] | None = None
         self._held_bytes = 0
@@ -138,11 +159,31 @@ class OutboundQueue:
                 self._urgent.append(frame)
             self._mark()
 
+    def attach_ephemeral(self, batch: EphemeralBatch) -> None:
+        """Share an ephemeral window's batch (the hub's fan-out of the ephemeral lane).
+        While the socket is full, or over the lane's bound, its frames are folded into this
+        connection's per-key table instead (coalesced, oldest dropped)."""
+        if self._stopped:
+            return
+        if self._paused or self._eph_bytes + batch.size > self._limits.max_ephemeral_bytes:
+            self._fold_ephemeral()
+            for key, frame in zip(batch.keys, batch.frames, strict=True):
+                self.enqueue_ephemeral(frame, key)
+            return
+        if self._eph_batches is None:
+            self._eph_batches = [batch]
+        else:
+            self._eph_batches.append(batch)
+        self._eph_bytes += batch.size
+        self._mark()
+
     def enqueue_ephemeral(self, frame: bytes, key: Hashable) -> None:
         """Queue an ephemeral frame; a queued frame with the same ``key`` is replaced
         (coalesced). Dropped (counted), never a reason to disconnect."""
         if self._stopped:
             return
+        if self._eph_batches is not None:
+            self._fold_ephemeral()
         limits = self._limits
         eph = self._eph
         if eph is None:
@@ -160,6 +201,26 @@ class OutboundQueue:
         eph[key] = frame
         self._eph_bytes += n
         self._mark()
+
+    def _fold_ephemeral(self) -> None:
+        """Move attached batches into the per-key table, in order (newer replace older)."""
+        batches, self._eph_batches = self._eph_batches, None
+        if not batches:
+            return
+        eph = self._eph
+        if eph is None:
+            eph = self._eph = {}
+        coalesced = 0
+        for batch in batches:
+            self._eph_bytes -= batch.size
+            for key, frame in zip(batch.keys, batch.frames, strict=True):
+                old = eph.pop(key, None)
+                if old is not None:
+                    self._eph_bytes -= len(old)
+                    coalesced += 1
+                eph[key] = frame
+                self._eph_bytes += len(frame)
+        self._limits.stats.ephemeral_coalesced += coalesced
 
     def _drop_oldest_ephemeral(self) -> None:
         assert self._eph
@@ -185,7 +246,7 @@ class OutboundQueue:
             len(out) == 1
             and self._urgent is None
             and self._held is None
-            and not self._eph
+            and not self._eph_bytes
             and not self._paused
         ):
             # The fan-out fast path: one tick batch (or frame) and nothing else queued.
@@ -206,6 +267,10 @@ class OutboundQueue:
         blob = b"".join(parts)
         held = self._held_bytes + len(blob)
         limits = self._limits
+        if self._eph_batches is not None and (
+            self._eph or self._paused or held + self._eph_bytes > limits.max_bytes
+        ):
+            self._fold_ephemeral()  # one frame per key, or drop the oldest below
         while self._eph and held + self._eph_bytes > limits.max_bytes:
             self._drop_oldest_ephemeral()
         if held > limits.max_bytes and not force:
@@ -230,7 +295,11 @@ class OutboundQueue:
         if self._eph:
             chunks.extend(self._eph.values())
             self._eph = None
-            self._eph_bytes = 0
+        if self._eph_batches is not None:
+            for batch in self._eph_batches:
+                chunks.extend(batch.frames)
+            self._eph_batches = None
+        self._eph_bytes = 0
         if chunks:
             self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
@@ -243,7 +312,7 @@ class OutboundQueue:
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._held is not None or self._eph:
+        if self._held is not None or self._eph_bytes:
             self._mark()
 
     @property

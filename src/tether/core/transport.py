@@ -92,5 +92,58 @@ class Flusher:
             self._delay = min(cost, self.max_delay) if cost > 0.001 else 0.0
 
 
+class Cadence:
+    """Runs ``callback`` on demand, at most once per ``interval`` seconds.
+
+    The first :meth:`request` after a quiet interval runs it on the next loop iteration
+    (leading edge: no added latency while traffic is light); requests made while it is
+    scheduled, or within ``interval`` of the last run, are served by one run at the end of
+    the interval (trailing edge). ``interval = 0``: every request runs it on the next
+    iteration. The hub's ephemeral windows use it.
+    """
+
+    __slots__ = (
+        "_call_later",
+        "_call_soon",
+        "_callback",
+        "_clock",
+        "_last",
+        "_scheduled",
+        "interval",
+    )
+
+    def __init__(
+        self,
+        callback: Callable[[], None],
+        call_soon: Callable[[Callable[[], None]], object],
+        call_later: Callable[[float, Callable[[], None]], object],
+        *,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._callback = callback
+        self._call_soon = call_soon
+        self._call_later = call_later
+        self._clock = clock
+        self.interval = interval
+        self._last = float("-inf")
+        self._scheduled = False
+
+    def request(self) -> None:
+        if self._scheduled:
+            return
+        self._scheduled = True
+        wait = self._last + self.interval - self._clock()
+        if wait > 0:
+            self._call_later(wait, self._run)
+        else:
+            self._call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        self._last = self._clock()
+        self._callback()
+
+
 class Flushable(Protocol):
     def flush(self) -> None: ...
