@@ -22,7 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
+
+import msgspec
+
+from tether.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -138,6 +143,9 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
 
 RESILIENCE = ["slow-consumers", "typing-storm", "reconnect-storm", "publish-burst"]
 """Scenarios of the resilience section (issue 5), all against "tether-resilience"."""
+TYPING_RUNS = 3
+"""typing-storm runs (each against a fresh server): its goal is a ratio of two p99s on a
+shared 2-core machine, so it is judged on the median run, with every run's ratio shown."""
 
 
 def resilience_plan(quick: bool) -> list[tuple[str, str, list[str]]]:
@@ -156,7 +164,35 @@ def resilience_plan(quick: bool) -> list[tuple[str, str, list[str]]]:
         "reconnect-storm": "-n 2000 --channels 4 --rate 100 --outage 1",
         "publish-burst": "-n 200 --calibrate 3 --factor 10 --duration 10",
     }
-    return [(scenario, "tether-resilience", args[scenario].split()) for scenario in RESILIENCE]
+    runs = {"typing-storm": TYPING_RUNS}
+    return [
+        (scenario, "tether-resilience", args[scenario].split())
+        for scenario in RESILIENCE
+        for _ in range(runs.get(scenario, 1))
+    ]
+
+
+def resilience_ephemeral_window() -> float:
+    """``ephemeral_window`` of bench/tether.resilience.toml (else Tether's default)."""
+    raw = tomllib.loads(Path("bench/tether.resilience.toml").read_text())
+    field = next(f for f in msgspec.structs.fields(Config) if f.name == "ephemeral_window")
+    return float(raw.get("ephemeral_window", field.default))
+
+
+def median_typing_run(results: list[dict]) -> list[dict]:
+    """Replace the typing-storm runs by the run with the median chat p99 ratio, which
+    records every run's ratio (``run_ratios``)."""
+    runs = [r for r in results if r["scenario"] == "typing-storm"]
+    rest = [r for r in results if r["scenario"] != "typing-storm"]
+    ok = [r for r in runs if "error" not in r and r.get("chat_p99_ratio") is not None]
+    if len(runs) < 2 or not ok:
+        return results
+    ok.sort(key=lambda r: r["chat_p99_ratio"])
+    chosen = dict(ok[(len(ok) - 1) // 2])
+    chosen["run_ratios"] = [r.get("chat_p99_ratio") for r in runs]
+    chosen["runs_failed"] = len(runs) - len(ok)
+    at = results.index(runs[0])
+    return [*rest[:at], chosen, *rest[at:]]
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -586,9 +622,16 @@ def resilience_verdicts(by: dict) -> list[str]:
         ratio = typing.get("chat_p99_ratio")
         if ratio is not None:
             off = (ratio - 1) * 100
+            runs = typing.get("run_ratios") or [ratio]
+            spread = (
+                f"; median of {len(runs)} runs: "
+                + ", ".join("failed" if x is None else f"{x:.2f}x" for x in runs)
+                if len(runs) > 1
+                else ""
+            )
             out.append(
                 f"Typing storm: chat p99 with the storm within 20% of without: "
-                f"{_met(ratio <= 1.2)} ({ratio:.2f}x, {off:+.0f}%)."
+                f"{_met(ratio <= 1.2)} ({ratio:.2f}x, {off:+.0f}%{spread})."
             )
         exact = not (typing["losses"] or typing["duplicates"] or typing["order_violations"])
         out.append(
@@ -639,10 +682,11 @@ def resilience_notes(by: dict) -> list[str]:
         ratios = [b / a for a, b in zip(calm, storm, strict=False) if a and b]
         if len(ratios) > 1:
             out.append(
-                f"Typing storm: round by round, the storm's chat p99 was {min(ratios):.2f}x to "
-                f"{max(ratios):.2f}x the calm round's before it: the pooled ratio moves from "
-                "run to run on this shared 2-core machine (where the bench client also "
-                "reads every typing frame), so read the 20% goal with that spread."
+                f"Typing storm: round by round (median run), the storm's chat p99 was "
+                f"{min(ratios):.2f}x to {max(ratios):.2f}x the calm round's before it: the "
+                "ratio moves from round to round and run to run on this shared 2-core machine "
+                "(where the bench client also reads every typing frame), which is why the "
+                "goal is judged on the median of several runs."
             )
     if (
         typing
@@ -650,9 +694,12 @@ def resilience_notes(by: dict) -> list[str]:
         and not (typing["typing_coalesced"] or typing["typing_dropped"])
     ):
         out.append(
-            "Typing storm: every subscriber kept up, so no typing frame had to be coalesced "
-            "or dropped (both happen only while a connection's socket is full; the unit tests "
-            "in docs/explanation/resilience.md section 3 guard that path)."
+            "Typing storm: no typing frame was coalesced or dropped: each simulated user "
+            f"types every {1000 * typing['typing_users'] / typing['typing_rate']:g} ms, "
+            f"longer than the {1000 * resilience_ephemeral_window():g} ms ephemeral window, and every "
+            "subscriber kept up (coalescing within a window and in a full socket's queue, and "
+            "dropping, are guarded by the unit tests in docs/explanation/resilience.md "
+            "section 3)."
         )
     burst = by.get(("publish-burst", "tether-resilience"), {})
     if burst and "error" not in burst:
@@ -773,6 +820,14 @@ def resilience_markdown(by: dict, meta: dict) -> list[str]:
             f"{r.get('rounds', 1)} interleaved rounds of {r['chat_only'].get('seconds', 0) / r.get('rounds', 1):g} s "
             f"per phase (calm, storm, calm, storm...). Chat latency on "
             f"{r['checked_connections']} checked subscribers, pooled over the rounds of a phase."
+            + (
+                f" Run {len(r['run_ratios'])} times, each against a fresh server; the table "
+                "shows the run with the median chat p99 ratio (every run's ratio: "
+                + ", ".join("failed" if x is None else f"{x:.3f}x" for x in r["run_ratios"])
+                + ")."
+                if r.get("run_ratios")
+                else ""
+            )
         )
         w("")
         w(
@@ -1066,7 +1121,7 @@ def run_resilience(quick: bool, logdir: Path) -> tuple[dict, list[dict]]:
     else:
         os.environ["BENCH_REDIS_URL"] = redis.url
         try:
-            results = run_steps(steps, logdir, first_port=BASE_PORT + 100)
+            results = median_typing_run(run_steps(steps, logdir, first_port=BASE_PORT + 100))
         finally:
             redis.kill()
     version = subprocess.run(
