@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tether.auth import mint_connection_token
 from tether.server import Server
@@ -11,6 +15,8 @@ from tether.testing.servers import TEST_API_KEY, TEST_SECRET
 from tether.testing.wsclient import WSClient
 
 pytestmark = pytest.mark.integration
+
+METRICS_REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "metrics.md"
 
 
 def _url(server: Server, path: str) -> str:
@@ -57,3 +63,38 @@ async def test_metrics_count_connections_and_publications(server: Server) -> Non
     assert float(samples["tether_publications_total"]) == 1
     assert float(samples["tether_deliveries_total"]) == 1
     assert 'tether_publishes_shed_total{lane="standard"}' in samples
+
+
+def _documented_metrics() -> dict[str, str]:
+    """``tether_*`` name -> type, from the table rows of docs/reference/metrics.md (first
+    cell a backticked name as exposed, counters with ``_total``; second cell the type)."""
+    documented: dict[str, str] = {}
+    for line in METRICS_REFERENCE.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) > 1:
+            name = re.fullmatch(r"`(tether_\w+)`", cells[0])
+            if name is not None:
+                assert name[1] not in documented, f"{name[1]} documented twice"
+                documented[name[1]] = cells[1]
+    return documented
+
+
+async def test_every_exposed_metric_is_documented_in_the_metrics_reference(
+    server: Server,
+) -> None:
+    async with aiohttp.ClientSession() as http, http.get(_url(server, "/metrics")) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    # The parser names a counter family without its `_total`; the text format (and the
+    # reference) names it with.
+    exposed = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("tether_")
+    }
+    documented = _documented_metrics()
+    assert set(exposed) == set(documented), (
+        f"exposed but not documented: {sorted(set(exposed) - set(documented))}; "
+        f"documented but not exposed: {sorted(set(documented) - set(exposed))}"
+    )
+    assert exposed == documented

@@ -86,6 +86,7 @@ def test_connects_above_the_rate_are_refused_with_a_retry_hint() -> None:
 
     assert retry_after == 2  # whole seconds until a token: 1 / 0.5
     assert admission.refused == 1
+    assert admission.admitted == 2
     assert admission.connections == 2
 
 

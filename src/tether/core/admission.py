@@ -55,6 +55,7 @@ class Admission:
         self.max_per_ip = max_per_ip
         self.connections = 0
         self._per_ip: dict[str, int] = {}
+        self.admitted = 0
         self.refused = 0
 
     def admit(self, ip: str) -> int | None:
@@ -67,6 +68,7 @@ class Admission:
         if wait:
             return self._refuse(wait)
         self.connections += 1
+        self.admitted += 1
         if self.max_per_ip:
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         return None

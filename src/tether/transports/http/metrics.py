@@ -70,6 +70,11 @@ class NodeCollector(Collector):
             shed.add_metric([lane], count)
         yield shed
         yield counter(
+            "connects_admitted",
+            "WebSocket upgrades admitted by admission control.",
+            node.admission.admitted,
+        )
+        yield counter(
             "connects_refused",
             "WebSocket upgrades refused by admission control.",
             node.admission.refused,
