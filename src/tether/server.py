@@ -211,7 +211,9 @@ def serve_workers(config: Config, workers: int) -> int:
 
     The calling process supervises: SIGTERM/SIGINT are passed on to every worker (which
     drain); if a worker dies on its own, the others are stopped too and the exit status
-    is 1, so that the process manager restarts the whole unit. Returns the exit status.
+    is 1, so that the process manager restarts the whole unit. If the supervisor itself
+    is killed (SIGKILL, OOM killer), the kernel sends each worker SIGTERM (Linux), so no
+    worker outlives it holding the ports. Returns the exit status.
     Raises :class:`ConfigError` for a configuration that cannot run several workers.
     """
     import multiprocessing
@@ -229,7 +231,7 @@ def serve_workers(config: Config, workers: int) -> int:
     processes = [
         context.Process(
             target=_worker,
-            args=(msgspec.structs.replace(config, node_name=f"{base}-w{i}"),),
+            args=(msgspec.structs.replace(config, node_name=f"{base}-w{i}"), os.getpid()),
             name=f"tether-worker-{i}",
         )
         for i in range(workers)
@@ -266,13 +268,33 @@ def serve_workers(config: Config, workers: int) -> int:
     return status
 
 
-def _worker(config: Config) -> None:
-    """One worker process: a node on the shared ports, until its supervisor says stop."""
+def _terminate_with(supervisor: int) -> None:
+    """Linux: have the kernel send this process SIGTERM (a graceful drain) when its
+    parent ``supervisor`` dies, however it dies. Elsewhere: nothing."""
+    import ctypes
+    import os
+    import sys
+
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed", errno=ctypes.get_errno())
+        return
+    if os.getppid() != supervisor:  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(config: Config, supervisor: int) -> None:
+    """One worker process: a node on the shared ports, until its supervisor says stop
+    (or dies)."""
     import os
 
     # Own process group: a Ctrl-C in the terminal reaches the supervisor only, which
     # passes it on once (a second signal would cut the drain short).
     os.setpgid(0, 0)
+    _terminate_with(supervisor)
     if config.use_uvloop:
         try:
             import uvloop

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -12,7 +14,7 @@ import aiohttp
 import pytest
 from cluster_kit import CHANNELS, Publisher, follower_fleet
 
-from tether.testing.cluster import CLUSTER_API_KEY, NodeProcess
+from tether.testing.cluster import CLUSTER_API_KEY, NodeProcess, http_status
 from tether.testing.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -50,6 +52,44 @@ async def test_publications_from_the_api_reach_clients_on_every_worker(
     # two workers would be a 1-in-8-million chance).
     assert set(served_by) == {"host-w0", "host-w1"}, served_by
     assert received == [list(range(ROUNDS))] * (CLIENTS * len(CHANNELS))
+
+
+async def test_workers_drain_and_exit_when_their_supervisor_is_killed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    node = NodeProcess("host", tmp_path, redis_server.url, args=["--workers", "2"])
+    node.start()
+    workers: list[int] = []
+    try:
+        async with asyncio.timeout(60), aiohttp.ClientSession() as session:
+            await node.wait_ready()
+            await _until_both_workers_answer(session, node.api_url)
+            assert node.process is not None
+            workers = _children(node.process.pid)
+            assert len(workers) == 2
+            node.kill(signal.SIGKILL)  # the supervisor only: no chance to pass anything on
+            while any(_running(pid) for pid in workers):  # noqa: ASYNC110  (polled in /proc)
+                await asyncio.sleep(0.1)
+            assert await http_status(node.http_port, "/ready") is None  # nobody listens
+    finally:
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(node.stop)
+    assert "drain" in node.log_tail(200).lower()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """False once ``pid`` has exited (gone, or a zombie nobody has reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 async def _until_both_workers_answer(session: aiohttp.ClientSession, url: str) -> None:
