@@ -118,6 +118,8 @@ def targets(port: int) -> dict[str, dict]:
 
 
 PEERS = ["ceiling", "tether", "websockets", "python-socketio", "node-socketio"]
+LATENCY_RUNS = 3
+"""Latency runs per target (interleaved rounds); the page shows each target's median."""
 
 
 def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
@@ -137,8 +139,9 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
     for name in PEERS:
         out.append(("fanout", name, fan))
     out.append(("fanout", "tether-batch1", [*fan, "--batch", "1", "--concurrency", "8"]))
-    for name in PEERS:
-        out.append(("latency", name, lat))
+    for _ in range(1 if quick else LATENCY_RUNS):  # rounds, targets interleaved
+        for name in PEERS:
+            out.append(("latency", name, lat))
     for name in PEERS:
         out.append(("rooms", name, rooms))
     for name in PEERS:
@@ -197,20 +200,41 @@ def resilience_ephemeral_window() -> float:
     return float(raw.get("ephemeral_window", field.default))
 
 
-def median_typing_run(results: list[dict]) -> list[dict]:
-    """Replace the typing-storm runs by the run with the median chat p99 ratio, which
-    records every run's ratio (``run_ratios``)."""
-    runs = [r for r in results if r["scenario"] == "typing-storm"]
-    rest = [r for r in results if r["scenario"] != "typing-storm"]
-    ok = [r for r in runs if "error" not in r and r.get("chat_p99_ratio") is not None]
-    if len(runs) < 2 or not ok:
-        return results
-    ok.sort(key=lambda r: r["chat_p99_ratio"])
-    chosen = dict(ok[(len(ok) - 1) // 2])
-    chosen["run_ratios"] = [r.get("chat_p99_ratio") for r in runs]
-    chosen["runs_failed"] = len(runs) - len(ok)
-    at = results.index(runs[0])
-    return [*rest[:at], chosen, *rest[at:]]
+def keep_median_runs(
+    results: list[dict], scenario: str, value: Callable[[dict], float | None], field: str
+) -> list[dict]:
+    """Fold repeated runs of ``scenario`` (per row) into the run with the median ``value``,
+    which records every run's value in ``field`` (None for a failed run). p99s and their
+    ratios move from run to run on a shared 2-core machine; a median of runs does not
+    hinge on one disturbed run."""
+    rows: dict[str, list[dict]] = {}
+    for r in results:
+        if r["scenario"] == scenario:
+            rows.setdefault(r["row"], []).append(r)
+    out: list[dict] = []
+    for r in results:
+        runs = rows.get(r["row"]) if r["scenario"] == scenario else None
+        if runs is None:
+            out.append(r)
+            continue
+        if r is not runs[0]:
+            continue  # folded into the first run's place
+        ok = sorted((x for x in runs if "error" not in x and value(x) is not None), key=value)
+        if len(runs) < 2 or not ok:
+            out.append(r)
+            continue
+        chosen = dict(ok[len(ok) // 2])  # with an even count, the worse of the middle two
+        chosen[field] = [value(x) if "error" not in x else None for x in runs]
+        out.append(chosen)
+    return out
+
+
+def _p99(r: dict) -> float | None:
+    return (r.get("latency") or {}).get("p99_ms")
+
+
+def _chat_ratio(r: dict) -> float | None:
+    return r.get("chat_p99_ratio")
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -480,13 +504,15 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
         "call as below), then published to "
         "at 50% of that rate for 8 s, one publication per call (Tether: `POST /api/publish`). "
         "Latency runs from the publication's *scheduled* send time to its arrival, measured on "
-        "100 of the 1,000 connections."
+        f"100 of the 1,000 connections. {LATENCY_RUNS} rounds, targets interleaved; each row is "
+        "the target's run with the median p99 (every run's p99 in the last column)."
     )
     w("")
     w(
-        "| target | calibrated max deliveries/s | publications/s | p50 | p99 | p99.9 | max | loss / dup / order |"
+        "| target | calibrated max deliveries/s | publications/s | p50 | p99 | p99.9 | max "
+        "| loss / dup / order | p99 of each run |"
     )
-    w("|---|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|---|")
     for row in PEERS:
         r = by.get(("latency", row))
         if r is None:
@@ -498,7 +524,9 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
         w(
             f"| {r['label']} | {fmt(r.get('calibrated_max_deliveries_per_s'))} | {r.get('rate')} | "
             f"{lat.get('p50_ms', '-')} ms | **{lat.get('p99_ms', '-')} ms** | {lat.get('p999_ms', '-')} ms | "
-            f"{lat.get('max_ms', '-')} ms | {correctness(r)} |"
+            f"{lat.get('max_ms', '-')} ms | {correctness(r)} | "
+            + ", ".join("failed" if v is None else f"{v:g}" for v in r.get("run_p99_ms", []))
+            + " ms |"
         )
     w("")
     w("## Rooms: 2,000 connections, personal channel + 10-member group channel")
@@ -660,11 +688,12 @@ def resilience_verdicts(by: dict) -> list[str]:
         if not storm or "error" in storm:
             continue
         reads, channels = storm["recovery_broker_reads"], storm["channels"]
-        what = f"Reconnect storm ({storm['clients']:,} clients, {channels} channels)"
+        chans = f"{channels} channel{'s' * (channels > 1)}"
+        what = f"Reconnect storm ({storm['clients']:,} clients, {chans})"
         out.append(
             f"{what}: about one broker read per channel for recovery: "
-            f"{_met(reads <= 2 * channels)} ({reads} reads for {channels} channels and "
-            f"{storm['reconnected']:,} recoveries)."
+            f"{_met(reads <= 2 * channels)} ({reads} broker read{'s' * (reads != 1)} for "
+            f"{chans} and {storm['reconnected']:,} recoveries)."
         )
         exact = not (storm["losses"] or storm["duplicates"] or storm["order_violations"])
         everyone = storm["recovered_false"] == 0 and storm["reconnect_errors"] == 0
@@ -758,14 +787,16 @@ def reconnect_storm_markdown(r: dict, w: Callable[[str], None]) -> None:
         f"| time to full recovery (first reconnect → last client recovered) | "
         f"**{r['time_to_full_recovery_s']} s** ({r['time_from_cut_s']} s from the cut) |"
     )
-    if r.get("peak_admitted_per_s_server") is not None:
+    if r.get("admitted_server") is not None:
+        seconds = max(r["time_to_full_recovery_s"], 1e-9)
         w(
-            "| peak connects admitted by the server, any 1 s window "
-            "(`tether_connects_admitted_total`, sampled every 0.25 s) | "
-            f"{r['peak_admitted_per_s_server']:,}/s |"
+            "| upgrades admitted by the server during the storm "
+            "(`tether_connects_admitted_total`) | "
+            f"{r['admitted_server']:,} ({r['admitted_server'] / seconds:,.0f}/s on average) |"
         )
     w(
-        f"| peak connects completed at the clients, any 1 s window | "
+        "| peak connects completed at the clients, any 1 s window (admitted clients "
+        "finish connect + subscribe in bunches, so this can exceed the admission rate) | "
         f"{r['peak_connects_per_s']:,}/s |"
     )
     w(
@@ -1026,7 +1057,18 @@ def verdicts(by: dict) -> list[str]:
     if lat:
         out.append(
             f"Latency p99 < 50 ms at half of max throughput: "
-            f"**{'met' if lat['p99_ms'] < 50 else 'MISSED'}** (p99 {lat['p99_ms']} ms)."
+            f"**{'met' if lat['p99_ms'] < 50 else 'MISSED'}** (p99 {lat['p99_ms']} ms"
+            + (
+                ", the median of "
+                + ", ".join(
+                    "failed" if v is None else f"{v:g}"
+                    for v in by[("latency", "tether")]["run_p99_ms"]
+                )
+                + " ms"
+                if by[("latency", "tether")].get("run_p99_ms")
+                else ""
+            )
+            + ")."
         )
     bad = [
         (r["scenario"], r["row"])
@@ -1108,7 +1150,7 @@ def main() -> int:
     t0 = time.time()
     load_start = loadavg()
     steps = [s for s in plan(args.quick) if not args.only or s[1] in args.only]
-    results = run_steps(steps, logdir)
+    results = keep_median_runs(run_steps(steps, logdir), "latency", _p99, "run_p99_ms")
     resilience_meta = None
     if not args.no_resilience and (not args.only or "tether-resilience" in args.only):
         resilience_meta, resilience_results = run_resilience(args.quick, logdir)
@@ -1162,7 +1204,12 @@ def run_resilience(quick: bool, logdir: Path) -> tuple[dict, list[dict]]:
     else:
         os.environ["BENCH_REDIS_URL"] = redis.url
         try:
-            results = median_typing_run(run_steps(steps, logdir, first_port=BASE_PORT + 100))
+            results = keep_median_runs(
+                run_steps(steps, logdir, first_port=BASE_PORT + 100),
+                "typing-storm",
+                _chat_ratio,
+                "run_ratios",
+            )
         finally:
             redis.kill()
     version = subprocess.run(
