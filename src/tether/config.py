@@ -378,7 +378,8 @@ max_commands_per_frame = 100
 max_subscriptions = 128     # per connection (error 106)
 max_channel_length = 255    # characters (error 107)
 max_presence_entries = 1000 # presence replies larger than this: error 106
-outbound_queue_bytes = 1048576  # per connection, all lanes; over it the client is slow (3008)
+outbound_queue_bytes = 1048576  # per connection, all lanes, held while its socket is full;
+                                # over it: standard lane shed or the client is slow (3008)
 flush_max_delay = 0.002     # seconds: after an expensive flush (many sockets), wait up to
                             # this long so that more publications share the next write
 ephemeral_queue_bytes = 65536   # per connection, ephemeral lane; over it oldest are dropped

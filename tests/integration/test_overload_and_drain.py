@@ -223,6 +223,80 @@ async def test_slow_consumer_is_cut_off_with_3008_while_500_others_get_every_pub
     assert len(slow_offsets) < total
 
 
+async def test_feed_flood_is_shed_and_recovered_while_the_chat_on_that_connection_flows() -> None:
+    config = _lanes_config(outbound_queue_bytes=64 * 1024)
+    feed_payload = json.dumps({"text": "f" * 2000}).encode()
+    async with running_server(config) as server:
+        node = server.node
+        ws = await _slow_reader(server.port, "reader", "chat:room", "feed:news")
+        _shrink_server_send_buffer(node, "reader")
+        try:
+            chats = 0
+            while node.queue_limits.stats.standard_resubscribes == 0:  # the reader is away
+                assert chats < 400, "the standard lane was never shed"
+                for _ in range(5):
+                    await node.publish("feed:news", feed_payload)
+                chats += 1
+                await node.publish("chat:room", json.dumps({"n": chats}).encode())
+                await asyncio.sleep(0)  # a loop tick: the node flushes what it can
+            for _ in range(3):  # the chat goes on after the shed
+                chats += 1
+                await node.publish("chat:room", json.dumps({"n": chats}).encode())
+            await asyncio.sleep(0)
+            feed_total = node.hub.publications - chats
+
+            # The reader is back: read until the last chat message.
+            pushes: list[dict[str, Any]] = []
+            async with asyncio.timeout(WAIT):
+                while not pushes or pushes[-1].get("pub", {}).get("data") != {"n": chats}:
+                    pushes.append(await ws.next_push())
+            feed_seen = [
+                p["pub"]["offset"] for p in pushes if p["channel"] == "feed:news" and "pub" in p
+            ]
+            unsubscribed = [p["unsubscribe"] for p in pushes if "unsubscribe" in p]
+            # What the SDK does on unsubscribe 2500: subscribe again from its position.
+            position = {
+                "recover": True,
+                "offset": feed_seen[-1],
+                "epoch": (await node.broker.history("feed:news", limit=0)).position.epoch,
+            }
+            again = await ws.call("subscribe", {"channel": "feed:news", **position})
+        finally:
+            await ws.close()
+
+    chat = [p["pub"]["offset"] for p in pushes if p["channel"] == "chat:room" and "pub" in p]
+    assert chat == list(range(1, chats + 1))  # every chat message, once, in order
+    assert node.queue_limits.stats.slow_disconnects == 0  # the connection stayed up
+    assert unsubscribed == [{"code": 2500, "reason": "insufficient state"}]
+    # The feed frames written before the shed are a prefix; recovery returns the rest.
+    assert feed_seen == list(range(1, len(feed_seen) + 1))
+    assert len(feed_seen) < feed_total
+    result = again["subscribe"]
+    assert result["recovered"] is True
+    recovered = [p["offset"] for p in result["publications"]]
+    assert recovered == list(range(len(feed_seen) + 1, feed_total + 1))
+
+
+async def test_a_client_without_a_chat_to_protect_is_cut_off_as_slow_not_shed() -> None:
+    config = _lanes_config(outbound_queue_bytes=64 * 1024)
+    payload = json.dumps({"text": "f" * 2000}).encode()
+    async with running_server(config) as server:
+        node = server.node
+        ws = await _slow_reader(server.port, "reader", "feed:news")
+        _shrink_server_send_buffer(node, "reader")
+        try:
+            for _ in range(400):
+                if node.queue_limits.stats.slow_disconnects:
+                    break
+                await node.publish("feed:news", payload)
+                await asyncio.sleep(0)
+            _, code = await _frames_until_close(ws)
+        finally:
+            await ws.close()
+    assert code == 3008
+    assert node.queue_limits.stats.standard_resubscribes == 0
+
+
 # -- lanes: a typing storm --------------------------------------------------------------------
 
 

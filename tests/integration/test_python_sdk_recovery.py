@@ -216,3 +216,36 @@ async def test_client_is_told_recovery_failed_when_it_missed_more_than_the_histo
     assert resubscribed.stream_position.offset == 6
     assert (live.offset, live.data) == (7, 7)
     assert [p.offset for p in sub_events.received] == [1, 7]
+
+
+async def test_after_the_standard_lane_is_shed_the_sdk_resubscribes_and_recovers_what_was_dropped(
+    server: Server, sdk: SdkClients, http: HttpApi
+) -> None:
+    # The server side of a shed (tether.core.outbound: a connection over its bound sheds
+    # its standard lane, see test_overload_and_drain.py): frames of the channel are
+    # dropped for this client, then it gets an unsubscribe push 2500.
+    client, _ = await sdk.connect(server.port, "alice")
+    _, sub_events, first = await subscribe(client, "chat:room")
+    await _publish(http, "chat:room", 1, 2)
+    await sub_events.next_publications(2)
+    while not sub_events.subscribing.empty():  # the first subscribe's event
+        sub_events.subscribing.get_nowait()
+    [conn] = [c for c in server.node.clients.values() if c.user == "alice"]
+    conn._shedding = True  # what the queue does when it drops the standard lane
+    await _publish(http, "chat:room", 3, 4, 5)  # dropped for alice
+    conn._resubscribe_standard()  # the next tick after the shed
+
+    unsubscribed = await next_event(sub_events.subscribing)
+    resubscribed = await next_event(sub_events.subscribed)
+    await sub_events.next_publications(3)
+    await _publish(http, "chat:room", 6)
+    await sub_events.next_publications(1)
+
+    assert unsubscribed.code == 2500
+    assert resubscribed.was_recovering
+    assert resubscribed.recovered
+    assert first.stream_position is not None
+    assert resubscribed.stream_position is not None
+    assert resubscribed.stream_position.epoch == first.stream_position.epoch
+    assert [p.offset for p in sub_events.received] == [1, 2, 3, 4, 5, 6]
+    assert server.node.queue_limits.stats.standard_resubscribes == 1

@@ -77,6 +77,21 @@ class Queue(OutboundQueue):
         self.transport.close(3008, "slow")
 
 
+class SheddingQueue(Queue):
+    """A queue whose connection can resubscribe its standard channels (a client with a
+    chat to protect): it allows shedding the standard lane and records it."""
+
+    __slots__ = ("sheds",)
+
+    def __init__(self, limits: QueueLimits) -> None:
+        super().__init__(limits)
+        self.sheds = 0
+
+    def _shed_standard(self) -> bool:
+        self.sheds += 1
+        return True
+
+
 def make_queue(max_bytes: int = 10_000, max_ephemeral_bytes: int = 1_000) -> tuple[Queue, Tick]:
     tick = Tick()
     limits = QueueLimits(
@@ -248,6 +263,74 @@ def test_standard_frame_that_does_not_fit_closes_the_connection_as_slow() -> Non
 
     assert queue.slow_calls == 1
     assert queue._limits.stats.slow_disconnects == 1
+
+
+def test_a_large_tick_to_a_writable_socket_is_written_not_counted_as_slow() -> None:
+    queue, tick = make_queue(max_bytes=48)
+    for n in range(1, 5):  # 64 bytes, over the bound, but the client is reading
+        queue.enqueue(frame(f"feed-{n}"))
+    tick.run_all()
+
+    assert names(queue.transport.frames) == ["feed-1", "feed-2", "feed-3", "feed-4"]
+    assert queue.slow_calls == 0
+
+
+# -- bounds: shedding the standard lane to keep the critical lane -----------------------------
+
+
+def _shedding_queue(max_bytes: int) -> tuple[SheddingQueue, Tick]:
+    queue, tick = make_queue(max_bytes=max_bytes)
+    shedding = SheddingQueue(queue._limits)
+    return shedding, tick
+
+
+def test_standard_overflow_is_shed_while_the_critical_lane_fits() -> None:
+    queue, tick = _shedding_queue(max_bytes=64)
+    queue.pause_writing()
+    queue.enqueue_urgent(frame("chat-1"))
+    for n in range(1, 5):
+        queue.attach([frame(f"feed-{n}")])  # 80 bytes in all: over the bound
+        tick.run_all()
+    queue.attach([frame("feed-5")])  # dropped: the standard lane is being shed
+    queue.enqueue_urgent(frame("chat-2"))
+    tick.run_all()
+    queue.resume_writing()
+    tick.run_all()
+
+    assert queue.sheds == 1
+    assert queue.slow_calls == 0
+    assert names(queue.transport.frames) == ["chat-1", "chat-2"]
+    assert queue._limits.stats.standard_shed_bytes == 64  # feed-1 to feed-4 (16 bytes each)
+
+    queue.end_shedding()  # the standard channels resubscribed
+    queue.attach([frame("feed-6")])
+    tick.run_all()
+    assert names(queue.transport.frames)[-1] == "feed-6"
+
+
+def test_critical_data_over_the_bound_is_slow_even_when_standard_could_be_shed() -> None:
+    queue, tick = _shedding_queue(max_bytes=48)
+    queue.pause_writing()
+    queue.enqueue(frame("feed-1"))
+    for n in range(1, 5):
+        queue.enqueue_urgent(frame(f"chat-{n}"))  # 64 bytes of chat alone
+    tick.run_all()
+
+    assert queue.sheds == 0
+    assert queue.slow_calls == 1
+
+
+def test_held_critical_data_is_written_before_held_standard_data() -> None:
+    queue, tick = make_queue()
+    queue.pause_writing()
+    queue.enqueue(frame("feed-1"))
+    tick.run_all()
+    queue.enqueue_urgent(frame("chat-1"))
+    tick.run_all()
+    queue.resume_writing()
+    tick.run_all()
+
+    assert names(queue.transport.frames) == ["chat-1", "feed-1"]
 
 
 def test_slow_connection_accepts_nothing_more_and_is_cut_off_once() -> None:

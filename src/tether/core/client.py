@@ -31,7 +31,13 @@ from tether.errors import (
     TokenError,
 )
 from tether.protocol import codec
-from tether.protocol.codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
+from tether.protocol.codes import (
+    DISCONNECT_REASONS,
+    UNSUBSCRIBE_REASONS,
+    DisconnectCode,
+    ErrorCode,
+    UnsubscribeCode,
+)
 from tether.protocol.messages import (
     ClientInfo,
     Command,
@@ -46,6 +52,7 @@ from tether.protocol.messages import (
     PresenceStatsRequest,
     PresenceStatsResult,
     PublishRequest,
+    Push,
     RefreshRequest,
     RefreshResult,
     Reply,
@@ -55,6 +62,7 @@ from tether.protocol.messages import (
     SubRefreshResult,
     SubscribeRequest,
     SubscribeResult,
+    Unsubscribe,
     UnsubscribeRequest,
 )
 from tether.protocol.session import ConnectionState, advance, check_command_allowed
@@ -82,12 +90,23 @@ class Subscription:
     """A join was published for it, so leaving publishes a leave."""
 
 
+SHED_INTERVAL = 60.0
+"""Seconds after shedding its standard lane during which a connection that overflows
+again is closed as slow instead (see :meth:`Client._shed_standard`)."""
+
+
+def _resubscribable(sub: Subscription) -> bool:
+    """The client can resubscribe it and recover what it missed."""
+    return not sub.server_side and sub.namespace.recover
+
+
 class Client(OutboundQueue):
     __slots__ = (
         "__weakref__",
         "_inbox",
         "_pub_stamp",
         "_pub_tokens",
+        "_shed_at",
         "_worker",
         "awaiting_pong",
         "conn_info",
@@ -115,6 +134,7 @@ class Client(OutboundQueue):
         self.awaiting_pong = False
         self._pub_tokens = float(node.config.client_publish_burst)
         self._pub_stamp = 0.0
+        self._shed_at: float | None = None
         self._inbox: deque[Command] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -131,6 +151,46 @@ class Client(OutboundQueue):
     def _on_slow(self) -> None:
         log.info("slow client disconnected", client=self.id, user=self.user)
         self.close(DisconnectCode.SLOW)
+
+    def _shed_standard(self) -> bool:
+        """The queue overflowed with standard-lane data while the critical lane fits.
+        To keep a chat (critical) flowing past a flood in a feed, drop the standard data
+        instead of the connection when: the connection has a live critical subscription,
+        every live standard subscription is the client's own and recovers from history,
+        and it has not shed in the last :data:`SHED_INTERVAL` seconds (a client that
+        overflows again cannot keep up: it is slow). On the next tick each standard
+        subscription gets an ``unsubscribe`` push 2500 and the SDK resubscribes from its
+        position, recovering exactly what was dropped. Otherwise: closed with 3008."""
+        now = self.node.clock()
+        if self._shed_at is not None and now - self._shed_at < SHED_INTERVAL:
+            return False
+        if not any(s.live and s.namespace.lane == "critical" for s in self.subs.values()):
+            return False
+        subs = self._standard_subs()
+        if not subs or not all(_resubscribable(sub) for sub in subs):
+            return False
+        self._shed_at = now
+        self.node.loop.call_soon(self._resubscribe_standard)
+        return True
+
+    def _standard_subs(self) -> list[Subscription]:
+        return [s for s in self.subs.values() if s.live and s.namespace.lane == "standard"]
+
+    def _resubscribe_standard(self) -> None:
+        if self.state is ConnectionState.CLOSED:
+            return
+        subs = self._standard_subs()
+        if not all(_resubscribable(sub) for sub in subs):  # one went live meanwhile
+            self.close(DisconnectCode.SLOW)
+            return
+        code = UnsubscribeCode.INSUFFICIENT_STATE
+        for sub in subs:
+            self.unsubscribe(sub.channel)
+            unsubscribe = Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code])
+            self.send(codec.encode_push(Push(channel=sub.channel, unsubscribe=unsubscribe)))
+        self.end_shedding()
+        self._limits.stats.standard_resubscribes += len(subs)
+        log.info("standard lane shed", client=self.id, user=self.user, channels=len(subs))
 
     # -- lifecycle --------------------------------------------------------------------
 

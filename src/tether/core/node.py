@@ -260,7 +260,7 @@ class Node:
             client.close(DisconnectCode.NO_PONG)
         for client in buckets[self._tick % len(buckets)]:
             client.awaiting_pong = True
-            client.enqueue(ping_frame)
+            client.enqueue_urgent(ping_frame)  # never shed with the standard lane
         now = self.clock()
         stale = [c for c in self._connecting if now - c.connected_at > config.connect_timeout]
         for client in stale:

@@ -8,6 +8,10 @@ connection, each write sends, in this order:
 3. the ``ephemeral`` lane (typing, cursors): at most one frame per coalescing key, the
    newest, so under pressure only the latest cursor position goes out.
 
+So a chat message (critical) is never queued behind a typing indicator, and within one
+channel order is kept (a channel has one lane). While the socket is full, urgent and
+standard data are held separately, and the urgent data is written first when it drains.
+
 Ephemeral windows. The hub collects a channel's ephemeral frames for up to
 ``ephemeral_window`` seconds, coalescing them by key, and attaches the result to every
 subscriber as one shared :class:`EphemeralBatch` (:meth:`OutboundQueue.attach_ephemeral`):
@@ -16,21 +20,26 @@ of one per event, so it cannot take the loop from chat. Only a connection whose 
 full folds batches into its own per-key table, where later frames keep replacing earlier
 ones until it drains.
 
-So a chat message (critical) is never queued behind a typing indicator, and within one
-channel order is kept (a channel has one lane).
-
 Tick batches (the fan-out hot path). During one loop tick the hub collects the frames of
 a channel in one shared list, a *batch*, and attaches that list once to each subscriber's
 queue (:meth:`OutboundQueue.attach`); later publications of the same channel in the same
 tick only append to the shared list. Per subscriber, a tick costs one append, however many
 publications it carried; the frames are copied once, into the single ``write`` of the flush.
 
-Bounds, checked at every flush: what is queued for a connection and not yet handed to its
-socket (held back while the socket buffer is full, plus this tick's frames) may not exceed
-``max_bytes``; the ephemeral lane holds at most ``max_ephemeral_bytes``. Ephemeral frames
-are dropped first (oldest first, counted); if critical or standard data still does not fit,
-the connection is *slow*: it is
-closed with 3008 on the next tick (never inside fan-out) and catches up through recovery.
+Bounds, checked at every flush while the socket is paused (its buffer is full: the client
+is not keeping up): what is held back for the connection, plus this tick's frames, may not
+exceed ``max_bytes``; the ephemeral lane holds at most ``max_ephemeral_bytes``. (While the
+socket is writable, each tick's data goes straight to it; the socket pauses once its own
+buffer passes asyncio's high-water mark.) Over the bound:
+
+1. ephemeral frames are dropped, oldest first (counted);
+2. if the urgent data fits alone, the *standard lane is shed* when the connection can
+   recover it (:meth:`OutboundQueue._shed_standard`): its queued frames are dropped and
+   its channels are resubscribed through recovery, while the connection and its critical
+   lane stay up, so a flood in a feed cannot cut a chat off;
+3. otherwise the connection is *slow*: it is closed with 3008 on the next tick (never
+   inside fan-out) and catches up through recovery.
+
 Nothing here ever awaits.
 """
 
@@ -63,6 +72,8 @@ class QueueStats:
     ephemeral_dropped: int = 0
     ephemeral_coalesced: int = 0
     slow_disconnects: int = 0
+    standard_shed_bytes: int = 0
+    standard_resubscribes: int = 0
 
 
 @dataclass(slots=True)
@@ -74,6 +85,13 @@ class QueueLimits:
     flusher: Flusher
     call_soon: Callable[[Callable[[], None]], object]
     stats: QueueStats = field(default_factory=QueueStats)
+
+
+def _append(chunks: list[bytes] | None, chunk: bytes) -> list[bytes]:
+    if chunks is None:
+        return [chunk]
+    chunks.append(chunk)
+    return chunks
 
 
 def _flatten(items: list[Item], into: list[bytes]) -> None:
@@ -95,11 +113,14 @@ class OutboundQueue:
         "_eph",
         "_eph_batches",
         "_eph_bytes",
-        "_held",
         "_held_bytes",
+        "_held_standard",
+        "_held_standard_bytes",
+        "_held_urgent",
         "_limits",
         "_out",
         "_paused",
+        "_shedding",
         "_stopped",
         "_urgent",
     )
@@ -113,8 +134,13 @@ class OutboundQueue:
         self._eph: dict[Hashable, bytes] | None = None
         self._eph_batches: list[EphemeralBatch] | None = None
         self._eph_bytes = 0
-        self._held: list[bytes] | None = None
+        # Held back while the socket is paused, per lane group: written urgent first.
+        self._held_urgent: list[bytes] | None = None
+        self._held_standard: list[bytes] | None = None
         self._held_bytes = 0
+        """Both held lists together."""
+        self._held_standard_bytes = 0
+        self._shedding = False
         self._dirty = False
         self._paused = False
         self._stopped = False
@@ -128,8 +154,9 @@ class OutboundQueue:
 
     def attach(self, batch: list[bytes]) -> None:
         """Share a standard-lane tick batch: the hub keeps appending this tick's frames of
-        the channel to ``batch``. The fan-out hot path: one call per subscriber per tick."""
-        if not self._stopped:
+        the channel to ``batch``. The fan-out hot path: one call per subscriber per tick.
+        Dropped while the standard lane is being shed (its channels are resubscribing)."""
+        if not (self._stopped or self._shedding):
             self._out.append(batch)
             if not self._dirty:
                 self._dirty = True
@@ -233,11 +260,15 @@ class OutboundQueue:
     def flush(self, *, force: bool = False) -> None:
         """Write everything queued in one ``write`` (called once per tick by the Flusher).
 
-        Enforces the bounds first: ephemeral frames are dropped (oldest first) while the
-        total is over ``max_bytes``; if critical and standard data alone are over it, the
-        connection is slow. While the socket is paused, what is queued is held (joined
-        into one blob) instead of written; ``force`` writes anyway (a closing connection
-        hands its last data to the socket)."""
+        While the socket is writable, everything queued goes out in one ``write``. While
+        it is paused (its buffer is full: the client is not keeping up), what is queued
+        is held instead, and the bounds apply to what is held: ephemeral frames are
+        dropped (oldest first) while the total is over ``max_bytes``; if critical and
+        standard data are still over it, the standard lane is shed when
+        :meth:`_shed_standard` allows it and the critical lane fits alone (its data
+        dropped, its channels resubscribed through recovery); otherwise the connection is
+        slow. ``force`` writes anyway (a closing connection hands its last data to the
+        socket)."""
         self._dirty = False
         if self._stopped:
             return
@@ -245,53 +276,39 @@ class OutboundQueue:
         if (
             len(out) == 1
             and self._urgent is None
-            and self._held is None
+            and not self._held_bytes
             and not self._eph_bytes
             and not self._paused
         ):
             # The fan-out fast path: one tick batch (or frame) and nothing else queued.
             item = out[0]
             self._out = []
-            data = item if isinstance(item, bytes) else b"".join(item)
-            if len(data) <= self._limits.max_bytes or force:
-                self.transport.write(data)
-                return
-            out = [item]  # over the bound: the general path below declares it slow
+            self.transport.write(item if isinstance(item, bytes) else b"".join(item))
+            return
         parts: list[bytes] = []
         if self._urgent is not None:
             _flatten(self._urgent, parts)
             self._urgent = None
+        urgent = b"".join(parts)
+        parts = []
         if out:
             _flatten(out, parts)
             self._out = []
-        blob = b"".join(parts)
-        held = self._held_bytes + len(blob)
-        limits = self._limits
-        if self._eph_batches is not None and (
-            self._eph or self._paused or held + self._eph_bytes > limits.max_bytes
-        ):
-            self._fold_ephemeral()  # one frame per key, or drop the oldest below
-        while self._eph and held + self._eph_bytes > limits.max_bytes:
-            self._drop_oldest_ephemeral()
-        if held > limits.max_bytes and not force:
-            self._stopped = True
-            self._held = None
-            limits.stats.slow_disconnects += 1
-            limits.call_soon(self._on_slow)
-            return
+        standard = b"".join(parts)
         if self._paused and not force:
-            if blob:
-                if self._held is None:
-                    self._held = [blob]
-                else:
-                    self._held.append(blob)
-                self._held_bytes = held
+            self._hold(urgent, standard)
             return
-        chunks = self._held or []
-        if blob:
-            chunks.append(blob)
-        self._held = None
-        self._held_bytes = 0
+        if self._eph_batches is not None and self._eph:
+            self._fold_ephemeral()  # one frame per key
+        chunks = self._held_urgent or []
+        if urgent:
+            chunks.append(urgent)
+        if self._held_standard:
+            chunks.extend(self._held_standard)
+        if standard:
+            chunks.append(standard)
+        self._held_urgent = self._held_standard = None
+        self._held_bytes = self._held_standard_bytes = 0
         if self._eph:
             chunks.extend(self._eph.values())
             self._eph = None
@@ -303,6 +320,48 @@ class OutboundQueue:
         if chunks:
             self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
+    def _hold(self, urgent: bytes, standard: bytes) -> None:
+        """The socket is paused: keep this tick's data within the bounds (see flush)."""
+        limits = self._limits
+        total = self._held_bytes + len(urgent) + len(standard)
+        if self._eph_batches is not None:
+            self._fold_ephemeral()  # coalesce by key while waiting
+        while self._eph and total + self._eph_bytes > limits.max_bytes:
+            self._drop_oldest_ephemeral()
+        if total > limits.max_bytes:
+            urgent_total = total - self._held_standard_bytes - len(standard)
+            if urgent_total <= limits.max_bytes and self._shed_standard():
+                limits.stats.standard_shed_bytes += total - urgent_total
+                self._shedding = True
+                self._held_standard = None
+                self._held_bytes -= self._held_standard_bytes
+                self._held_standard_bytes = 0
+                standard = b""
+            else:
+                self._stopped = True
+                self._held_urgent = self._held_standard = None
+                limits.stats.slow_disconnects += 1
+                limits.call_soon(self._on_slow)
+                return
+        if urgent:
+            self._held_urgent = _append(self._held_urgent, urgent)
+            self._held_bytes += len(urgent)
+        if standard:
+            self._held_standard = _append(self._held_standard, standard)
+            self._held_bytes += len(standard)
+            self._held_standard_bytes += len(standard)
+
+    def _shed_standard(self) -> bool:
+        """The queue is over its bound and the critical lane fits alone: may the standard
+        lane's queued data be dropped? True only if the subclass then makes every standard
+        channel recover what was dropped (and calls :meth:`end_shedding`); until then
+        standard tick batches are dropped too. By default: no, the connection is slow."""
+        return False
+
+    def end_shedding(self) -> None:
+        """The shed standard channels are resubscribing: accept standard frames again."""
+        self._shedding = False
+
     def _on_slow(self) -> None:
         raise NotImplementedError
 
@@ -312,7 +371,7 @@ class OutboundQueue:
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._held is not None or self._eph_bytes:
+        if self._held_bytes or self._eph_bytes:
             self._mark()
 
     @property

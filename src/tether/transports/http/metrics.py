@@ -56,6 +56,17 @@ class NodeCollector(Collector):
         q = node.queue_limits.stats
         yield counter("slow_disconnects", "Clients closed with 3008 (slow).", q.slow_disconnects)
         yield counter(
+            "standard_resubscribes",
+            "Standard-lane subscriptions resubscribed (unsubscribe 2500) after their queued "
+            "data was shed to keep a connection's critical lane.",
+            q.standard_resubscribes,
+        )
+        yield counter(
+            "standard_shed_bytes",
+            "Bytes of standard-lane data dropped from full queues (recovered on resubscribe).",
+            q.standard_shed_bytes,
+        )
+        yield counter(
             "ephemeral_dropped", "Ephemeral frames dropped under pressure.", q.ephemeral_dropped
         )
         yield counter(
