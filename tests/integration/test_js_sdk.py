@@ -478,3 +478,32 @@ async def test_js_client_that_does_not_refresh_its_token_is_closed_after_the_gra
         connecting = await client.expect("connecting", within=ttl + grace + 3)
         assert (connecting["code"], connecting["reason"]) == (3005, "connection expired")
         await client.stop()
+
+
+async def test_js_client_resubscribes_and_recovers_after_its_standard_lane_is_shed(
+    server: Server, api: Api, js: Spawn
+) -> None:
+    # The server side of a shed (see test_overload_and_drain.py): frames of the channel
+    # are dropped for this client, then it gets an unsubscribe push 2500.
+    channel = "chat:shed"
+    client = await js("subscribe", token=token("erin"), channel=channel)
+    first = await client.expect("subscribed", channel=channel)
+    await publish_many(api, channel, range(1, 3))
+    await client.expect("publication", offset=2)
+    [conn] = [c for c in server.node.clients.values() if c.user == "erin"]
+    conn._shedding = True  # what the queue does when it drops the standard lane
+    await publish_many(api, channel, range(3, 6))  # dropped for erin
+    conn._resubscribe_standard()  # the next tick after the shed
+
+    subscribing = await client.expect("subscribing", channel=channel, code=2500)
+    resubscribed = await client.expect("subscribed", channel=channel)
+    await client.expect("publication", offset=5)
+    await publish_many(api, channel, range(6, 7))
+    await client.expect("publication", offset=6)
+    events = await client.stop()
+
+    assert subscribing["reason"] == "insufficient state"
+    assert resubscribed["wasRecovering"] is True
+    assert resubscribed["recovered"] is True
+    assert resubscribed["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
+    assert offsets(events) == list(range(1, 7)), client.describe()
