@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -98,3 +100,15 @@ async def test_every_exposed_metric_is_documented_in_the_metrics_reference(
         f"documented but not exposed: {sorted(set(documented) - set(exposed))}"
     )
     assert exposed == documented
+
+
+async def test_event_loop_lag_shows_how_late_the_loop_ran(server: Server) -> None:
+    await asyncio.sleep(0.05)  # housekeeping is asleep, due within the next second
+    time.sleep(1.5)  # noqa: ASYNC251  (a CPU-bound stretch: the loop runs nothing else)
+    async with asyncio.timeout(5):
+        while server.node.loop_lag == 0.0:  # noqa: ASYNC110  (the next tick sets it)
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as http, http.get(_url(server, "/metrics")) as resp:
+            text = await resp.text()
+    [line] = [x for x in text.splitlines() if x.startswith("tether_event_loop_lag_seconds ")]
+    assert float(line.split()[1]) >= 0.5

@@ -99,6 +99,9 @@ class Node:
         self._tick = 0
         self.closing = False
         self.started = False
+        self.loop_lag = 0.0
+        """Seconds the last once-a-second housekeeping tick woke up late: how long ready
+        callbacks (fan-out, flushes, requests) waited for the event loop."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -245,10 +248,14 @@ class Node:
 
     async def _housekeeping(self) -> None:
         """Once a second: pings (one bucket of clients per second, so a node's pings are
-        spread over the ping interval), pong deadlines, stale and expired connections."""
+        spread over the ping interval), pong deadlines, stale and expired connections.
+        How late each tick wakes up is the event loop's lag (:attr:`loop_lag`)."""
         ping_frame = self.frame(codec.PING)
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + 1
             await asyncio.sleep(1)
+            self.loop_lag = max(0.0, loop.time() - due)
             self._housekeeping_tick(ping_frame)
 
     def _housekeeping_tick(self, ping_frame: bytes) -> None:

@@ -41,6 +41,11 @@ class NodeCollector(Collector):
             "ready", "1 while the node accepts clients and its broker delivers.", float(node.ready)
         )
         yield gauge("broker_healthy", "1 while the broker can deliver.", float(node.broker.healthy))
+        yield gauge(
+            "event_loop_lag_seconds",
+            "How late the node's once-a-second housekeeping last woke up.",
+            node.loop_lag,
+        )
         queued = paused = 0
         for client in node.clients.values():
             queued += client.queued_bytes
