@@ -52,13 +52,13 @@ bench/js/node_modules/.installed: bench/js/package.json bench/js/package-lock.js
 	touch $@
 
 ## Tether vs the raw-asyncio ceiling, websockets, python-socketio and Socket.IO on Node.js,
-## same scenarios, one session, then the resilience section (about 8 minutes; stopped at 15):
+## same scenarios, one session, then the resilience section (about 10 minutes; stopped at 15):
 ## rewrites docs/benchmarks.md.
 bench: $(BENCH_STAMP) bench/js/node_modules/.installed
 	timeout 900 $(BIN)/python bench/compare.py --out docs/benchmarks.md
 
 ## Only the resilience section of docs/benchmarks.md (slow consumers, typing storm,
-## reconnect storm, publish burst; Tether on a private redis-server, about 2 minutes);
+## reconnect storm, publish burst; Tether on a private redis-server, about 5 minutes);
 ## the other sections are kept from docs/benchmarks.json. `make bench` runs it too.
 .PHONY: bench-resilience
 bench-resilience: $(BENCH_STAMP)
