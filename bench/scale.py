@@ -932,8 +932,8 @@ def _render_findings(data: dict[str, Any]) -> list[str]:
             "(one write per socket per publication); the adaptive flush delay "
             "(`flush_max_delay`, commit 63e8736) lets publications arriving during an "
             "expensive flush share the next write: the first run after it (workers part, "
-            "2026-11-26 15:12, these figures) doubled the Redis-path throughput against the "
-            "14:52 run (184k to about 410-490k/s for 1 worker). The rest of the gap to the "
+            "2026-11-26 15:12) doubled the Redis-path throughput against the 14:52 run "
+            "(184k to about 410-490k/s for 1 worker). The rest of the gap to the "
             "memory broker (per-publication decode, EVALSHA round trips, fewer publications "
             "per write) is not profiled yet."
         )
@@ -984,6 +984,23 @@ def _render_findings(data: dict[str, Any]) -> list[str]:
         )
     f = data.get("fifty", {})
     if f and "error" not in f:
+        late = [r.get("publisher_late") or 0 for r in f.get("reports", [])]
+        per_publisher = f.get("publications", 0) // max(len(late), 1)
+        p99 = max(v for v in f.get("latency_p99_ms") or [0] if v is not None)
+        p50 = min(v for v in f.get("latency_p50_ms") or [0] if v is not None)
+        setup_rate = round(f.get("connected", 0) / max(f.get("connect_all_s") or 1, 1))
+        latency = f"latency p99 {p99} ms (p50 {p50} ms) from the scheduled send time"
+        if any(late):
+            latency += (
+                "; the bench publishers were late for "
+                + ", ".join(f"{n:,}" for n in late)
+                + f" of their {per_publisher:,} publications each (all 64 requests in "
+                "flight), so the API path stalled now and then; the cause (event loops busy "
+                "with 17,000 connections each, garbage-collection pauses, or the machine's "
+                "other load) was not established"
+            )
+        else:
+            latency += f"; no publisher was late for any of its {per_publisher:,} publications"
         w(
             f"- **50,000 connections: met.** {f.get('connected'):,} set up, "
             f"{f.get('alive_at_end'):,} alive at the end, every publication delivered "
@@ -991,22 +1008,13 @@ def _render_findings(data: dict[str, Any]) -> list[str]:
             f"on all {f.get('checked_connections'):,} connections, loss / dup / order "
             f"{_lcd(f)}); server RSS {f.get('rss_connected_mib')} MiB for the three workers "
             f"({f.get('rss_per_connection_kib')} KiB per connection with 2 channels, the "
-            f"the workers' own {round(f.get('rss_before_mib', 0) / 3)} MiB each before any "
+            f"workers' own {round(f.get('rss_before_mib', 0) / 3)} MiB each before any "
             "connection excluded), workers' CPU "
-            f"{f.get('worker_cpu_publish_percent')}% of a core while publishing. Misses: "
-            f"setting up 50,000 connections took {f.get('connect_all_s')} s (about "
-            f"{round(f.get('connected', 0) / max(f.get('connect_all_s') or 1, 1)):,}/s, "
+            f"{f.get('worker_cpu_publish_percent')}% of a core while publishing. Setting up "
+            f"50,000 connections took {f.get('connect_all_s')} s (about {setup_rate:,}/s, "
             f"{f.get('worker_cpu_connect_s')} CPU-s in the workers: token check, two "
-            "subscriptions and a Redis SUBSCRIBE for each new channel); and latency p99 "
-            f"was {max(v for v in f.get('latency_p99_ms') or [0] if v is not None)} ms "
-            f"(p50 {min(v for v in f.get('latency_p50_ms') or [0] if v is not None)} ms): "
-            "the bench publishers were late for "
-            + ", ".join(f"{r.get('publisher_late'):,}" for r in f.get("reports", []))
-            + f" of their {f.get('publications', 0) // max(len(f.get('reports', [])), 1):,} "
-            "publications each (all 64 requests in flight), so the API path stalled now "
-            "and then, and latency counts from the scheduled time. The cause (event loops busy "
-            "with 17,000 connections each, garbage-collection pauses, or the machine's "
-            "other load) was not established."
+            "subscriptions and a Redis SUBSCRIBE for each new channel); "
+            f"{latency}."
         )
     w(
         "- Not done: more than one machine (every figure here includes the client's and the "
