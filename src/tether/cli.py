@@ -78,6 +78,7 @@ def serve(
         f"  clients:  ws://{shown_host}:{cfg.port}/connection/websocket\n"
         f"  API:      http://{shown_host}:{cfg.http_port}/api/<method>  (X-API-Key)\n"
         f"  page:     http://{shown_host}:{cfg.http_port}/\n"
+        f"  admin:    http://{shown_host}:{cfg.http_port}/admin  (live figures; /metrics)\n"
         f"  health:   http://{shown_host}:{cfg.http_port}/health  /ready",
         err=True,
     )

@@ -112,3 +112,31 @@ async def test_event_loop_lag_shows_how_late_the_loop_ran(server: Server) -> Non
             text = await resp.text()
     [line] = [x for x in text.splitlines() if x.startswith("tether_event_loop_lag_seconds ")]
     assert float(line.split()[1]) >= 0.5
+
+
+async def test_admin_page_is_served_and_reads_only_endpoints_that_exist(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(_url(server, "/admin")) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/html"
+            page = await resp.text()
+        # What the page's script fetches: /metrics, and API methods with the typed key.
+        assert 'fetch("/metrics"' in page
+        methods = set(re.findall(r'api\("(\w+)"', page))
+        assert methods == {"info", "channels"}
+        for method in methods:
+            async with http.post(
+                _url(server, f"/api/{method}"), json={}, headers={"X-API-Key": TEST_API_KEY}
+            ) as resp:
+                assert resp.status == 200
+                assert "result" in await resp.json()
+        # Every metric the page shows is one the node exposes.
+        async with http.get(_url(server, "/metrics")) as resp:
+            exposed = {
+                line.split("{")[0].split(" ")[0]
+                for line in (await resp.text()).splitlines()
+                if line.startswith("tether_")
+            }
+    shown = set(re.findall(r'\["(tether_\w+)"', page))
+    assert shown
+    assert shown <= exposed, shown - exposed

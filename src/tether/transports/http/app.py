@@ -1,5 +1,5 @@
 """The HTTP port: server API, health and readiness, metrics, the OpenAPI document, the
-demo page."""
+demo page and the live admin page."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ async def _page(request: web.Request) -> web.Response:
     return _static("index.html", "text/html")
 
 
+async def _admin(request: web.Request) -> web.Response:
+    """The live admin page: it reads ``/metrics`` (public) and, with the API key the
+    operator types in, ``/api/info`` and ``/api/channels``; it holds no secret itself."""
+    return _static("admin.html", "text/html")
+
+
 def build_app(node: Node) -> web.Application:
     # The API body limit follows the client message limit, with room for batch calls.
     app = web.Application(client_max_size=max(node.config.max_message_size * 16, 1 << 20))
@@ -51,4 +57,5 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/ready", _ready)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/", _page)
+    app.router.add_get("/admin", _admin)
     return app
