@@ -183,11 +183,8 @@ class Client(OutboundQueue):
         if not all(_resubscribable(sub) for sub in subs):  # one went live meanwhile
             self.close(DisconnectCode.SLOW)
             return
-        code = UnsubscribeCode.INSUFFICIENT_STATE
         for sub in subs:
-            self.unsubscribe(sub.channel)
-            unsubscribe = Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code])
-            self.send(codec.encode_push(Push(channel=sub.channel, unsubscribe=unsubscribe)))
+            self.resubscribe(sub.channel)
         self.end_shedding()
         self._limits.stats.standard_resubscribes += len(subs)
         log.info("standard lane shed", client=self.id, user=self.user, channels=len(subs))
@@ -493,6 +490,15 @@ class Client(OutboundQueue):
             return
         sub.live = True
         self.node.hub.go_live(channel, self, after_offset=after_offset, lane=sub.namespace.lane)
+
+    def resubscribe(self, channel: str) -> None:
+        """Leave ``channel`` and tell the client to subscribe again from its position
+        (``unsubscribe`` push 2500, insufficient state): the SDK resubscribes and
+        recovers what it missed. For client subscriptions only."""
+        self.unsubscribe(channel)
+        code = UnsubscribeCode.INSUFFICIENT_STATE
+        unsubscribe = Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code])
+        self.send(codec.encode_push(Push(channel=channel, unsubscribe=unsubscribe)))
 
     def unsubscribe(self, channel: str) -> None:
         """Leave ``channel`` (no error if not subscribed, as in the protocol)."""

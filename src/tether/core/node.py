@@ -25,7 +25,7 @@ from tether.config import LANES, Config, NamespaceConfig
 from tether.core.admission import Admission
 from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
 from tether.core.hub import Framer, Hub
-from tether.core.outbound import QueueLimits, QueueStats
+from tether.core.outbound import QueueLimits
 from tether.core.recovery import RecoveryCache, recover
 from tether.core.transport import Cadence, ClientTransport, Flusher
 from tether.errors import BrokerUnavailable, ClientError
@@ -71,7 +71,7 @@ class Node:
         self.frame = frame
         self.clock = clock
         self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.hub = Hub(frame, QueueStats())
+        self.hub = Hub(frame)
         self.recovery = RecoveryCache(broker, clock)
         self.clients: dict[str, Client] = {}
         self.users: dict[str, dict[Client, None]] = {}
@@ -424,14 +424,8 @@ class Node:
         ``unsubscribe`` push with code 2500 (the SDK resubscribes with its position); a
         server-side one cannot be resubscribed by the client, so that connection is closed
         with 3010 (insufficient state) and recovers on reconnect."""
-        code = UnsubscribeCode.INSUFFICIENT_STATE
         for channel in channels:
             self.recovery.drop(channel)
-            push = Push(
-                channel=channel,
-                unsubscribe=Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code]),
-            )
-            payload = codec.encode_push(push)
             for client in self.hub.subscribers(channel):
                 sub = client.subs.get(channel)
                 if sub is None:
@@ -439,8 +433,7 @@ class Node:
                 if sub.server_side:
                     client.close(DisconnectCode.INSUFFICIENT_STATE)
                 else:
-                    client.unsubscribe(channel)
-                    client.send(payload)
+                    client.resubscribe(channel)
         log.warning("broker resync: subscribers told to recover", channels=len(channels))
 
     @property
