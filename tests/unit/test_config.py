@@ -144,6 +144,8 @@ def test_invalid_toml_is_reported_with_the_path(tmp_path: Path) -> None:
         ),
         ('log_level = "loud"', "`log_level` must be one of"),
         ('log_format = "xml"', "`log_format` must be console or json"),
+        ("ephemeral_window = -0.01", "`ephemeral_window` must be 0 (unlimited / immediate)"),
+        ("ephemeral_window = 5", "`ephemeral_window` must be at most 1 second"),
     ],
 )
 def test_invalid_value_is_named_with_what_is_expected(
