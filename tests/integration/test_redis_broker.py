@@ -197,6 +197,27 @@ async def test_after_a_redis_restart_the_broker_resubscribes_and_asks_for_a_resy
         await publisher.close()
 
 
+async def test_commands_right_after_the_resync_do_not_fail_on_connections_from_before(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    # The resync makes every client resubscribe at once, and each resubscribe reads the
+    # stream: those reads must not meet pooled connections to the old server.
+    ch, prefix = channel("a"), _prefix()
+    handler = RecordingHandler()
+    broker = await _started(own_redis.url, prefix, handler)
+    try:
+        await broker.subscribe(ch)
+        # Several pooled connections, all open when Redis goes away.
+        await asyncio.gather(*(broker.history(ch, limit=-1) for _ in range(8)))
+        await asyncio.to_thread(own_redis.restart)
+        async with asyncio.timeout(10):
+            await handler.wait_until(lambda: bool(handler.resyncs))
+        pages = await asyncio.gather(*(broker.history(ch, limit=-1) for _ in range(8)))
+        assert [page.publications for page in pages] == [[]] * 8
+    finally:
+        await broker.close()
+
+
 async def test_a_position_from_before_a_redis_restart_is_unrecoverable(
     own_redis: RedisServer, channel: Callable[[str], str]
 ) -> None:

@@ -187,6 +187,9 @@ class RedisBroker(StreamCommands):
                     log.warning(
                         "redis subscriber reconnected", url=self.url, channels=len(channels)
                     )
+                    # Idle pooled connections may be to the server that went away: drop
+                    # them, or the resubscribes the resync triggers fail on them one by one.
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
                     if self._handler is not None:
                         self._handler.on_resync(channels)
                 first = False
