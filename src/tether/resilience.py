@@ -118,6 +118,13 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self._move(BreakerState.OPEN)
 
+    def record_success(self) -> None:
+        """The dependency answered outside :meth:`call` (a reconnect that worked): close
+        at once instead of waiting for ``reset_timeout`` and a probe."""
+        if self.state is BreakerState.OPEN:
+            self._move(BreakerState.HALF_OPEN)
+        self._success()
+
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` through the breaker. Only BrokerUnavailable counts as a failure
         (a caller's mistake says nothing about the dependency's health)."""

@@ -302,6 +302,51 @@ def _guarded(inner: FaultyBroker, clock: FakeClock, **breaker: Any) -> GuardedBr
     )
 
 
+def test_a_success_seen_outside_calls_closes_an_open_breaker_at_once() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("redis", failure_threshold=1, reset_timeout=5, clock=clock)
+    asyncio.run(_fail_times(breaker, Dependency(), 1))
+    assert breaker.state is BreakerState.OPEN
+
+    breaker.record_success()  # e.g. the subscriber connection came back
+
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allows_calls
+
+
+class _Reconnecting:
+    """An inner broker that only starts and, on demand, reports a reconnect."""
+
+    healthy = True
+
+    async def start(self, handler: Any) -> None:
+        self.handler = handler
+
+
+async def test_guarded_broker_closes_its_breaker_before_passing_on_a_resync() -> None:
+    clock = FakeClock()
+    inner = _Reconnecting()
+    broker = GuardedBroker(
+        inner,  # type: ignore[arg-type]
+        breaker=CircuitBreaker("broker", failure_threshold=1, reset_timeout=5, clock=clock),
+    )
+    seen: list[tuple[set[str], bool]] = []
+
+    class Node:
+        def on_resync(self, channels: set[str]) -> None:
+            # Every client is about to resubscribe through this broker.
+            seen.append((channels, broker.healthy))
+
+    await broker.start(Node())  # type: ignore[arg-type]
+    await _fail_times(broker.breaker, Dependency(), 1)  # Redis went away: open
+    assert not broker.healthy
+
+    inner.handler.on_resync({"chat:room"})  # the subscriber reconnected
+
+    assert seen == [({"chat:room"}, True)]
+    assert broker.breaker.state is BreakerState.CLOSED
+
+
 async def test_guarded_broker_never_retries_a_publish_without_idempotency_key() -> None:
     inner = FaultyBroker()
     broker = _guarded(inner, FakeClock())

@@ -10,6 +10,9 @@ Used in front of brokers that leave the process (Redis). What is retried:
 
 While the breaker is open every call fails at once with BrokerUnavailable and
 :attr:`healthy` is false, so ``/ready`` turns false and load balancers look elsewhere.
+When the inner broker reconnects and asks for a resync, the breaker closes first: the
+reconnect proved the server answers, and the resync sends every client to resubscribe,
+which must not meet a breaker still waiting out its ``reset_timeout``.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class GuardedBroker:
         return self.inner.healthy and self.breaker.allows_calls
 
     async def start(self, handler: BrokerEventHandler) -> None:
-        await self.inner.start(handler)
+        await self.inner.start(_CloseBreakerOnResync(handler, self.breaker))
 
     async def close(self) -> None:
         await self.inner.close()
@@ -97,3 +100,24 @@ class GuardedBroker:
         return await call_with_retries(
             lambda: self.breaker.call(self.inner.channels), budget=self.budget
         )
+
+
+class _CloseBreakerOnResync:
+    """Passes broker events on; a resync first closes the breaker (see the module)."""
+
+    def __init__(self, handler: BrokerEventHandler, breaker: CircuitBreaker) -> None:
+        self._handler = handler
+        self._breaker = breaker
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        self._handler.on_publication(channel, publication)
+
+    def on_join(self, channel: str, info: ClientInfo) -> None:
+        self._handler.on_join(channel, info)
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None:
+        self._handler.on_leave(channel, info)
+
+    def on_resync(self, channels: set[str]) -> None:
+        self._breaker.record_success()
+        self._handler.on_resync(channels)
