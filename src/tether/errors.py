@@ -12,12 +12,7 @@
 
 from __future__ import annotations
 
-from tether.protocol.codes import (
-    DISCONNECT_REASONS,
-    ERRORS,
-    DisconnectCode,
-    ErrorCode,
-)
+from tether.protocol.codes import DisconnectInfo, ErrorCode, ErrorInfo
 
 
 class TetherError(Exception):
@@ -31,21 +26,19 @@ class ProtocolViolation(TetherError):
 class ClientError(TetherError):
     """A request that gets an error reply with a protocol error code."""
 
-    def __init__(self, code: ErrorCode, message: str | None = None) -> None:
-        info = ERRORS[code]
-        self.code = code
-        self.message = message or info.message
-        self.temporary = info.temporary
-        super().__init__(f"{int(code)}: {self.message}")
+    def __init__(self, error: ErrorInfo, message: str | None = None) -> None:
+        self.code = error.code
+        self.message = message or error.message
+        self.temporary = error.temporary
+        super().__init__(f"{self.code}: {self.message}")
 
 
 class DisconnectRequested(TetherError):
-    """The connection must be closed with ``code``."""
+    """The connection must be closed with ``disconnect`` (``reason`` overrides its own)."""
 
-    def __init__(self, code: DisconnectCode, reason: str | None = None) -> None:
-        self.code = code
-        self.reason = reason or DISCONNECT_REASONS[code]
-        super().__init__(f"{int(code)}: {self.reason}")
+    def __init__(self, disconnect: DisconnectInfo, reason: str | None = None) -> None:
+        self.disconnect = disconnect.because(reason) if reason else disconnect
+        super().__init__(f"{self.disconnect.code}: {self.disconnect.reason}")
 
 
 class UnrecoverablePosition(ClientError):

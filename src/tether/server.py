@@ -13,7 +13,7 @@ from tether.brokers.base import Broker, PresenceStore
 from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
 from tether.config import Config
 from tether.core.node import Node
-from tether.protocol.codes import DisconnectCode
+from tether.protocol.codes import DisconnectCode, DisconnectInfo
 from tether.resilience import CircuitBreaker, RetryBudget
 from tether.transports.http.app import build_app
 from tether.transports.websocket import server as websocket
@@ -129,7 +129,9 @@ class Server:
             api=f"http://{config.host}:{self.http_port}/api",
         )
 
-    async def stop(self, code: int = DisconnectCode.SHUTDOWN, *, drain: bool = False) -> None:
+    async def stop(
+        self, code: DisconnectInfo = DisconnectCode.SHUTDOWN, *, drain: bool = False
+    ) -> None:
         """Stop accepting, close every client with ``code`` (reconnect advice), stop the
         ports. With ``drain``, the disconnects are spread over ``drain_window`` seconds
         (bounded by ``drain_timeout``); cancelling ``stop`` ends the drain at once."""

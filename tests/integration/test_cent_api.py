@@ -68,7 +68,7 @@ async def test_broadcast_publishes_to_every_channel_and_reports_each_outcome(
     assert ok_b.result is not None
     assert ok_b.result.offset == 1
     assert unknown.error is not None
-    assert unknown.error.code == ErrorCode.UNKNOWN_CHANNEL
+    assert unknown.error.code == ErrorCode.UNKNOWN_CHANNEL.code
     assert [p.data for p in await a_events.next_publications(1)] == [{"all": 1}]
     assert [p.data for p in await b_events.next_publications(1)] == [{"all": 1}]
 
@@ -142,8 +142,8 @@ async def test_api_error_for_a_refused_request_raises_cent_api_response_error(
     with pytest.raises(cent.CentApiResponseError) as no_history:
         await api.history(cent.HistoryRequest(channel="nohistory:x"))
 
-    assert unknown.value.code == ErrorCode.UNKNOWN_CHANNEL
-    assert no_history.value.code == ErrorCode.NOT_AVAILABLE
+    assert unknown.value.code == ErrorCode.UNKNOWN_CHANNEL.code
+    assert no_history.value.code == ErrorCode.NOT_AVAILABLE.code
 
 
 async def test_channels_lists_active_channels_matching_a_pattern(
@@ -222,7 +222,7 @@ async def test_unsubscribe_ends_a_client_side_subscription_for_good(
     await api.unsubscribe(cent.UnsubscribeRequest(user="alice", channel="chat:kick"))
     unsubscribed = await next_event(sub_events.unsubscribed)
 
-    assert unsubscribed.code == UnsubscribeCode.SERVER == 2000
+    assert unsubscribed.code == UnsubscribeCode.SERVER.code == 2000
     assert sub.state is SubscriptionState.UNSUBSCRIBED
     assert client.state is ClientState.CONNECTED
 
@@ -236,7 +236,7 @@ async def test_disconnect_by_default_closes_the_client_for_good(
     await api.disconnect(cent.DisconnectRequest(user="alice"))
     disconnected = await next_event(alice_events.disconnected)
 
-    assert disconnected.code == DisconnectCode.FORCE_NO_RECONNECT == 3503
+    assert disconnected.code == DisconnectCode.FORCE_NO_RECONNECT.code == 3503
     assert alice.state is ClientState.DISCONNECTED
     assert bob.state is ClientState.CONNECTED
     assert {c.user for c in server.node.clients.values()} == {"bob"}
@@ -287,7 +287,7 @@ async def test_malformed_body_is_answered_400_with_error_107(
     status, answer = await http.post(method, data=body)
 
     assert status == 400
-    assert answer["error"]["code"] == ErrorCode.BAD_REQUEST == 107
+    assert answer["error"]["code"] == ErrorCode.BAD_REQUEST.code == 107
     assert answer["error"]["message"]
     # Nothing was published on the way.
     assert (await server.node.history("chat:x")).publications == []
@@ -297,7 +297,7 @@ async def test_unknown_method_is_answered_404_with_error_104(http: HttpApi) -> N
     status, answer = await http.post("publsh", {"channel": "chat:x", "data": {}})
 
     assert status == 404
-    assert answer["error"]["code"] == ErrorCode.METHOD_NOT_FOUND
+    assert answer["error"]["code"] == ErrorCode.METHOD_NOT_FOUND.code
 
 
 async def test_raw_http_api_accepts_the_apikey_authorization_scheme(http: HttpApi) -> None:
@@ -315,4 +315,22 @@ async def test_raw_http_api_without_a_key_is_answered_401_with_error_101(http: H
     status, answer = await http.post("info", {}, headers={})
 
     assert status == 401
-    assert answer["error"]["code"] == ErrorCode.UNAUTHORIZED
+    assert answer["error"]["code"] == ErrorCode.UNAUTHORIZED.code
+
+
+@pytest.mark.parametrize("code", [1000, 2999, 5000])
+async def test_disconnect_with_a_code_outside_3000_4999_is_answered_107_and_closes_nobody(
+    server: Server, sdk: SdkClients, http: HttpApi, code: int
+) -> None:
+    alice, _ = await sdk.connect(server.port, "alice")
+
+    status, answer = await http.post(
+        "disconnect", {"user": "alice", "disconnect": {"code": code, "reason": "x"}}
+    )
+
+    assert status == 200
+    assert answer["error"] == {
+        "code": ErrorCode.BAD_REQUEST.code,
+        "message": "disconnect code must be 3000-4999",
+    }
+    assert alice.state is ClientState.CONNECTED

@@ -173,7 +173,7 @@ async def test_client_is_told_recovery_failed_when_the_server_lost_its_streams(
             [live] = await sub_events.next_publications(1)
             await client.disconnect()
 
-    assert away.code == DisconnectCode.SHUTDOWN
+    assert away.code == DisconnectCode.SHUTDOWN.code
     assert first.stream_position is not None
     assert resubscribed.stream_position is not None
     assert resubscribed.was_recovering
@@ -198,7 +198,7 @@ async def test_client_is_told_recovery_failed_when_it_missed_more_than_the_histo
         await sub_events.next_publications(1)
 
         events.reconnect_gate.clear()
-        server.node.disconnect_user("alice", DisconnectCode.FORCE_RECONNECT, "force reconnect")
+        server.node.disconnect_user("alice", DisconnectCode.FORCE_RECONNECT)
         await next_event(events.connecting)
         for n in range(2, 7):  # five missed, three kept: offsets 2 and 3 are gone
             await server.node.publish("short:feed", str(n).encode())

@@ -18,6 +18,7 @@ from tether.auth import mint_connection_token
 from tether.config import Config
 from tether.core.admission import Admission, TokenBucket
 from tether.core.node import Node
+from tether.protocol.codes import DisconnectCode
 from tether.testing.brokers import FaultyBroker
 from tether.testing.clock import FakeClock
 from tether.testing.servers import OPEN, TEST_SECRET, make_config
@@ -187,7 +188,7 @@ async def test_user_can_connect_again_once_one_of_its_connections_closed() -> No
     async with local_node(_open_config(max_connections_per_user=1)) as node:
         first, _ = await _connect(node, "alice")
         _, refused = await _connect(node, "alice")
-        first.client.close(3000)
+        first.client.close(DisconnectCode.CONNECTION_CLOSED)
         _, again = await _connect(node, "alice")
 
     assert refused["error"]["code"] == 111

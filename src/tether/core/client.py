@@ -31,13 +31,7 @@ from tether.errors import (
     TokenError,
 )
 from tether.protocol import codec
-from tether.protocol.codes import (
-    DISCONNECT_REASONS,
-    UNSUBSCRIBE_REASONS,
-    DisconnectCode,
-    ErrorCode,
-    UnsubscribeCode,
-)
+from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
 from tether.protocol.messages import (
     ClientInfo,
     Command,
@@ -191,17 +185,16 @@ class Client(OutboundQueue):
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def close(self, code: int, reason: str | None = None) -> None:
-        """Flush what is queued, close the transport with ``code``, release everything."""
+    def close(self, disconnect: DisconnectInfo, reason: str | None = None) -> None:
+        """Flush what is queued, close the transport with ``disconnect`` (``reason``, if
+        given, instead of its own), release everything."""
         if self.state is ConnectionState.CLOSED:
             return
-        if reason is None:
-            reason = DISCONNECT_REASONS.get(code, "")  # type: ignore[call-overload]
         self._release()
-        if code != DisconnectCode.SLOW:
+        if disconnect.code != DisconnectCode.SLOW.code:
             self.flush(force=True)
         self.stop_queue()
-        self.transport.close(code, reason)
+        self.transport.close(disconnect.code, reason or disconnect.reason)
 
     def on_transport_closed(self) -> None:
         """The socket is gone (peer closed, network error, or after :meth:`close`)."""
@@ -259,19 +252,19 @@ class Client(OutboundQueue):
             self._violation(exc)
             return
         except DisconnectRequested as exc:
-            self.close(exc.code, exc.reason)
+            self.close(exc.disconnect)
             return
         except ClientError as exc:
             reply = Reply(
                 id=command.id,
-                error=Error(code=int(exc.code), message=exc.message, temporary=exc.temporary),
+                error=Error(code=exc.code, message=exc.message, temporary=exc.temporary),
             )
         except BrokerUnavailable as exc:
             log.warning("broker unavailable", client=self.id, command=name, error=str(exc))
             reply = Reply(
                 id=command.id,
                 error=Error(
-                    code=int(ErrorCode.INTERNAL), message="broker unavailable", temporary=True
+                    code=ErrorCode.INTERNAL.code, message="broker unavailable", temporary=True
                 ),
             )
         except asyncio.CancelledError:
@@ -496,8 +489,8 @@ class Client(OutboundQueue):
         (``unsubscribe`` push 2500, insufficient state): the SDK resubscribes and
         recovers what it missed. For client subscriptions only."""
         self.unsubscribe(channel)
-        code = UnsubscribeCode.INSUFFICIENT_STATE
-        unsubscribe = Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code])
+        why = UnsubscribeCode.INSUFFICIENT_STATE
+        unsubscribe = Unsubscribe(code=why.code, reason=why.reason)
         self.send(codec.encode_push(Push(channel=channel, unsubscribe=unsubscribe)))
 
     def unsubscribe(self, channel: str) -> None:

@@ -31,7 +31,7 @@ from tether.core.transport import Cadence, ClientTransport, Flusher
 from tether.errors import BrokerUnavailable, ClientError
 from tether.protocol import codec
 from tether.protocol.channels import check_channel_name, namespace_of
-from tether.protocol.codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
+from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
 from tether.protocol.messages import (
     ClientInfo,
     HistoryResult,
@@ -141,7 +141,7 @@ class Node:
             self.spawn(self._refresh_presence(self.presence_store.ttl / 3), "presence-refresh")
         self.started = True
 
-    async def close(self, code: int = DisconnectCode.SHUTDOWN) -> None:
+    async def close(self, code: DisconnectInfo = DisconnectCode.SHUTDOWN) -> None:
         """Close every client with ``code`` (reconnect advice), then stop the broker."""
         self.closing = True
         for client in list(self.clients.values()) + list(self._connecting):
@@ -154,7 +154,7 @@ class Node:
         await self.broker.close()
         await self.presence_store.close()
 
-    async def drain(self, window: float, code: int = DisconnectCode.SHUTDOWN) -> None:
+    async def drain(self, window: float, code: DisconnectInfo = DisconnectCode.SHUTDOWN) -> None:
         """Graceful drain: stop accepting (``ready`` turns false, upgrades get 503), then
         close every client with ``code`` (3001: reconnect elsewhere), flushing what is
         queued, in equal batches spread over ``window`` seconds so that the clients do not
@@ -549,10 +549,8 @@ class Node:
     async def unsubscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
         """Server-side unsubscribe: the client gets an ``unsubscribe`` push (code 2000)."""
         self.namespace(channel)
-        code = UnsubscribeCode.SERVER
-        push = Push(
-            channel=channel, unsubscribe=Unsubscribe(code=code, reason=UNSUBSCRIBE_REASONS[code])
-        )
+        why = UnsubscribeCode.SERVER
+        push = Push(channel=channel, unsubscribe=Unsubscribe(code=why.code, reason=why.reason))
         payload = codec.encode_push(push)
         for client in self._targets(user, client_id):
             if channel in client.subs:
@@ -562,16 +560,16 @@ class Node:
     def disconnect_user(
         self,
         user: str,
-        code: int,
-        reason: str,
+        disconnect: DisconnectInfo,
         client_id: str = "",
         whitelist: list[str] | None = None,
     ) -> int:
-        """Close the connections of ``user`` (or one client). Returns how many."""
+        """Close the connections of ``user`` (or one client) with ``disconnect``. Returns
+        how many."""
         keep = set(whitelist or ())
         targets = [c for c in self._targets(user, client_id) if c.id not in keep]
         for client in targets:
-            client.close(code, reason)
+            client.close(disconnect)
         return len(targets)
 
     def stats(self) -> dict[str, int]:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from tether.core.node import Node
 from tether.errors import BrokerUnavailable, ClientError
-from tether.protocol.codes import DisconnectCode, ErrorCode
+from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, ErrorInfo
 from tether.protocol.messages import StreamPosition
 
 log = structlog.get_logger("tether.api")
@@ -66,8 +66,8 @@ class UserChannelBody(_Body):
 
 
 class DisconnectSpec(_Body):
-    code: int = int(DisconnectCode.FORCE_NO_RECONNECT)
-    reason: str = "force disconnect"
+    code: int = DisconnectCode.FORCE_NO_RECONNECT.code
+    reason: str = DisconnectCode.FORCE_NO_RECONNECT.reason
 
 
 class DisconnectBody(_Body):
@@ -104,9 +104,9 @@ class BatchBody(_Body):
 class ApiError(Exception):
     """An error answered with an HTTP status (400, 404) instead of 200."""
 
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+    def __init__(self, status: int, error: ErrorInfo, message: str) -> None:
         self.status = status
-        self.code = code
+        self.error = error
         self.message = message
         super().__init__(message)
 
@@ -140,7 +140,7 @@ async def _broadcast(node: Node, body: BroadcastBody) -> dict[str, Any]:
                 coalesce_key=body.coalesce_key,
             )
         except ClientError as exc:
-            responses.append({"error": {"code": int(exc.code), "message": exc.message}})
+            responses.append({"error": {"code": exc.code, "message": exc.message}})
         else:
             position = result.position
             responses.append({"result": {"offset": position.offset, "epoch": position.epoch}})
@@ -159,9 +159,11 @@ async def _unsubscribe(node: Node, body: UserChannelBody) -> dict[str, Any]:
 
 async def _disconnect(node: Node, body: DisconnectBody) -> dict[str, Any]:
     spec = body.disconnect or DisconnectSpec()
-    if not 3000 <= spec.code <= 4999:
-        raise ClientError(ErrorCode.BAD_REQUEST, "disconnect code must be 3000-4999")
-    node.disconnect_user(body.user, spec.code, spec.reason, body.client, body.whitelist)
+    try:
+        disconnect = DisconnectInfo(spec.code, spec.reason)
+    except ValueError as exc:  # not a code a server may close with (should_reconnect)
+        raise ClientError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    node.disconnect_user(body.user, disconnect, body.client, body.whitelist)
     return {}
 
 
@@ -235,7 +237,7 @@ async def call(node: Node, method: str, raw: bytes) -> dict[str, Any]:
     try:
         return {"result": await METHODS[method][1](node, body)}
     except ClientError as exc:
-        return {"error": {"code": int(exc.code), "message": exc.message}}
+        return {"error": {"code": exc.code, "message": exc.message}}
 
 
 async def _batch(node: Node, raw: bytes) -> dict[str, Any]:
@@ -274,8 +276,8 @@ def _json(
     )
 
 
-def _error(status: int, code: ErrorCode, message: str, **extra: Any) -> web.Response:
-    return _json({"error": {"code": int(code), "message": message, **extra}}, status)
+def _error(status: int, error: ErrorInfo, message: str, **extra: Any) -> web.Response:
+    return _json({"error": {"code": error.code, "message": message, **extra}}, status)
 
 
 async def handle_api(request: web.Request) -> web.Response:
@@ -289,13 +291,13 @@ async def handle_api(request: web.Request) -> web.Response:
             return _json(await _batch(node, raw))
         answer = await call(node, method, raw)
         error = answer.get("error")
-        if error is not None and error["code"] == ErrorCode.TOO_MANY_REQUESTS:
+        if error is not None and error["code"] == ErrorCode.TOO_MANY_REQUESTS.code:
             # Load shedding: refused before any work; retry after a pause.
             error["temporary"] = True
             return _json(answer, 429, headers={"Retry-After": "1"})
         return _json(answer)
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.error, exc.message)
     except BrokerUnavailable as exc:
         log.warning("api call failed: broker unavailable", method=method, error=str(exc))
         response = _error(503, ErrorCode.INTERNAL, "broker unavailable", temporary=True)
