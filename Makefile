@@ -72,6 +72,13 @@ bench-resilience: $(BENCH_STAMP)
 bench-scale: $(BENCH_STAMP)
 	timeout 900 $(BIN)/python bench/scale.py --out docs/benchmarks.md
 
+## Regenerate the Protobuf code of the client protocol (src/tether/protocol/_pb/) from its
+## client.proto with the pinned protoc; commit the result.
+.PHONY: proto
+proto: $(STAMP)
+	$(BIN)/pip install -q -e '.[codegen]'
+	cd src && ../$(BIN)/protoc -I. --python_out=. --pyi_out=. tether/protocol/_pb/client.proto
+
 clean:
 	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache
 
