@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from tether.brokers.sharded import shard_address
+from tether.core.lanes import LANE_NAMES, Lane, default_publish_limits
 from tether.errors import ConfigError
 from tether.protocol.channels import DEFAULT_NAMESPACE
 
@@ -44,12 +45,10 @@ class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Any connected client may subscribe without a subscription token."""
     allow_history: bool = False
     """Subscribers may call history, presence and presence_stats from the client."""
-    lane: str = "standard"
+    lane: str = Lane.STANDARD.value
     """Event class: ``critical`` (never dropped, sent first), ``standard``, or ``ephemeral``
-    (typing, cursors: coalesced or dropped under pressure, never stored in history)."""
-
-
-LANES = ("critical", "standard", "ephemeral")
+    (typing, cursors: coalesced or dropped under pressure, never stored in history); what
+    each means is :mod:`tether.core.lanes`."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -76,9 +75,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     flush_max_delay: float = 0.002
     ephemeral_queue_bytes: int = 64 << 10
     ephemeral_window: float = 0.02
-    lane_publish_limits: dict[str, int] = msgspec.field(
-        default_factory=lambda: {"critical": 10000, "standard": 5000, "ephemeral": 1000}
-    )
+    lane_publish_limits: dict[str, int] = msgspec.field(default_factory=default_publish_limits)
     client_publish_rate: float = 50
     client_publish_burst: int = 100
     max_connections: int = 100000
@@ -188,12 +185,14 @@ def _validate(config: Config) -> None:
     ):
         if getattr(config, key) < 0:
             raise bad(key, "must be 0 (unlimited / immediate) or more")
-    for lane in LANES:
+    for lane in LANE_NAMES:
         if config.lane_publish_limits.get(lane, 0) <= 0:
             raise bad(f"lane_publish_limits.{lane}", "must be greater than 0")
     for lane in config.lane_publish_limits:
-        if lane not in LANES:
-            raise bad(f"lane_publish_limits.{lane}", f"is not a lane (one of {', '.join(LANES)})")
+        if lane not in LANE_NAMES:
+            raise bad(
+                f"lane_publish_limits.{lane}", f"is not a lane (one of {', '.join(LANE_NAMES)})"
+            )
     if config.broker not in ("memory", "redis"):
         raise bad("broker", "must be memory or redis")
     if config.broker == "redis" and not config.redis_url.startswith(
@@ -216,9 +215,9 @@ def _validate(config: Config) -> None:
             raise bad(where, "needs both history_size and history_ttl above 0, or neither")
         if ns.recover and ns.history_size == 0:
             raise bad(f"{where}.recover", "needs history (history_size and history_ttl)")
-        if ns.lane not in LANES:
-            raise bad(f"{where}.lane", f"must be one of {', '.join(LANES)}")
-        if ns.lane == "ephemeral" and ns.history_size > 0:
+        if ns.lane not in LANE_NAMES:
+            raise bad(f"{where}.lane", f"must be one of {', '.join(LANE_NAMES)}")
+        if not Lane.named(ns.lane).stored and ns.history_size > 0:
             raise bad(f"{where}.lane", "ephemeral events are never stored: set history_size 0")
 
 

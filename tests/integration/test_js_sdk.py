@@ -484,16 +484,17 @@ async def test_js_client_resubscribes_and_recovers_after_its_standard_lane_is_sh
     server: Server, api: Api, js: Spawn
 ) -> None:
     # The server side of a shed (see test_overload_and_drain.py): frames of the channel
-    # are dropped for this client, then it gets an unsubscribe push 2500.
+    # held for this client are dropped, then it gets an unsubscribe push 2500.
     channel = "chat:shed"
     client = await js("subscribe", token=token("erin"), channel=channel)
     first = await client.expect("subscribed", channel=channel)
     await publish_many(api, channel, range(1, 3))
     await client.expect("publication", offset=2)
     [conn] = [c for c in server.node.clients.values() if c.user == "erin"]
-    conn._shedding = True  # what the queue does when it drops the standard lane
-    await publish_many(api, channel, range(3, 6))  # dropped for erin
-    conn._resubscribe_standard()  # the next tick after the shed
+    conn.pause_writing()  # as when erin's socket buffer is full: her frames are held
+    await publish_many(api, channel, range(3, 6))
+    conn.shed_standard()  # what the queue does over its bound: 3-5 dropped for erin
+    conn.resume_writing()
 
     subscribing = await client.expect("subscribing", channel=channel, code=2500)
     resubscribed = await client.expect("subscribed", channel=channel)

@@ -33,6 +33,7 @@ from tether.auth import mint_connection_token
 from tether.brokers.base import Broker
 from tether.brokers.memory import MemoryPresenceStore
 from tether.config import Config
+from tether.core.lanes import Lane
 from tether.core.node import Node
 from tether.server import Server, run
 from tether.testing.brokers import FaultyBroker
@@ -436,7 +437,7 @@ async def test_api_answers_429_with_retry_after_while_the_lane_is_saturated() ->
     assert answer["error"]["code"] == 111
     assert answer["error"]["temporary"] is True
     assert first[0] == chat[0] == after[0] == 200
-    assert server.node.shed["standard"] == 1
+    assert server.node.lanes.shed[Lane.STANDARD] == 1
     # The refused publish did no work: only the accepted ones are in the stream.
     assert [msgspec.json.decode(bytes(p.data))["n"] for p in history.publications] == [1, 3]
 

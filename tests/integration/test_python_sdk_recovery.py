@@ -222,8 +222,8 @@ async def test_after_the_standard_lane_is_shed_the_sdk_resubscribes_and_recovers
     server: Server, sdk: SdkClients, http: HttpApi
 ) -> None:
     # The server side of a shed (tether.core.outbound: a connection over its bound sheds
-    # its standard lane, see test_overload_and_drain.py): frames of the channel are
-    # dropped for this client, then it gets an unsubscribe push 2500.
+    # its standard lane, see test_overload_and_drain.py): frames of the channel held for
+    # this client are dropped, then it gets an unsubscribe push 2500.
     client, _ = await sdk.connect(server.port, "alice")
     _, sub_events, first = await subscribe(client, "chat:room")
     await _publish(http, "chat:room", 1, 2)
@@ -231,9 +231,10 @@ async def test_after_the_standard_lane_is_shed_the_sdk_resubscribes_and_recovers
     while not sub_events.subscribing.empty():  # the first subscribe's event
         sub_events.subscribing.get_nowait()
     [conn] = [c for c in server.node.clients.values() if c.user == "alice"]
-    conn._shedding = True  # what the queue does when it drops the standard lane
-    await _publish(http, "chat:room", 3, 4, 5)  # dropped for alice
-    conn._resubscribe_standard()  # the next tick after the shed
+    conn.pause_writing()  # as when alice's socket buffer is full: her frames are held
+    await _publish(http, "chat:room", 3, 4, 5)
+    conn.shed_standard()  # what the queue does over its bound: 3-5 dropped for alice
+    conn.resume_writing()
 
     unsubscribed = await next_event(sub_events.subscribing)
     resubscribed = await next_event(sub_events.subscribed)
@@ -249,3 +250,4 @@ async def test_after_the_standard_lane_is_shed_the_sdk_resubscribes_and_recovers
     assert resubscribed.stream_position.epoch == first.stream_position.epoch
     assert [p.offset for p in sub_events.received] == [1, 2, 3, 4, 5, 6]
     assert server.node.queue_limits.stats.standard_resubscribes == 1
+    assert server.node.queue_limits.stats.standard_shed_bytes > 0  # 3-5 were dropped

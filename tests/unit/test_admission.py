@@ -17,6 +17,7 @@ import pytest
 from tether.auth import mint_connection_token
 from tether.config import Config
 from tether.core.admission import Admission, TokenBucket
+from tether.core.lanes import Lane
 from tether.core.node import Node
 from tether.protocol.codes import DisconnectCode
 from tether.testing.brokers import FaultyBroker
@@ -234,7 +235,7 @@ async def test_client_publish_to_a_saturated_lane_gets_temporary_error_111() -> 
         assert refused["error"]["code"] == 111
         assert refused["error"]["temporary"] is True
         assert "publish" in accepted
-        assert node.shed["standard"] == 1
+        assert node.lanes.shed[Lane.STANDARD] == 1
 
 
 async def test_saturated_lane_does_not_refuse_publishes_of_other_lanes() -> None:
@@ -254,4 +255,4 @@ async def test_saturated_lane_does_not_refuse_publishes_of_other_lanes() -> None
         broker.release("publish")
         await asyncio.gather(hanging, chat_publish)
 
-        assert node.shed == {"critical": 0, "standard": 0, "ephemeral": 0}
+        assert node.lanes.shed == dict.fromkeys(Lane, 0)

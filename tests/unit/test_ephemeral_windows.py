@@ -13,7 +13,8 @@ from collections.abc import Callable
 from msgspec import Raw
 
 from tether.core.hub import Hub
-from tether.core.outbound import OutboundQueue, QueueLimits, QueueStats
+from tether.core.lanes import Lane
+from tether.core.outbound import OutboundQueue, OverflowPolicy, QueueLimits, QueueStats
 from tether.core.transport import Cadence, Flusher
 from tether.protocol.messages import Publication
 
@@ -72,15 +73,27 @@ class Recorder:
         raise AssertionError(f"closed {code} {reason}")
 
 
+class NeverOverflows:
+    """The owner of a queue that must never reach its bound here."""
+
+    def can_recover_standard(self) -> bool:
+        raise AssertionError("over the bound")
+
+    def resubscribe_standard(self) -> None:
+        raise AssertionError("shed")
+
+    def close_slow(self) -> None:
+        raise AssertionError("slow")
+
+
 class Subscriber(OutboundQueue):
-    __slots__ = ("transport",)
+    __slots__ = ("limits",)
+
+    transport: Recorder
 
     def __init__(self, limits: QueueLimits) -> None:
-        super().__init__(limits)
-        self.transport = Recorder()
-
-    def _on_slow(self) -> None:
-        raise AssertionError("slow")
+        super().__init__(limits, Recorder(), NeverOverflows())
+        self.limits = limits
 
 
 def setup(subscribers: int = 3) -> tuple[Hub, FakeLoop, list[Subscriber]]:
@@ -94,15 +107,14 @@ def setup(subscribers: int = 3) -> tuple[Hub, FakeLoop, list[Subscriber]]:
     )
     hub.use_ephemeral_cadence(cadence.request)
     limits = QueueLimits(
-        max_bytes=1 << 20,
-        max_ephemeral_bytes=1 << 16,
+        policy=OverflowPolicy(max_bytes=1 << 20, max_ephemeral_bytes=1 << 16),
         flusher=flusher,
         call_soon=loop.call_soon,
         stats=stats,
     )
     subs = [Subscriber(limits) for _ in range(subscribers)]
     for sub in subs:
-        for channel, lane in ((CHANNEL, "ephemeral"), ("chat:room", "critical")):
+        for channel, lane in ((CHANNEL, Lane.EPHEMERAL), ("chat:room", Lane.CRITICAL)):
             hub.add_pending(channel, sub)  # type: ignore[arg-type]
             hub.go_live(channel, sub, after_offset=0, lane=lane)  # type: ignore[arg-type]
     return hub, loop, subs
@@ -110,7 +122,7 @@ def setup(subscribers: int = 3) -> tuple[Hub, FakeLoop, list[Subscriber]]:
 
 def typing(hub: Hub, user: str, n: int) -> None:
     publication = Publication(data=Raw(f'"{user}{n}"'.encode()))
-    hub.broadcast_publication(CHANNEL, publication, "ephemeral", key=user)
+    hub.broadcast_publication(CHANNEL, publication, Lane.EPHEMERAL, key=user)
 
 
 def sent(sub: Subscriber) -> list[str]:
@@ -149,7 +161,7 @@ def test_frames_without_a_coalescing_key_are_all_delivered() -> None:
     hub, loop, subs = setup(subscribers=1)
     for n in range(4):
         hub.broadcast_publication(
-            CHANNEL, Publication(data=Raw(f'"c{n}"'.encode())), "ephemeral", key=None
+            CHANNEL, Publication(data=Raw(f'"c{n}"'.encode())), Lane.EPHEMERAL, key=None
         )
         loop.settle()
     loop.advance(WINDOW)
@@ -162,7 +174,9 @@ def test_a_chat_frame_is_not_held_by_an_open_typing_window() -> None:
     typing(hub, "ann", 0)
     loop.settle()
     typing(hub, "ann", 1)  # the window is now open until WINDOW
-    hub.broadcast_publication("chat:room", Publication(data=Raw(b'"hello"'), offset=1), "critical")
+    hub.broadcast_publication(
+        "chat:room", Publication(data=Raw(b'"hello"'), offset=1), Lane.CRITICAL
+    )
     loop.settle()
     assert [sent(s) for s in subs] == [["ann0", "hello"]] * 3
     loop.advance(WINDOW)
@@ -173,10 +187,10 @@ def test_a_subscriber_that_goes_live_during_a_window_gets_each_frame_once() -> N
     hub, loop, subs = setup(subscribers=1)
     typing(hub, "ann", 0)
     loop.settle()
-    newcomer = Subscriber(subs[0]._limits)
+    newcomer = Subscriber(subs[0].limits)
     hub.add_pending(CHANNEL, newcomer)  # type: ignore[arg-type]
     typing(hub, "bob", 1)  # buffered for the newcomer, and in the open window
-    hub.go_live(CHANNEL, newcomer, after_offset=0, lane="ephemeral")  # type: ignore[arg-type]
+    hub.go_live(CHANNEL, newcomer, after_offset=0, lane=Lane.EPHEMERAL)  # type: ignore[arg-type]
     loop.advance(WINDOW)
     assert sent(newcomer) == ["bob1"]
     assert sent(subs[0]) == ["ann0", "bob1"]

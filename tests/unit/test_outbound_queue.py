@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from tether.core.outbound import OutboundQueue, QueueLimits
+from tether.core.outbound import OutboundQueue, OverflowPolicy, QueueLimits
 from tether.core.transport import Flusher
 from tether.testing.servers import OPEN, make_config
 from tether.testing.transports import LocalSession, local_node
@@ -62,45 +62,64 @@ class RecordingTransport:
         return [f + b"\n" for w in self.writes for f in w.split(b"\n") if f]
 
 
-class Queue(OutboundQueue):
-    """An outbound queue whose slow-client callback records the cut-off."""
+class Owner:
+    """The connection side of a queue: records what the overflow rule asks of it.
+    ``recoverable``: whether its standard lane could be recovered (a client with a chat
+    to protect and recoverable feeds)."""
 
-    __slots__ = ("slow_calls", "transport")
-
-    def __init__(self, limits: QueueLimits) -> None:
-        super().__init__(limits)
-        self.transport = RecordingTransport()
+    def __init__(self, transport: RecordingTransport, *, recoverable: bool = False) -> None:
+        self.transport = transport
+        self.recoverable = recoverable
         self.slow_calls = 0
+        self.sheds = 0
+        self.resubscribes = 0
 
-    def _on_slow(self) -> None:
+    def can_recover_standard(self) -> bool:
+        if self.recoverable:
+            self.sheds += 1
+        return self.recoverable
+
+    def resubscribe_standard(self) -> None:
+        self.resubscribes += 1  # the channels resubscribe later (the test ends shedding)
+
+    def close_slow(self) -> None:
         self.slow_calls += 1
         self.transport.close(3008, "slow")
 
 
-class SheddingQueue(Queue):
-    """A queue whose connection can resubscribe its standard channels (a client with a
-    chat to protect): it allows shedding the standard lane and records it."""
+class Queue(OutboundQueue):
+    """An outbound queue over a recording transport, with its owner at hand."""
 
-    __slots__ = ("sheds",)
+    __slots__ = ("owner",)
 
-    def __init__(self, limits: QueueLimits) -> None:
-        super().__init__(limits)
-        self.sheds = 0
+    transport: RecordingTransport
 
-    def _shed_standard(self) -> bool:
-        self.sheds += 1
-        return True
+    def __init__(self, limits: QueueLimits, *, recoverable: bool = False) -> None:
+        transport = RecordingTransport()
+        owner = Owner(transport, recoverable=recoverable)
+        super().__init__(limits, transport, owner)
+        self.owner = owner
+
+    @property
+    def slow_calls(self) -> int:
+        return self.owner.slow_calls
+
+    @property
+    def sheds(self) -> int:
+        return self.owner.sheds
 
 
-def make_queue(max_bytes: int = 10_000, max_ephemeral_bytes: int = 1_000) -> tuple[Queue, Tick]:
+def make_limits(tick: Tick, max_bytes: int, max_ephemeral_bytes: int) -> QueueLimits:
+    policy = OverflowPolicy(max_bytes=max_bytes, max_ephemeral_bytes=max_ephemeral_bytes)
+    return QueueLimits(policy=policy, flusher=Flusher(tick.call_soon), call_soon=tick.call_soon)
+
+
+def make_queue(
+    max_bytes: int = 10_000, max_ephemeral_bytes: int = 1_000, *, recoverable: bool = False
+) -> tuple[Queue, Tick]:
     tick = Tick()
-    limits = QueueLimits(
-        max_bytes=max_bytes,
-        max_ephemeral_bytes=max_ephemeral_bytes,
-        flusher=Flusher(tick.call_soon),
-        call_soon=tick.call_soon,
-    )
-    return Queue(limits), tick
+    limits = make_limits(tick, max_bytes, max_ephemeral_bytes)
+    return Queue(limits, recoverable=recoverable), tick
 
 
 def frame(name: str, size: int = 16) -> bytes:
@@ -159,7 +178,7 @@ def test_chat_frames_keep_their_order_and_none_is_lost_in_a_typing_storm() -> No
     chat = [name for name in written if name.startswith("chat-")]
     assert chat == [f"chat-{n}" for n in range(1, 101)]
     typing = [name for name in written if name.startswith("typing-")]
-    stats = queue._limits.stats
+    stats = queue.stats
     assert stats.slow_disconnects == 0
     assert stats.ephemeral_coalesced > 0
     assert typing[-5:] == [f"typing-100-{i}" for i in range(5)]  # the newest of each typist
@@ -179,8 +198,8 @@ def test_ephemeral_frames_with_the_same_key_keep_only_the_newest() -> None:
     tick.run()
 
     assert names(queue.transport.frames) == ["bob-typing-1", "ann-typing-3"]
-    assert queue._limits.stats.ephemeral_coalesced == 2
-    assert queue._limits.stats.ephemeral_dropped == 0
+    assert queue.stats.ephemeral_coalesced == 2
+    assert queue.stats.ephemeral_dropped == 0
 
 
 def test_ephemeral_frames_without_a_shared_key_are_never_coalesced() -> None:
@@ -190,7 +209,7 @@ def test_ephemeral_frames_without_a_shared_key_are_never_coalesced() -> None:
     tick.run()
 
     assert names(queue.transport.frames) == ["cursor-0", "cursor-1", "cursor-2"]
-    assert queue._limits.stats.ephemeral_coalesced == 0
+    assert queue.stats.ephemeral_coalesced == 0
 
 
 def test_full_ephemeral_lane_drops_its_oldest_frames_first() -> None:
@@ -200,8 +219,8 @@ def test_full_ephemeral_lane_drops_its_oldest_frames_first() -> None:
     tick.run()
 
     assert names(queue.transport.frames) == ["cat", "dan", "eve"]
-    assert queue._limits.stats.ephemeral_dropped == 2
-    assert queue._limits.stats.slow_disconnects == 0
+    assert queue.stats.ephemeral_dropped == 2
+    assert queue.stats.slow_disconnects == 0
     assert queue.transport.closed is None
 
 
@@ -217,8 +236,8 @@ def test_ephemeral_frames_are_dropped_to_make_room_for_a_chat_frame() -> None:
     tick.run_all()
 
     assert names(queue.transport.frames) == ["chat-1", "feed-1", "cat", "dan"]
-    assert queue._limits.stats.ephemeral_dropped == 2
-    assert queue._limits.stats.slow_disconnects == 0
+    assert queue.stats.ephemeral_dropped == 2
+    assert queue.stats.slow_disconnects == 0
     assert queue.slow_calls == 0
 
 
@@ -233,7 +252,7 @@ def test_ephemeral_frame_never_makes_a_connection_slow() -> None:
     tick.run()
 
     assert names(queue.transport.frames) == ["chat-1", "chat-2"]
-    assert queue._limits.stats.ephemeral_dropped == 1
+    assert queue.stats.ephemeral_dropped == 1
     assert queue.slow_calls == 0
 
 
@@ -250,7 +269,7 @@ def test_chat_frames_over_the_bound_close_the_connection_as_slow_after_fan_out()
     tick.run_all()
     assert queue.slow_calls == 1  # ...but on a following tick
     assert queue.transport.closed == (3008, "slow")
-    assert queue._limits.stats.slow_disconnects == 1
+    assert queue.stats.slow_disconnects == 1
     assert queue.transport.writes == []
 
 
@@ -262,7 +281,7 @@ def test_standard_frame_that_does_not_fit_closes_the_connection_as_slow() -> Non
     tick.run_all()
 
     assert queue.slow_calls == 1
-    assert queue._limits.stats.slow_disconnects == 1
+    assert queue.stats.slow_disconnects == 1
 
 
 def test_a_large_tick_to_a_writable_socket_is_written_not_counted_as_slow() -> None:
@@ -278,10 +297,8 @@ def test_a_large_tick_to_a_writable_socket_is_written_not_counted_as_slow() -> N
 # -- bounds: shedding the standard lane to keep the critical lane -----------------------------
 
 
-def _shedding_queue(max_bytes: int) -> tuple[SheddingQueue, Tick]:
-    queue, tick = make_queue(max_bytes=max_bytes)
-    shedding = SheddingQueue(queue._limits)
-    return shedding, tick
+def _shedding_queue(max_bytes: int) -> tuple[Queue, Tick]:
+    return make_queue(max_bytes=max_bytes, recoverable=True)
 
 
 def test_standard_overflow_is_shed_while_the_critical_lane_fits() -> None:
@@ -298,14 +315,72 @@ def test_standard_overflow_is_shed_while_the_critical_lane_fits() -> None:
     tick.run_all()
 
     assert queue.sheds == 1
+    assert queue.owner.resubscribes == 1  # on the tick after the shed
     assert queue.slow_calls == 0
     assert names(queue.transport.frames) == ["chat-1", "chat-2"]
-    assert queue._limits.stats.standard_shed_bytes == 64  # feed-1 to feed-4 (16 bytes each)
+    assert queue.stats.standard_shed_bytes == 64  # feed-1 to feed-4 (16 bytes each)
 
     queue.end_shedding()  # the standard channels resubscribed
     queue.attach([frame("feed-6")])
     tick.run_all()
     assert names(queue.transport.frames)[-1] == "feed-6"
+
+
+def test_standard_overflow_is_slow_when_the_connection_cannot_recover_its_standard_lane() -> None:
+    queue, tick = make_queue(max_bytes=64)  # its owner cannot recover the standard lane
+    queue.pause_writing()
+    queue.enqueue_urgent(frame("chat-1"))
+    for n in range(1, 5):
+        queue.attach([frame(f"feed-{n}")])
+    tick.run_all()
+
+    assert queue.slow_calls == 1
+    assert queue.stats.standard_shed_bytes == 0
+
+
+def test_a_connection_that_overflows_again_soon_after_a_shed_is_slow() -> None:
+    now = [0.0]
+    tick = Tick()
+    policy = OverflowPolicy(
+        max_bytes=48, max_ephemeral_bytes=1_000, shed_interval=60, clock=lambda: now[0]
+    )
+    limits = QueueLimits(policy=policy, flusher=Flusher(tick.call_soon), call_soon=tick.call_soon)
+    queue = Queue(limits, recoverable=True)
+    queue.pause_writing()
+    for n in range(1, 5):
+        queue.enqueue(frame(f"feed-{n}"))
+    tick.run_all()
+    queue.end_shedding()  # its standard channels resubscribed
+    now[0] = 59.0
+    for n in range(5, 9):
+        queue.enqueue(frame(f"feed-{n}"))
+    tick.run_all()
+
+    assert queue.owner.resubscribes == 1
+    assert queue.slow_calls == 1
+
+
+def test_shedding_the_standard_lane_drops_its_queued_frames_and_keeps_the_critical_lane() -> None:
+    queue, tick = make_queue()
+    queue.pause_writing()
+    queue.enqueue(frame("feed-1"))
+    queue.enqueue_urgent(frame("chat-1"))
+    tick.run_all()  # held while the socket is full
+    queue.attach([frame("feed-2")])
+    queue.shed_standard()
+    queue.attach([frame("feed-3")])  # refused until the channels resubscribed
+    queue.resume_writing()
+    tick.run_all()
+
+    assert queue.shedding
+    assert queue.owner.resubscribes == 1
+    assert names(queue.transport.frames) == ["chat-1"]
+    assert queue.stats.standard_shed_bytes == 32  # feed-1 and feed-2
+    queue.end_shedding()
+    queue.attach([frame("feed-4")])
+    tick.run_all()
+    assert names(queue.transport.frames) == ["chat-1", "feed-4"]
+    assert queue.slow_calls == 0
 
 
 def test_critical_data_over_the_bound_is_slow_even_when_standard_could_be_shed() -> None:
@@ -348,7 +423,7 @@ def test_slow_connection_accepts_nothing_more_and_is_cut_off_once() -> None:
     tick.run_all()
 
     assert queue.slow_calls == 1
-    assert queue._limits.stats.slow_disconnects == 1
+    assert queue.stats.slow_disconnects == 1
     assert queue.transport.writes == []  # it catches up through recovery instead
 
 

@@ -2,9 +2,11 @@
 
 The client owns its bounded outbound queue (framed bytes, flushed once per loop tick by
 the node's :class:`~tether.core.transport.Flusher`) and the one task that runs its commands
-in order. Fan-out reaches it only through :meth:`Client.enqueue`, which never awaits and
-never changes hub membership: a client that overflows its queue is closed on the next tick
-with 3008 (slow) and catches up through recovery when it reconnects.
+in order. Fan-out reaches it only through the queue's enqueue and attach methods, which
+never await and never change hub membership. What a queue over its bound does is the
+overflow rule (:class:`~tether.core.outbound.OverflowPolicy`); the client is its
+:class:`~tether.core.outbound.QueueOwner`: it says whether its standard lane can be
+recovered, resubscribes it after a shed, and closes itself with 3008 when slow.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import structlog
 from tether import __version__
 from tether.auth import verify_connection_token, verify_subscription_token
 from tether.config import NamespaceConfig
+from tether.core.lanes import Lane, may_shed_standard
 from tether.core.outbound import OutboundQueue
 from tether.errors import (
     BrokerUnavailable,
@@ -84,11 +87,6 @@ class Subscription:
     """A join was published for it, so leaving publishes a leave."""
 
 
-SHED_INTERVAL = 60.0
-"""Seconds after shedding its standard lane during which a connection that overflows
-again is closed as slow instead (see :meth:`Client._shed_standard`)."""
-
-
 def _resubscribable(sub: Subscription) -> bool:
     """The client can resubscribe it and recover what it missed."""
     return not sub.server_side and sub.namespace.recover
@@ -100,7 +98,6 @@ class Client(OutboundQueue):
         "_inbox",
         "_pub_stamp",
         "_pub_tokens",
-        "_shed_at",
         "_worker",
         "awaiting_pong",
         "conn_info",
@@ -110,14 +107,12 @@ class Client(OutboundQueue):
         "node",
         "state",
         "subs",
-        "transport",
         "user",
     )
 
     def __init__(self, node: Node, transport: ClientTransport) -> None:
-        super().__init__(node.queue_limits)
+        super().__init__(node.queue_limits, transport, owner=self)
         self.node = node
-        self.transport = transport
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: msgspec.Raw | None = None
@@ -128,7 +123,6 @@ class Client(OutboundQueue):
         self.awaiting_pong = False
         self._pub_tokens = float(node.config.client_publish_burst)
         self._pub_stamp = 0.0
-        self._shed_at: float | None = None
         self._inbox: deque[Command] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -142,45 +136,39 @@ class Client(OutboundQueue):
         goes before every lane."""
         self.enqueue_urgent(self.node.frame(payload))
 
-    def _on_slow(self) -> None:
+    # -- the queue's owner (QueueOwner: what the overflow rule asks of the connection) --
+
+    def close_slow(self) -> None:
         log.info("slow client disconnected", client=self.id, user=self.user)
         self.close(DisconnectCode.SLOW)
 
-    def _shed_standard(self) -> bool:
-        """The queue overflowed with standard-lane data while the critical lane fits.
-        To keep a chat (critical) flowing past a flood in a feed, drop the standard data
-        instead of the connection when: the connection has a live critical subscription,
-        every live standard subscription is the client's own and recovers from history,
-        and it has not shed in the last :data:`SHED_INTERVAL` seconds (a client that
-        overflows again cannot keep up: it is slow). On the next tick each standard
-        subscription gets an ``unsubscribe`` push 2500 and the SDK resubscribes from its
-        position, recovering exactly what was dropped. Otherwise: closed with 3008."""
-        now = self.node.clock()
-        if self._shed_at is not None and now - self._shed_at < SHED_INTERVAL:
-            return False
-        if not any(s.live and s.namespace.lane == "critical" for s in self.subs.values()):
-            return False
-        subs = self._standard_subs()
-        if not subs or not all(_resubscribable(sub) for sub in subs):
-            return False
-        self._shed_at = now
-        self.node.loop.call_soon(self._resubscribe_standard)
-        return True
+    def can_recover_standard(self) -> bool:
+        """The lane rule (:func:`~tether.core.lanes.may_shed_standard`) on the live
+        subscriptions: a live critical one to keep, and every live standard one the
+        client's own with recovery. After a shed each standard subscription gets an
+        ``unsubscribe`` push 2500 and the SDK resubscribes from its position, recovering
+        exactly what was dropped."""
+        return may_shed_standard(
+            (Lane.named(s.namespace.lane), _resubscribable(s)) for s in self.subs.values() if s.live
+        )
 
     def _standard_subs(self) -> list[Subscription]:
-        return [s for s in self.subs.values() if s.live and s.namespace.lane == "standard"]
+        return [s for s in self.subs.values() if s.live and Lane.named(s.namespace.lane).sheddable]
 
-    def _resubscribe_standard(self) -> None:
+    def resubscribe_standard(self) -> None:
+        """The tick after a shed: every live standard subscription is resubscribed (2500),
+        or, if one can no longer be recovered (it went live meanwhile), the connection is
+        closed as slow."""
         if self.state is ConnectionState.CLOSED:
             return
         subs = self._standard_subs()
-        if not all(_resubscribable(sub) for sub in subs):  # one went live meanwhile
+        if not all(_resubscribable(sub) for sub in subs):
             self.close(DisconnectCode.SLOW)
             return
         for sub in subs:
             self.resubscribe(sub.channel)
         self.end_shedding()
-        self._limits.stats.standard_resubscribes += len(subs)
+        self.stats.standard_resubscribes += len(subs)
         log.info("standard lane shed", client=self.id, user=self.user, channels=len(subs))
 
     # -- lifecycle --------------------------------------------------------------------
@@ -482,7 +470,8 @@ class Client(OutboundQueue):
         if sub is None or self.state is ConnectionState.CLOSED:
             return
         sub.live = True
-        self.node.hub.go_live(channel, self, after_offset=after_offset, lane=sub.namespace.lane)
+        lane = Lane.named(sub.namespace.lane)
+        self.node.hub.go_live(channel, self, after_offset=after_offset, lane=lane)
 
     def resubscribe(self, channel: str) -> None:
         """Leave ``channel`` and tell the client to subscribe again from its position

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
+from tether.core.lanes import Lane
 from tether.core.outbound import EphemeralBatch, QueueStats
 from tether.protocol import codec
 from tether.protocol.messages import Publication, Push
@@ -76,7 +77,7 @@ class Hub:
         self._pending.setdefault(channel, {})[client] = []
         return first
 
-    def go_live(self, channel: str, client: Client, *, after_offset: int, lane: str) -> None:
+    def go_live(self, channel: str, client: Client, *, after_offset: int, lane: Lane) -> None:
         """Move ``client`` from pending to live, first enqueuing what was buffered with an
         offset above ``after_offset`` (publications of channels without history, offset 0,
         are all replayed)."""
@@ -123,7 +124,7 @@ class Hub:
         self._batches.clear()
 
     def broadcast_publication(
-        self, channel: str, publication: Publication, lane: str, key: Hashable = None
+        self, channel: str, publication: Publication, lane: Lane, key: Hashable = None
     ) -> None:
         """Deliver a publication to every local subscriber, in ``lane``. ``key`` coalesces
         ephemeral frames (None: this frame coalesces with nothing)."""
@@ -131,12 +132,12 @@ class Hub:
         self._broadcast(channel, payload, publication.offset, lane, key)
         self.publications += 1
 
-    def broadcast_push(self, channel: str, push: Push, lane: str) -> None:
+    def broadcast_push(self, channel: str, push: Push, lane: Lane) -> None:
         """A push that is not a publication (join, leave): offset 0, never deduplicated."""
         self._broadcast(channel, codec.encode_push(push), 0, lane, None)
 
     def _broadcast(
-        self, channel: str, payload: bytes, offset: int, lane: str, key: Hashable
+        self, channel: str, payload: bytes, offset: int, lane: Lane, key: Hashable
     ) -> None:
         live = self._live.get(channel)
         pending = self._pending.get(channel)
@@ -144,7 +145,7 @@ class Hub:
             return
         frame = self._frame(payload)
         if live:
-            if lane == "ephemeral":
+            if lane.coalesced:
                 self._add_to_window(channel, frame, key, len(live))
             else:
                 self.deliveries += len(live)
@@ -153,12 +154,12 @@ class Hub:
                     batch.append(frame)  # every subscriber already holds this batch
                 else:
                     batch = self._batches[channel] = [frame]
-                    if lane == "standard":
-                        for client in live:
-                            client.attach(batch)
-                    else:
+                    if lane.urgent:
                         for client in live:
                             client.attach_urgent(batch)
+                    else:
+                        for client in live:
+                            client.attach(batch)
         if pending:
             entry = (offset, frame, key)
             for buffer in pending.values():
@@ -192,10 +193,10 @@ class Hub:
                 client.attach_ephemeral(batch)
 
 
-def _enqueue(client: Client, frame: bytes, lane: str, key: Hashable) -> None:
-    if lane == "standard":
-        client.enqueue(frame)
-    elif lane == "critical":
+def _enqueue(client: Client, frame: bytes, lane: Lane, key: Hashable) -> None:
+    if lane.urgent:
         client.enqueue_urgent(frame)
-    else:
+    elif lane.coalesced:
         client.enqueue_ephemeral(frame, key if key is not None else object())
+    else:
+        client.enqueue(frame)

@@ -21,11 +21,12 @@ import structlog
 
 from tether import __version__
 from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishResult, StreamPosition
-from tether.config import LANES, Config, NamespaceConfig
+from tether.config import Config, NamespaceConfig
 from tether.core.admission import Admission
 from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
 from tether.core.hub import Framer, Hub
-from tether.core.outbound import QueueLimits
+from tether.core.lanes import Lane, LaneGate
+from tether.core.outbound import OverflowPolicy, QueueLimits
 from tether.core.recovery import RecoveryCache, recover
 from tether.core.transport import Cadence, ClientTransport, Flusher
 from tether.errors import BrokerUnavailable, ClientError
@@ -85,9 +86,8 @@ class Node:
             max_per_ip=config.max_connections_per_ip,
             clock=clock,
         )
-        self._inflight = dict.fromkeys(LANES, 0)
-        self.shed = dict.fromkeys(LANES, 0)
-        """Publishes refused per lane because the lane was saturated."""
+        self.lanes = LaneGate(config.lane_publish_limits)
+        """Publishes in flight per lane; ``lanes.shed``: refused because it was full."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._connecting: dict[Client, None] = {}
@@ -128,9 +128,13 @@ class Node:
             clock=loop.time,
         )
         self.hub.use_ephemeral_cadence(cadence.request)
-        self._queue_limits = QueueLimits(
+        policy = OverflowPolicy(
             max_bytes=self.config.outbound_queue_bytes,
             max_ephemeral_bytes=self.config.ephemeral_queue_bytes,
+            clock=self.clock,
+        )
+        self._queue_limits = QueueLimits(
+            policy=policy,
             flusher=flusher,
             call_soon=loop.call_soon,
             stats=self.hub.stats,
@@ -398,15 +402,15 @@ class Node:
 
     # -- broker events (BrokerEventHandler) -------------------------------------------
 
-    def _lane(self, channel: str) -> str:
+    def _lane(self, channel: str) -> Lane:
         ns = self.config.namespace(namespace_of(channel))
-        return ns.lane if ns is not None else "standard"
+        return Lane.named(ns.lane) if ns is not None else Lane.STANDARD
 
     def on_publication(self, channel: str, publication: Publication) -> None:
         self.recovery.on_publication(channel, publication)
         lane = self._lane(channel)
         key = None
-        if lane == "ephemeral" and publication.tags:
+        if lane.coalesced and publication.tags:
             key = publication.tags.get(COALESCE_TAG)
         self.hub.broadcast_publication(channel, publication, lane, key)
 
@@ -462,11 +466,10 @@ class Node:
         Refused with error 111 (temporary) before any work when the channel's lane
         already has its limit of publishes in flight (load shedding)."""
         ns = self.namespace(channel)
-        lane = ns.lane
-        if self._inflight[lane] >= self.config.lane_publish_limits[lane]:
-            self.shed[lane] += 1
+        lane = Lane.named(ns.lane)
+        if not self.lanes.enter(lane):
             raise ClientError(ErrorCode.TOO_MANY_REQUESTS, f"{lane} lane is saturated")
-        if coalesce_key and lane == "ephemeral":
+        if coalesce_key and lane.coalesced:
             tags = {**(tags or {}), COALESCE_TAG: coalesce_key}
         publication = Publication(data=msgspec.Raw(data), info=info, tags=tags or None)
         options = PublishOptions(
@@ -475,11 +478,10 @@ class Node:
             idempotency_key=idempotency_key,
             idempotency_ttl=self.config.idempotency_ttl,
         )
-        self._inflight[lane] += 1
         try:
             return await self.broker.publish(channel, publication, options)
         finally:
-            self._inflight[lane] -= 1
+            self.lanes.leave(lane)
 
     async def history(
         self,

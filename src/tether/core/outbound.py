@@ -1,6 +1,6 @@
 """Per-connection outbound queue: bounded, in lanes, flushed as one write per loop tick.
 
-Every namespace belongs to a lane (``critical``, ``standard``, ``ephemeral``). On a
+Every namespace belongs to a lane (:mod:`tether.core.lanes` says what each means). On a
 connection, each write sends, in this order:
 
 1. *urgent* frames: replies, pings, pushes to this client, and the ``critical`` lane;
@@ -26,27 +26,25 @@ queue (:meth:`OutboundQueue.attach`); later publications of the same channel in 
 tick only append to the shared list. Per subscriber, a tick costs one append, however many
 publications it carried; the frames are copied once, into the single ``write`` of the flush.
 
-Bounds, checked at every flush while the socket is paused (its buffer is full: the client
-is not keeping up): what is held back for the connection, plus this tick's frames, may not
-exceed ``max_bytes``; the ephemeral lane holds at most ``max_ephemeral_bytes``. (While the
-socket is writable, each tick's data goes straight to it; the socket pauses once its own
-buffer passes asyncio's high-water mark.) Over the bound:
-
-1. ephemeral frames are dropped, oldest first (counted);
-2. if the urgent data fits alone, the *standard lane is shed* when the connection can
-   recover it (:meth:`OutboundQueue._shed_standard`): its queued frames are dropped and
-   its channels are resubscribed through recovery, while the connection and its critical
-   lane stay up, so a flood in a feed cannot cut a chat off;
-3. otherwise the connection is *slow*: it is closed with 3008 on the next tick (never
-   inside fan-out) and catches up through recovery.
+Bounds. While the socket is paused (its buffer is full: the client is not keeping up),
+what is queued is held back, and at every flush :class:`OverflowPolicy` decides what a
+queue over its bound does: drop ephemeral frames, shed the standard lane, or cut the
+connection as slow (it is the one place that says so). While the socket is writable, each
+tick's data goes straight to it; the socket pauses once its own buffer passes asyncio's
+high-water mark. The connection the queue belongs to is its :class:`QueueOwner`: it says
+whether its standard lane can be recovered, resubscribes it after a shed, and closes
+itself when slow, always on a later tick, never inside fan-out.
 
 Nothing here ever awaits.
 """
 
 from __future__ import annotations
 
+import enum
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tether.core.transport import ClientTransport, Flusher
 
@@ -76,12 +74,75 @@ class QueueStats:
     standard_resubscribes: int = 0
 
 
+class QueueOwner(Protocol):
+    """The connection a queue belongs to, as the overflow rule sees it."""
+
+    def can_recover_standard(self) -> bool:
+        """Could this connection's standard lane be dropped and then recovered by
+        resubscribing, and is there something to keep by doing so? (The lane rule:
+        :func:`tether.core.lanes.may_shed_standard`.)"""
+        ...
+
+    def resubscribe_standard(self) -> None:
+        """Called on the tick after a shed: resubscribe the standard-lane channels from
+        their positions, then :meth:`OutboundQueue.end_shedding`; or close the connection
+        if one of them can no longer be recovered."""
+        ...
+
+    def close_slow(self) -> None:
+        """Called on the tick after the queue gave up: close the connection with 3008."""
+        ...
+
+
+class Overflow(enum.Enum):
+    """What a queue over its bound does once its ephemeral frames are dropped."""
+
+    SHED_STANDARD = "shed standard"
+    """Drop the queued standard-lane data; its channels resubscribe and recover it."""
+    SLOW = "slow"
+    """Accept nothing more; the connection is closed with 3008 and recovers on reconnect."""
+
+
+@dataclass(slots=True, frozen=True)
+class OverflowPolicy:
+    """The overflow rule: what a connection's queue does when the client cannot keep up.
+
+    It applies while the socket is paused, at every flush, to what is held back for the
+    connection plus this tick's frames:
+
+    1. the ephemeral lane holds at most ``max_ephemeral_bytes`` (oldest dropped first), and
+       ephemeral frames are dropped, oldest first, while the total is over ``max_bytes``
+       (counted; an ephemeral frame never makes a connection slow);
+    2. if it is still over ``max_bytes``, the *standard lane is shed* when the critical
+       data fits alone, the connection has not shed within ``shed_interval`` seconds (one
+       that overflows again cannot keep up), and its owner can recover the standard lane
+       (:meth:`QueueOwner.can_recover_standard`): so a flood in a feed cannot cut a chat;
+    3. otherwise the connection is *slow*.
+    """
+
+    max_bytes: int
+    max_ephemeral_bytes: int
+    shed_interval: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+
+    def over_bound(self, held: int) -> bool:
+        return held > self.max_bytes
+
+    def decide(self, *, urgent: int, last_shed: float | None, owner: QueueOwner) -> Overflow:
+        """Step 2 or 3 for a queue still over its bound with ``urgent`` bytes of critical
+        data (replies, pings, critical lane) held, which last shed at ``last_shed``."""
+        if urgent > self.max_bytes:
+            return Overflow.SLOW  # shedding the standard lane would not be enough
+        if last_shed is not None and self.clock() - last_shed < self.shed_interval:
+            return Overflow.SLOW  # it shed a moment ago and overflows again: it is slow
+        return Overflow.SHED_STANDARD if owner.can_recover_standard() else Overflow.SLOW
+
+
 @dataclass(slots=True)
 class QueueLimits:
     """What every connection's queue on one node shares."""
 
-    max_bytes: int
-    max_ephemeral_bytes: int
+    policy: OverflowPolicy
     flusher: Flusher
     call_soon: Callable[[Callable[[], None]], object]
     stats: QueueStats = field(default_factory=QueueStats)
@@ -103,10 +164,9 @@ def _flatten(items: list[Item], into: list[bytes]) -> None:
 
 
 class OutboundQueue:
-    """Base of :class:`~tether.core.client.Client`: the queue half of a connection.
-
-    Subclasses provide ``transport`` and :meth:`_on_slow`.
-    """
+    """Base of :class:`~tether.core.client.Client`: the queue half of a connection. What
+    it does over its bound is :class:`OverflowPolicy`'s decision (``limits.policy``), and
+    what that asks of the connection goes to ``owner``."""
 
     __slots__ = (
         "_dirty",
@@ -119,16 +179,19 @@ class OutboundQueue:
         "_held_urgent",
         "_limits",
         "_out",
+        "_owner",
         "_paused",
+        "_shed_at",
         "_shedding",
         "_stopped",
         "_urgent",
+        "transport",
     )
 
-    transport: ClientTransport
-
-    def __init__(self, limits: QueueLimits) -> None:
+    def __init__(self, limits: QueueLimits, transport: ClientTransport, owner: QueueOwner) -> None:
         self._limits = limits
+        self.transport = transport
+        self._owner = owner
         self._out: list[Item] = []
         self._urgent: list[Item] | None = None
         self._eph: dict[Hashable, bytes] | None = None
@@ -141,6 +204,7 @@ class OutboundQueue:
         """Both held lists together."""
         self._held_standard_bytes = 0
         self._shedding = False
+        self._shed_at: float | None = None
         self._dirty = False
         self._paused = False
         self._stopped = False
@@ -192,7 +256,7 @@ class OutboundQueue:
         connection's per-key table instead (coalesced, oldest dropped)."""
         if self._stopped:
             return
-        if self._paused or self._eph_bytes + batch.size > self._limits.max_ephemeral_bytes:
+        if self._paused or self._eph_bytes + batch.size > self._limits.policy.max_ephemeral_bytes:
             self._fold_ephemeral()
             for key, frame in zip(batch.keys, batch.frames, strict=True):
                 self.enqueue_ephemeral(frame, key)
@@ -212,6 +276,7 @@ class OutboundQueue:
         if self._eph_batches is not None:
             self._fold_ephemeral()
         limits = self._limits
+        max_ephemeral_bytes = limits.policy.max_ephemeral_bytes
         eph = self._eph
         if eph is None:
             eph = self._eph = {}
@@ -220,9 +285,9 @@ class OutboundQueue:
             self._eph_bytes -= len(old)
             limits.stats.ephemeral_coalesced += 1
         n = len(frame)
-        while eph and self._eph_bytes + n > limits.max_ephemeral_bytes:
+        while eph and self._eph_bytes + n > max_ephemeral_bytes:
             self._drop_oldest_ephemeral()
-        if n > limits.max_ephemeral_bytes:
+        if n > max_ephemeral_bytes:
             limits.stats.ephemeral_dropped += 1
             return
         eph[key] = frame
@@ -262,13 +327,8 @@ class OutboundQueue:
 
         While the socket is writable, everything queued goes out in one ``write``. While
         it is paused (its buffer is full: the client is not keeping up), what is queued
-        is held instead, and the bounds apply to what is held: ephemeral frames are
-        dropped (oldest first) while the total is over ``max_bytes``; if critical and
-        standard data are still over it, the standard lane is shed when
-        :meth:`_shed_standard` allows it and the critical lane fits alone (its data
-        dropped, its channels resubscribed through recovery); otherwise the connection is
-        slow. ``force`` writes anyway (a closing connection hands its last data to the
-        socket)."""
+        is held instead, within the bounds of :class:`OverflowPolicy`. ``force`` writes
+        anyway (a closing connection hands its last data to the socket)."""
         self._dirty = False
         if self._stopped:
             return
@@ -321,28 +381,27 @@ class OutboundQueue:
             self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _hold(self, urgent: bytes, standard: bytes) -> None:
-        """The socket is paused: keep this tick's data within the bounds (see flush)."""
+        """The socket is paused: keep this tick's data within the bounds, as
+        :class:`OverflowPolicy` says (ephemeral first, then shed standard, else slow)."""
         limits = self._limits
+        policy = limits.policy
         total = self._held_bytes + len(urgent) + len(standard)
         if self._eph_batches is not None:
             self._fold_ephemeral()  # coalesce by key while waiting
-        while self._eph and total + self._eph_bytes > limits.max_bytes:
+        while self._eph and policy.over_bound(total + self._eph_bytes):
             self._drop_oldest_ephemeral()
-        if total > limits.max_bytes:
-            urgent_total = total - self._held_standard_bytes - len(standard)
-            if urgent_total <= limits.max_bytes and self._shed_standard():
-                limits.stats.standard_shed_bytes += total - urgent_total
-                self._shedding = True
-                self._held_standard = None
-                self._held_bytes -= self._held_standard_bytes
-                self._held_standard_bytes = 0
-                standard = b""
-            else:
+        if policy.over_bound(total):
+            held_urgent = total - self._held_standard_bytes - len(standard)
+            decision = policy.decide(urgent=held_urgent, last_shed=self._shed_at, owner=self._owner)
+            if decision is Overflow.SLOW:
                 self._stopped = True
                 self._held_urgent = self._held_standard = None
                 limits.stats.slow_disconnects += 1
-                limits.call_soon(self._on_slow)
+                limits.call_soon(self._owner.close_slow)
                 return
+            limits.stats.standard_shed_bytes += len(standard)
+            standard = b""
+            self.shed_standard()
         if urgent:
             self._held_urgent = _append(self._held_urgent, urgent)
             self._held_bytes += len(urgent)
@@ -351,19 +410,41 @@ class OutboundQueue:
             self._held_bytes += len(standard)
             self._held_standard_bytes += len(standard)
 
-    def _shed_standard(self) -> bool:
-        """The queue is over its bound and the critical lane fits alone: may the standard
-        lane's queued data be dropped? True only if the subclass then makes every standard
-        channel recover what was dropped (and calls :meth:`end_shedding`); until then
-        standard tick batches are dropped too. By default: no, the connection is slow."""
-        return False
+    def shed_standard(self) -> None:
+        """Drop the standard-lane data queued for this connection and refuse the lane's
+        tick batches until :meth:`end_shedding`; on the next tick the owner resubscribes
+        its standard channels (:meth:`QueueOwner.resubscribe_standard`), which recover
+        what was dropped. The critical lane and the connection stay up. This is what the
+        overflow rule does to a queue over its bound that may shed (counted in
+        ``stats``); it may be called at any time."""
+        if self._stopped:
+            return
+        limits = self._limits
+        dropped: list[bytes] = []
+        _flatten(self._out, dropped)
+        self._out = []
+        limits.stats.standard_shed_bytes += self._held_standard_bytes + sum(map(len, dropped))
+        self._held_bytes -= self._held_standard_bytes
+        self._held_standard = None
+        self._held_standard_bytes = 0
+        self._shed_at = limits.policy.clock()
+        if not self._shedding:
+            self._shedding = True
+            limits.call_soon(self._owner.resubscribe_standard)
 
     def end_shedding(self) -> None:
         """The shed standard channels are resubscribing: accept standard frames again."""
         self._shedding = False
 
-    def _on_slow(self) -> None:
-        raise NotImplementedError
+    @property
+    def shedding(self) -> bool:
+        """The standard lane was shed and its channels have not resubscribed yet."""
+        return self._shedding
+
+    @property
+    def stats(self) -> QueueStats:
+        """The node-wide counters this queue adds to (drops, coalescing, sheds, cuts)."""
+        return self._limits.stats
 
     def pause_writing(self) -> None:
         """The socket's buffer is full: keep queueing (within the bounds) without writing."""

@@ -82,7 +82,7 @@ class NodeCollector(Collector):
         shed = CounterMetricFamily(
             "tether_publishes_shed", "Publishes refused (lane full).", labels=["lane"]
         )
-        for lane, count in node.shed.items():
+        for lane, count in node.lanes.shed.items():
             shed.add_metric([lane], count)
         yield shed
         yield counter(
