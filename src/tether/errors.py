@@ -1,26 +1,84 @@
 """Tether's exception tree, split by what the caller can do about it.
 
-* :class:`ProtocolViolation`: the remote peer broke the protocol. Close it (code 3501).
-* :class:`ClientError`: a well-formed request that cannot be served. Answer it with the
-  error code it carries; the connection stays.
-* :class:`DisconnectRequested`: the connection must end with the code it carries.
-* :class:`UnrecoverablePosition`: a history/recovery position the stream no longer holds.
-* :class:`BrokerUnavailable`: the broker could not be reached; temporary, retry later.
-* :class:`ConfigError`: the configuration is invalid; the message names the key.
-* :class:`TokenError`: a token is invalid (or expired, see ``expired``).
+::
+
+    TetherError                   every error Tether raises on purpose
+    ├── PeerError                 the peer broke a protocol: close it, blame it
+    │   ├── ProtocolViolation     the Centrifugo protocol: close with 3501
+    │   └── WebSocketError        RFC 6455: close with its ``code`` (1002, 1007, 1009)
+    ├── HandshakeError            the upgrade is refused: answer its HTTP ``status``
+    ├── ClientError               a request that cannot be served: answer its error code,
+    │   │                         the connection stays
+    │   ├── UnrecoverablePosition the stream no longer holds a position (112)
+    │   └── ApiError              a server API request answered with an HTTP status too
+    ├── DisconnectRequested       the connection must end with the code it carries
+    ├── TokenError                a token is invalid (or expired, see ``expired``)
+    ├── BrokerUnavailable         the broker did not answer: temporary, retry later
+    ├── ConfigError               the configuration is invalid: the message names the key
+    └── InternalError             Tether's own bug: log it with its traceback, close with
+        └── LocalProtocolError    3004 (a reply: 100); never blame the peer for it
+
+The split between :class:`PeerError` and :class:`LocalProtocolError` is h11's: a rule
+broken by the remote side is answered to it (3501 tells the SDK its frames are wrong and
+not to reconnect); a rule broken by our own code, such as an illegal transition of the
+connection state machine, is an internal error the client can do nothing about, so it
+gets the reconnect advice of 3004 "internal server error".
 """
 
 from __future__ import annotations
 
 from tether.protocol.codes import DisconnectInfo, ErrorCode, ErrorInfo
 
+__all__ = [
+    "ApiError",
+    "BrokerUnavailable",
+    "ClientError",
+    "ConfigError",
+    "DisconnectRequested",
+    "HandshakeError",
+    "InternalError",
+    "LocalProtocolError",
+    "PeerError",
+    "ProtocolViolation",
+    "TetherError",
+    "TokenError",
+    "UnrecoverablePosition",
+    "WebSocketError",
+]
+
 
 class TetherError(Exception):
     """Root of every error Tether raises on purpose."""
 
 
-class ProtocolViolation(TetherError):
-    """The peer sent something the protocol does not allow (malformed frame, bad order)."""
+class PeerError(TetherError):
+    """The remote peer broke a protocol. Close the connection; nothing on our side is wrong."""
+
+
+class ProtocolViolation(PeerError):
+    """The peer sent something the Centrifugo protocol does not allow (malformed frame,
+    command out of order): disconnect 3501 "bad request"."""
+
+
+class WebSocketError(PeerError):
+    """The peer broke RFC 6455; close the connection with the WebSocket ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{code}: {reason}")
+
+
+class HandshakeError(TetherError):
+    """The upgrade request is not acceptable now (malformed, wrong origin, node full or
+    draining); answer with ``status`` and close. ``retry_after``: seconds for a
+    ``Retry-After`` header (admission control)."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"{status}: {reason}")
 
 
 class ClientError(TetherError):
@@ -33,6 +91,22 @@ class ClientError(TetherError):
         super().__init__(f"{self.code}: {self.message}")
 
 
+class UnrecoverablePosition(ClientError):
+    """The stream no longer holds everything after a position (trimmed, expired, new epoch)."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(ErrorCode.UNRECOVERABLE_POSITION, message)
+
+
+class ApiError(ClientError):
+    """A server API request answered with an HTTP ``status`` (400, 404) instead of 200,
+    with the error code in the body."""
+
+    def __init__(self, status: int, error: ErrorInfo, message: str) -> None:
+        self.status = status
+        super().__init__(error, message)
+
+
 class DisconnectRequested(TetherError):
     """The connection must be closed with ``disconnect`` (``reason`` overrides its own)."""
 
@@ -41,11 +115,12 @@ class DisconnectRequested(TetherError):
         super().__init__(f"{self.disconnect.code}: {self.disconnect.reason}")
 
 
-class UnrecoverablePosition(ClientError):
-    """The stream no longer holds everything after a position (trimmed, expired, new epoch)."""
+class TokenError(TetherError):
+    """A connection or subscription token that cannot be accepted."""
 
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(ErrorCode.UNRECOVERABLE_POSITION, message)
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        self.expired = expired
+        super().__init__(message)
 
 
 class BrokerUnavailable(TetherError):
@@ -56,9 +131,10 @@ class ConfigError(TetherError):
     """Invalid configuration. The message names the key and what is expected."""
 
 
-class TokenError(TetherError):
-    """A connection or subscription token that cannot be accepted."""
+class InternalError(TetherError):
+    """Tether broke its own rule: a bug, never the peer's fault. Logged with its
+    traceback; the connection closes with 3004 (the SDK reconnects)."""
 
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        self.expired = expired
-        super().__init__(message)
+
+class LocalProtocolError(InternalError):
+    """Our side attempted what its own state machine forbids (an illegal transition)."""

@@ -34,7 +34,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from tether.errors import BrokerUnavailable
+from tether.errors import BrokerUnavailable, InternalError
 
 log = structlog.get_logger("tether.resilience")
 
@@ -78,7 +78,7 @@ class CircuitBreaker:
 
     def _move(self, new: BreakerState) -> None:
         if new not in BREAKER_TRANSITIONS[self.state]:
-            raise RuntimeError(f"breaker {self.name}: illegal {self.state.value} -> {new.value}")
+            raise InternalError(f"breaker {self.name}: illegal {self.state.value} -> {new.value}")
         log.warning("circuit breaker", name=self.name, state=new.value)
         self.state = new
 

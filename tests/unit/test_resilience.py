@@ -24,7 +24,7 @@ from tether.brokers.guarded import GuardedBroker
 from tether.brokers.memory import MemoryBroker
 from tether.config import load_config
 from tether.core.recovery import RecoveryCache
-from tether.errors import BrokerUnavailable, ConfigError, UnrecoverablePosition
+from tether.errors import BrokerUnavailable, ConfigError, InternalError, UnrecoverablePosition
 from tether.protocol.messages import Publication
 from tether.resilience import (
     BreakerState,
@@ -177,7 +177,7 @@ def test_illegal_breaker_transition_raises(start: BreakerState, illegal: Breaker
     breaker = CircuitBreaker("redis", clock=FakeClock())
     breaker.state = start
 
-    with pytest.raises(RuntimeError, match="illegal"):
+    with pytest.raises(InternalError, match="illegal"):
         breaker._move(illegal)
     assert breaker.state is start
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.errors import ProtocolViolation
+from tether.errors import InternalError, LocalProtocolError, ProtocolViolation
 from tether.protocol.messages import REQUEST_FIELDS
 from tether.protocol.session import (
     TRANSITIONS,
@@ -35,9 +35,14 @@ def test_allowed_transition_returns_the_new_state(
 
 
 @pytest.mark.parametrize(("current", "new"), [p for p in ALL_PAIRS if p not in ALLOWED])
-def test_illegal_transition_raises(current: ConnectionState, new: ConnectionState) -> None:
-    with pytest.raises(ProtocolViolation, match="illegal transition"):
+def test_illegal_transition_is_our_own_error_not_the_peers(
+    current: ConnectionState, new: ConnectionState
+) -> None:
+    with pytest.raises(LocalProtocolError, match="illegal transition") as raised:
         advance(current, new)
+
+    assert isinstance(raised.value, InternalError)
+    assert not isinstance(raised.value, ProtocolViolation)  # never answered with 3501
 
 
 def test_connect_is_allowed_while_connecting() -> None:

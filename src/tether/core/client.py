@@ -257,7 +257,7 @@ class Client(OutboundQueue):
             )
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception:  # an InternalError too: our bug, not the client's (3004, not 3501)
             log.exception("command failed", client=self.id, command=name)
             self.close(DisconnectCode.SERVER_ERROR)
             return

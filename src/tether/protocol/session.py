@@ -9,13 +9,18 @@
 Rules (protocol v2): the first command of a connection must be ``connect``; any other
 command before it is a protocol violation (disconnect 3501). A second ``connect`` is one
 too. Nothing leaves CLOSED.
+
+Who broke a rule decides the error (h11's split): a command the peer may not send now is
+a :class:`~tether.errors.ProtocolViolation` (3501, the peer's fault); a transition our own
+code attempts and the table forbids is a :class:`~tether.errors.LocalProtocolError`, an
+internal error (3004), never blamed on the client.
 """
 
 from __future__ import annotations
 
 import enum
 
-from tether.errors import ProtocolViolation
+from tether.errors import LocalProtocolError, ProtocolViolation
 
 
 class ConnectionState(enum.Enum):
@@ -32,9 +37,10 @@ TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 
 
 def advance(current: ConnectionState, new: ConnectionState) -> ConnectionState:
-    """Return ``new`` if the table allows ``current -> new``; raise ProtocolViolation."""
+    """Return ``new`` if the table allows ``current -> new``; raise LocalProtocolError
+    (the server's own code asked for it, see the module docstring)."""
     if new not in TRANSITIONS[current]:
-        raise ProtocolViolation(f"illegal transition {current.value} -> {new.value}")
+        raise LocalProtocolError(f"illegal transition {current.value} -> {new.value}")
     return new
 
 

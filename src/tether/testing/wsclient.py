@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from tether.errors import TetherError
+
 PATH = "/connection/websocket"
 TIMEOUT = 5.0
 """Default seconds any single wait of this module may take before TimeoutError."""
@@ -106,7 +108,7 @@ class Frame:
         return self.payload[2:].decode("utf-8", errors="replace")
 
 
-class HandshakeRejected(Exception):
+class HandshakeRejected(TetherError):
     """The server answered the upgrade with ``status`` instead of 101."""
 
     def __init__(self, status: int, head: bytes) -> None:
@@ -115,7 +117,7 @@ class HandshakeRejected(Exception):
         super().__init__(f"upgrade rejected with HTTP {status}")
 
 
-class Closed(Exception):
+class Closed(TetherError):
     """The server closed the connection: ``code`` is None without a close frame."""
 
     def __init__(self, code: int | None, reason: str = "") -> None:

@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 
 from tether.core.node import Node
-from tether.errors import BrokerUnavailable, ClientError
+from tether.errors import ApiError, BrokerUnavailable, ClientError
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, ErrorInfo
 from tether.protocol.messages import StreamPosition
 
@@ -99,16 +99,6 @@ class InfoBody(_Body):
 class BatchBody(_Body):
     commands: list[dict[str, msgspec.Raw]]
     parallel: bool = False
-
-
-class ApiError(Exception):
-    """An error answered with an HTTP status (400, 404) instead of 200."""
-
-    def __init__(self, status: int, error: ErrorInfo, message: str) -> None:
-        self.status = status
-        self.error = error
-        self.message = message
-        super().__init__(message)
 
 
 # A handler returns what goes under "result": a dict or a protocol struct.
@@ -297,7 +287,7 @@ async def handle_api(request: web.Request) -> web.Response:
             return _json(answer, 429, headers={"Retry-After": "1"})
         return _json(answer)
     except ApiError as exc:
-        return _error(exc.status, exc.error, exc.message)
+        return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
     except BrokerUnavailable as exc:
         log.warning("api call failed: broker unavailable", method=method, error=str(exc))
         response = _error(503, ErrorCode.INTERNAL, "broker unavailable", temporary=True)

@@ -17,6 +17,10 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+# Raised here, defined with every other error; re-exported for the callers of this module.
+from tether.errors import HandshakeError as HandshakeError
+from tether.errors import WebSocketError as WebSocketError
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE_BYTES = 8192
 
@@ -27,26 +31,6 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
-
-
-class WebSocketError(Exception):
-    """The peer broke RFC 6455; close the connection with ``code``."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"{code}: {reason}")
-
-
-class HandshakeError(Exception):
-    """The upgrade request is not acceptable; answer with ``status`` and close.
-    ``retry_after``: seconds for a ``Retry-After`` header (admission control)."""
-
-    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-        super().__init__(f"{status}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
