@@ -1,10 +1,12 @@
 """Connection and subscription tokens: HMAC-signed JWTs (PyJWT), Centrifugo claim names.
 
-Connection token claims: ``sub`` (user ID, required, may be ""), ``exp`` (optional; when set
+Connection token claims: ``sub`` (user ID; absent or "" is the anonymous user, as in
+Centrifugo v6), ``exp`` (optional; when set
 the connection expires unless refreshed), ``info`` (any JSON, shown in presence and
 publications), ``channels`` (server-side subscriptions made at connect).
 
-Subscription token claims: ``sub`` (must equal the connection's user), ``channel`` (must
+Subscription token claims: ``sub`` (must equal the connection's user; absent is ""),
+``channel`` (must
 equal the channel subscribed), ``exp``, ``info`` (channel info).
 
 Only HS256/HS384/HS512 are accepted: ``alg: none`` and every other algorithm are rejected.
@@ -49,13 +51,14 @@ def _decode(token: str, secret: str) -> dict[str, Any]:
             token,
             secret,
             algorithms=ALGORITHMS,
-            options={"require": ["sub"], "verify_aud": False},
+            options={"verify_aud": False},
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired", expired=True) from None
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid token: {exc}") from None
-    if not isinstance(claims.get("sub"), str):
+    sub = claims.setdefault("sub", "")
+    if not isinstance(sub, str):
         raise TokenError("invalid token: sub must be a string")
     return claims
 

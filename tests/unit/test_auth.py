@@ -136,8 +136,15 @@ def test_asymmetric_algorithm_header_is_rejected_even_with_a_valid_hmac(alg: str
     rejection(handmade_token({"alg": alg, "typ": "JWT"}, {"sub": "alice"}))
 
 
-def test_missing_sub_is_rejected() -> None:
-    rejection(token({"channels": ["news"]}))
+def test_missing_sub_is_the_anonymous_user() -> None:
+    # Centrifugo v6 takes a correctly signed token without `sub` as the anonymous user.
+    claims = verify_connection_token(token({"channels": ["news"]}), SECRET)
+    assert claims.user == ""
+    assert claims.channels == ("news",)
+
+
+def test_subscription_token_without_sub_is_for_the_anonymous_user() -> None:
+    assert verify_subscription_token(token({"channel": "c"}), SECRET).user == ""
 
 
 def test_non_string_sub_is_rejected() -> None:

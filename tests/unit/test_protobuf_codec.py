@@ -385,7 +385,9 @@ def test_publication_push_equals_the_generic_push_encoding() -> None:
         Reply(
             id=1,
             history=HistoryResult(
-                publications=[Publication(data=msgspec.Raw(b'{"a":1}'), offset=1)], epoch="e"
+                publications=[Publication(data=msgspec.Raw(b'{"a":1}'), offset=1)],
+                epoch="e",
+                offset=1,
             ),
         ),
         Reply(push=Push(channel="a", join=Join(info=ClientInfo(user="u", client="c")))),

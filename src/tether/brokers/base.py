@@ -60,10 +60,13 @@ def select_history(
 ) -> HistoryPage:
     """The history rules every stream store shares, applied to the publications it still
     holds (oldest first, contiguous up to ``top``). Raises UnrecoverablePosition when
-    ``since`` is in another epoch, ahead of the stream, or older than what is held."""
+    ``since`` is in another epoch, ahead of the stream, or older than what is held.
+
+    An empty ``since.epoch`` means any epoch (Centrifugo v6): the SDKs' ``getState`` flow
+    subscribes with ``recover``, offset 0 and no epoch to get everything the stream holds."""
     selected: list[Publication]
     if since is not None:
-        if since.epoch != top.epoch or since.offset > top.offset:
+        if (since.epoch and since.epoch != top.epoch) or since.offset > top.offset:
             raise UnrecoverablePosition("position is not in the stream (other epoch)")
         first = publications[0].offset if publications else top.offset + 1
         if since.offset + 1 < first:

@@ -175,8 +175,10 @@ class Command(_Request):
 
 
 class ClientInfo(_Out):
-    user: str = ""
-    client: str = ""
+    # Required fields are always written: Centrifugo writes user and client even when
+    # empty (an anonymous user is ``"user": ""``).
+    user: str
+    client: str
     conn_info: Raw | None = None
     chan_info: Raw | None = None
 
@@ -243,14 +245,16 @@ class PresenceResult(_Out):
 
 
 class PresenceStatsResult(_Out):
-    num_clients: int = 0
-    num_users: int = 0
+    # Always written, zeros too, as Centrifugo does: the JS SDK reads numClients from it.
+    num_clients: int
+    num_users: int
 
 
 class HistoryResult(_Out):
-    publications: list[Publication] = []
-    epoch: str = ""
-    offset: int = 0
+    # Always written, as Centrifugo does (an empty stream is publications [], offset 0).
+    publications: list[Publication]
+    epoch: str
+    offset: int
 
 
 class Join(_Out):

@@ -467,6 +467,25 @@ class BrokerContract:
         page = await broker.history(ch, since=StreamPosition(0, last.position.epoch), limit=-1)
         assert [p.offset for p in page.publications] == [1, 2, 3]
 
+    async def test_history_since_an_empty_epoch_means_any_epoch(
+        self, broker: Broker, channel: Callable[[str], str]
+    ) -> None:
+        # Centrifugo v6: the SDKs' getState flow sends offset 0 and no epoch.
+        ch = channel("a")
+        await self.publish_many(broker, ch, 3)
+        page = await broker.history(ch, since=StreamPosition(0, ""), limit=-1)
+        assert [p.offset for p in page.publications] == [1, 2, 3]
+        page = await broker.history(ch, since=StreamPosition(2, ""), limit=-1)
+        assert [p.offset for p in page.publications] == [3]
+
+    async def test_history_since_an_empty_epoch_still_refuses_a_trimmed_offset(
+        self, broker: Broker, channel: Callable[[str], str]
+    ) -> None:
+        ch = channel("a")
+        await self.publish_many(broker, ch, 5, history_size=2)
+        with pytest.raises(UnrecoverablePosition):
+            await broker.history(ch, since=StreamPosition(0, ""), limit=-1)
+
     async def test_history_since_a_position_of_another_epoch_raises_unrecoverable(
         self, broker: Broker, channel: Callable[[str], str]
     ) -> None:

@@ -1,0 +1,91 @@
+"""Where Tether once differed from Centrifugo v6, it now does what the SDKs expect.
+
+Each test drives the real centrifuge-python SDK (or the HTTP API, or a raw socket where
+the SDK cannot send the bytes in question) and asserts what the user's app sees.
+"""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+from centrifuge import StreamPosition
+from sdk_kit import HttpApi, SdkClients, subscribe
+
+from tether.server import Server
+from tether.testing.servers import TEST_SECRET
+from tether.testing.wsclient import WSClient
+
+pytestmark = pytest.mark.integration
+
+
+async def test_get_state_flow_with_a_zero_position_receives_what_was_published(
+    server: Server, sdk: SdkClients, http: HttpApi
+) -> None:
+    # The SDK's getState flow subscribes with recover, offset 0, no epoch and the
+    # reject-unrecovered flag: an empty epoch means "any epoch" (Centrifugo v6).
+    for n in (1, 2, 3):
+        await http.call("publish", {"channel": "chat:state", "data": {"n": n}})
+    client, _ = await sdk.connect(server.port)
+
+    async def get_state(channel: str) -> StreamPosition:
+        return StreamPosition(offset=0, epoch="")
+
+    _, events, subscribed = await subscribe(client, "chat:state", get_state=get_state)
+
+    assert subscribed.recovered is True
+    assert [p.data["n"] for p in await events.next_publications(3)] == [1, 2, 3]
+    assert events.errors == []
+
+
+async def test_history_since_a_position_without_epoch_returns_what_follows(
+    server: Server, sdk: SdkClients, http: HttpApi
+) -> None:
+    client, _ = await sdk.connect(server.port)
+    sub, events, _ = await subscribe(client, "chat:since")
+    for n in (1, 2, 3):
+        await http.call("publish", {"channel": "chat:since", "data": {"n": n}})
+    await events.next_publications(3)
+
+    page = await sub.history(limit=10, since=StreamPosition(offset=1, epoch=""))
+
+    assert [p.offset for p in page.publications] == [2, 3]
+
+
+async def test_token_without_sub_connects_as_the_anonymous_user(
+    server: Server, sdk: SdkClients
+) -> None:
+    token = jwt.encode({"info": {"device": "kiosk"}}, TEST_SECRET, algorithm="HS256")
+    client, _ = await sdk.connect(server.port, token=token)
+    sub, _, _ = await subscribe(client, "chat:kiosk")
+
+    presence = await sub.presence()
+
+    assert server.node.clients[client.client_id].user == ""
+    assert presence.clients[client.client_id].user == ""
+
+
+async def test_presence_stats_and_history_of_an_empty_channel_write_zeros(
+    server: Server, http: HttpApi
+) -> None:
+    # Centrifugo always writes the counts and the stream position: the JS SDK reads
+    # numClients straight from them.
+    status, stats = await http.post("presence_stats", {"channel": "chat:nobody"})
+    _, history = await http.post("history", {"channel": "chat:nobody", "limit": 0})
+
+    assert status == 200
+    assert stats["result"] == {"num_clients": 0, "num_users": 0}
+    assert set(history["result"]) == {"publications", "epoch", "offset"}
+    assert history["result"]["offset"] == 0
+
+
+@pytest.mark.parametrize("flag", [1, 1 | 4, 1 | 2**40], ids=["compaction", "bit-2", "high-bit"])
+async def test_unknown_subscribe_flag_bits_are_ignored(server: Server, flag: int) -> None:
+    # Swift and Java always send bit 0 (channel compaction, which Tether does not do).
+    async with await WSClient.open(server.port) as ws:
+        token = jwt.encode({"sub": "alice"}, TEST_SECRET, algorithm="HS256")
+        assert "connect" in await ws.call("connect", {"token": token})
+
+        reply = await ws.call("subscribe", {"channel": "chat:flags", "flag": flag})
+
+    assert "subscribe" in reply, reply
+    assert "id" not in reply["subscribe"]  # no channel id: compaction is not negotiated
