@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit integration bench clean setup js-deps system-deps
 
-$(STAMP): pyproject.toml
+# The product (tether) and, beside it, the bench distribution (bench/pyproject.toml): the
+# integration tests use its real-process harnesses (redis-server, Redis Cluster, a cluster
+# behind HAProxy) and smoke-test the bench itself.
+$(STAMP): pyproject.toml bench/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,redis]'
+	$(BIN)/pip install -q -e '.[test,redis]' -e bench
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,8 +33,8 @@ run: $(STAMP)
 	$(BIN)/tether serve --config dev/tether.dev.toml
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src bench tests
+	$(BIN)/ruff format --check src bench tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -39,12 +42,6 @@ typecheck: $(STAMP)
 ## The whole suite: lint, types, unit and integration tests (real SDKs, real sockets).
 test: system-deps $(STAMP) js-deps lint typecheck
 	$(BIN)/pytest
-
-BENCH_STAMP := $(VENV)/.bench-installed
-
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install -q -e '.[test,redis,bench]'
-	touch $@
 
 # Node.js peer of the bench (npm `socket.io`), pinned by its package-lock.json.
 bench/js/node_modules/.installed: bench/js/package.json bench/js/package-lock.json
@@ -54,23 +51,23 @@ bench/js/node_modules/.installed: bench/js/package.json bench/js/package-lock.js
 ## Tether vs the raw-asyncio ceiling, websockets, python-socketio and Socket.IO on Node.js,
 ## same scenarios, one session, then the resilience section (about 10 minutes; stopped at 15):
 ## rewrites docs/benchmarks.md.
-bench: $(BENCH_STAMP) bench/js/node_modules/.installed
-	timeout 900 $(BIN)/python bench/compare.py --out docs/benchmarks.md
+bench: $(STAMP) bench/js/node_modules/.installed
+	timeout 900 $(BIN)/tether-bench compare --out docs/benchmarks.md
 
 ## Only the resilience section of docs/benchmarks.md (slow consumers, typing storm,
 ## reconnect storm, publish burst; Tether on a private redis-server, about 5 minutes);
 ## the other sections are kept from docs/benchmarks.json. `make bench` runs it too.
 .PHONY: bench-resilience
-bench-resilience: $(BENCH_STAMP)
-	timeout 600 $(BIN)/python bench/compare.py --resilience --out docs/benchmarks.md
+bench-resilience: $(STAMP)
+	timeout 600 $(BIN)/tether-bench compare --resilience --out docs/benchmarks.md
 
 ## Scale-out measurements (issues 3 and 4): `tether serve --workers 1/2/3` over Redis, a
 ## 3-node cluster behind HAProxy (rooms, reconnect storms, a node killed), 50,000
 ## connections; about 8 minutes, stopped at 15. Rewrites only the scale section of
 ## docs/benchmarks.md (between <!-- scale:begin/end -->) and docs/benchmarks-scale.json.
 .PHONY: bench-scale
-bench-scale: $(BENCH_STAMP)
-	timeout 900 $(BIN)/python bench/scale.py --out docs/benchmarks.md
+bench-scale: $(STAMP)
+	timeout 900 $(BIN)/tether-bench scale --out docs/benchmarks.md
 
 ## Regenerate the Protobuf code of the client protocol (src/tether/protocol/_pb/) from its
 ## client.proto with the pinned protoc; commit the result.

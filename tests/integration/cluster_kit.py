@@ -1,7 +1,7 @@
 """A three-node Tether cluster over Redis behind HAProxy, with a fleet of reconnecting
 clients and a publisher on the server API, for the failure tests.
 
-The cluster is real processes (:mod:`tether.testing.cluster`); the test owns them all and
+The cluster is real processes (:mod:`tether_bench.cluster`); the test owns them all and
 stops them in ``finally``. Every wait is bounded by the caller's ``asyncio.timeout``.
 """
 
@@ -20,14 +20,14 @@ import pytest
 from sdk_kit import SdkClients, SubEvents, subscribe
 
 from tether.auth import mint_connection_token
-from tether.testing.cluster import (
+from tether_bench.cluster import (
     CLUSTER_API_KEY,
     CLUSTER_SECRET,
     Follower,
     HAProxy,
     NodeProcess,
 )
-from tether.testing.redisserver import RedisServer
+from tether_bench.redisserver import RedisServer
 
 CHANNELS = ["chat:room-0", "chat:room-1", "chat:room-2"]
 """Every client subscribes to all of them."""

@@ -10,8 +10,8 @@ import pytest
 from sdk_kit import HttpApi, SdkClients, api_url
 
 from tether.server import Server
-from tether.testing.redisserver import RedisServer
 from tether.testing.servers import TEST_API_KEY
+from tether_bench.redisserver import RedisServer
 
 
 @pytest.fixture

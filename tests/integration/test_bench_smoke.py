@@ -1,4 +1,4 @@
-"""`tether bench` against an in-process Tether: every scenario, tiny fleets, exact counts.
+"""`tether-bench run` against an in-process Tether: every scenario, tiny fleets, exact counts.
 
 Correctness of the tool, not speed: no timing is asserted. Each run must deliver every
 publication exactly once and in order, and report the fields scripts rely on.
@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tether.bench import BenchOptions, run_bench
 from tether.config import NamespaceConfig
 from tether.server import Server
 from tether.testing.servers import TEST_API_KEY, TEST_SECRET, make_config, running_server
+from tether_bench import BenchOptions, run_bench
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
-"""`tether bench rooms --start-file`: several bench processes start publishing together.
+"""`tether-bench run rooms --start-file`: several bench processes start publishing together.
 
-`make bench-scale` (bench/scale.py) runs three bench processes against one server for the
+`make bench-scale` (tether-bench scale) runs three bench processes against one server for the
 50,000-connection run; each connects, then waits for the start file before it publishes.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tether.bench import BenchOptions, run_bench
 from tether.config import NamespaceConfig
 from tether.testing.servers import TEST_API_KEY, TEST_SECRET, make_config, running_server
+from tether_bench import BenchOptions, run_bench
 
 pytestmark = pytest.mark.integration
 

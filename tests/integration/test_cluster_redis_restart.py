@@ -28,7 +28,7 @@ from cluster_kit import (
     sdk_fleet,
 )
 
-from tether.testing.cluster import Delivery, Follower, SubscribeOutcome
+from tether_bench.cluster import Delivery, Follower, SubscribeOutcome
 
 pytestmark = pytest.mark.integration
 

@@ -38,7 +38,6 @@ from tether.core.node import Node
 from tether.server import Server, run
 from tether.testing.brokers import FaultyBroker
 from tether.testing.faults import TcpProxy
-from tether.testing.redisserver import RedisServer, free_port
 from tether.testing.servers import OPEN, TEST_API_KEY, TEST_SECRET, make_config, running_server
 from tether.testing.wsclient import (
     OP_CLOSE,
@@ -51,6 +50,7 @@ from tether.testing.wsclient import (
 )
 from tether.transports.http.app import build_app
 from tether.transports.websocket import server as websocket
+from tether_bench.redisserver import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

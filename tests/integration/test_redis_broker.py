@@ -18,7 +18,7 @@ from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
 from tether.testing.broker_contract import BrokerContract, RecordingHandler, publication
 from tether.testing.clock import FakeClock
-from tether.testing.redisserver import RedisServer
+from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from tether.brokers.redis_cluster import RedisClusterBroker, RedisClusterPresenc
 from tether.errors import BrokerUnavailable
 from tether.testing.broker_contract import BrokerContract, RecordingHandler, publication
 from tether.testing.clock import FakeClock
-from tether.testing.redisserver import RedisClusterNodes
 from tether.testing.servers import make_config, running_server
+from tether_bench.redisserver import RedisClusterNodes
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from tether.brokers.sharded import HashRing, ShardedBroker, ShardedPresenceStore
 from tether.errors import UnrecoverablePosition
 from tether.testing.broker_contract import BrokerContract, RecordingHandler, publication
 from tether.testing.clock import FakeClock
-from tether.testing.redisserver import RedisServer
 from tether.testing.servers import make_config, running_server
+from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
 

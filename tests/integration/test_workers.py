@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from cluster_kit import CHANNELS, Publisher, follower_fleet
 
-from tether.testing.cluster import CLUSTER_API_KEY, NodeProcess, http_status
-from tether.testing.redisserver import RedisServer
+from tether_bench.cluster import CLUSTER_API_KEY, NodeProcess, http_status
+from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,11 +1,11 @@
 """`make bench`: Tether and the alternatives under the same scenarios, in one session.
 
 Starts each target server (one process each, one at a time, on loopback ports 18700+),
-runs `tether bench SCENARIO --json` against it with `--server-pid`, stops it, and writes
+runs `tether-bench run SCENARIO --json` against it with `--server-pid`, stops it, and writes
 docs/benchmarks.md (and the raw reports to docs/benchmarks.json). Every process it starts
 runs in its own session and is stopped by its process-group id, whatever happens.
 
-usage: python bench/compare.py [--quick] [--out docs/benchmarks.md] [--only NAME ...]
+usage: tether-bench compare [--quick] [--out docs/benchmarks.md] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
 
 from tether.config import Config
+from tether_bench.paths import checkout
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = checkout()
 BIN = Path(sys.executable).parent
 TETHER = str(BIN / "tether")
+BENCH = str(BIN / "tether-bench")
 PY = sys.executable
 BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "18700"))
 TOKEN_SECRET = "bench-token-secret-" + "b" * 24
@@ -45,7 +47,7 @@ def targets(port: int) -> dict[str, dict]:
         "ceiling": {
             "label": "raw-asyncio ceiling",
             "protocol": "plain",
-            "cmd": [PY, "bench/peers/raw_ceiling.py", str(port)],
+            "cmd": [PY, "-m", "tether_bench.peers.raw_ceiling", str(port)],
             "url": f"ws://127.0.0.1:{port}/",
         },
         "tether": {
@@ -97,13 +99,13 @@ def targets(port: int) -> dict[str, dict]:
         "websockets": {
             "label": "websockets broadcast()",
             "protocol": "plain",
-            "cmd": [PY, "bench/peers/websockets_server.py", str(port)],
+            "cmd": [PY, "-m", "tether_bench.peers.websockets_server", str(port)],
             "url": f"ws://127.0.0.1:{port}/",
         },
         "python-socketio": {
             "label": "python-socketio AsyncServer",
             "protocol": "socketio",
-            "cmd": [PY, "bench/peers/socketio_server.py", str(port)],
+            "cmd": [PY, "-m", "tether_bench.peers.socketio_server", str(port)],
             "url": f"ws://127.0.0.1:{port}/socket.io/",
         },
         "node-socketio": {
@@ -296,8 +298,8 @@ def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) 
     try:
         time.sleep(0.5)
         cmd = [
-            TETHER,
-            "bench",
+            BENCH,
+            "run",
             scenario,
             "--protocol",
             spec["protocol"],
@@ -329,7 +331,7 @@ def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) 
             elapsed_s=round(time.time() - started, 1),
             load_before=load0,
             load_after=loadavg(),
-            command=" ".join(cmd[1:]).replace(str(ROOT) + "/", ""),
+            command=" ".join(["tether-bench", *cmd[1:]]).replace(str(ROOT) + "/", ""),
         )
         return report
     except subprocess.TimeoutExpired:
@@ -427,7 +429,7 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
     w("One scenario against one target by hand (any Tether URL):")
     w("")
     w(
-        "```sh\ntether bench fanout --url ws://HOST:PORT/connection/websocket \\\n"
+        "```sh\ntether-bench run fanout --url ws://HOST:PORT/connection/websocket \\\n"
         "    --api-url http://HOST:HTTP_PORT/api --api-key KEY --token-secret SECRET \\\n"
         "    -n 2000 --duration 10 --server-pid PID --json\n```"
     )
@@ -588,7 +590,7 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
     w("## How the numbers are made")
     w("")
     w(
-        "- The client is `tether bench` (`src/tether/bench/`): one process, uvloop, a hand-written "
+        "- The client is `tether-bench run` (`bench/src/tether_bench/`): one process, uvloop, a hand-written "
         "WebSocket client on `asyncio.Protocol`. Every connection counts deliveries with one "
         "`bytes.count` per read; a declared sample (64 of 2,000 in fan-out, 100 in latency, all "
         "in rooms) cuts frames and checks every offset (loss, duplicate, order) and latency. "
@@ -600,7 +602,7 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
         "HTTP API; offsets are Tether's stream offsets."
     )
     w(
-        "- Peers (`bench/peers/`, `bench/js/`) relay the bench's JSON messages; the publisher "
+        "- Peers (`bench/src/tether_bench/peers/`, `bench/js/`) relay the bench's JSON messages; the publisher "
         "numbers them per channel so loss/duplicate/order are checked the same way. The raw "
         "ceiling frames each publication once and writes a published batch to each subscriber "
         "as one `write`; it has no auth, history, heartbeats or queue bounds."
@@ -633,7 +635,7 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
 
 
 def keep_scale_section(out: Path, text: str) -> str:
-    """``text`` plus the section bench/scale.py (`make bench-scale`) wrote into ``out``
+    """``text`` plus the section tether-bench scale (`make bench-scale`) wrote into ``out``
     between its markers, which this page rewrite must not lose."""
     old = out.read_text() if out.exists() else ""
     begin, end = "<!-- scale:begin -->", "<!-- scale:end -->"
@@ -843,7 +845,7 @@ def resilience_markdown(by: dict, meta: dict) -> list[str]:
     for scenario in RESILIENCE:
         r = by.get((scenario, "tether-resilience"))
         if r and r.get("command"):
-            w(("" if r["command"].startswith("tether ") else "tether ") + r["command"])
+            w(("" if r["command"].startswith("tether") else "tether ") + r["command"])
     w("```")
     w("")
     w(
@@ -1101,8 +1103,10 @@ def shared_note(load_start: str, results: list[dict]) -> str:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tether-bench compare", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--quick", action="store_true", help="tiny runs (a smoke test of the harness)"
     )
@@ -1118,7 +1122,7 @@ def main() -> int:
         help="run only the resilience section; the other sections are kept from the .json",
     )
     section.add_argument("--no-resilience", action="store_true", help="skip the resilience section")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.render_only:
         out = ROOT / args.out
         saved = json.loads(out.with_suffix(".json").read_text())
@@ -1191,7 +1195,7 @@ def main() -> int:
 def run_resilience(quick: bool, logdir: Path) -> tuple[dict, list[dict]]:
     """The resilience section: a private redis-server, then each scenario against a fresh
     Tether on it. Returns the section's meta and its reports."""
-    from tether.testing.redisserver import RedisServer, RedisServerError
+    from tether_bench.redisserver import RedisServer, RedisServerError
 
     t0 = time.time()
     load_start = loadavg()

@@ -1,4 +1,4 @@
-"""``tether bench``: a load generator that simulates a fleet of devices.
+"""``tether-bench run``: a load generator that simulates a fleet of devices.
 
 One process opens thousands of WebSocket connections with a lean client of its own
 (:mod:`.wsclient`), subscribes them through a protocol driver (:mod:`.drivers`: Tether's
@@ -17,6 +17,6 @@ latency (frame by frame, with one regular-expression scan per read) on a declare
 of connections. Setup traffic (connect, subscribe replies) is decoded normally.
 """
 
-from tether.bench.scenarios import SCENARIOS, BenchOptions, run_bench
+from tether_bench.scenarios import SCENARIOS, BenchOptions, run_bench
 
 __all__ = ["SCENARIOS", "BenchOptions", "run_bench"]

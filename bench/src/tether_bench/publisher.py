@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from tether.bench.drivers import Driver, PlainDriver, SocketIODriver
-from tether.bench.wsclient import BenchConnection, Stats, now_us, open_connection, parse_ws_url
+from tether_bench.drivers import Driver, PlainDriver, SocketIODriver
+from tether_bench.wsclient import BenchConnection, Stats, now_us, open_connection, parse_ws_url
 
 PAD = "x" * 40
 """Filler of each publication: a bench delivery is a frame of roughly 100-130 bytes."""

@@ -1,35 +1,35 @@
 """`make bench-scale`: Tether scaled out on one machine, measured (issues 3 and 4).
 
-Three parts, each with a Redis of its own (``tether.testing.redisserver``, a free port):
+Three parts, each with a Redis of its own (``tether_bench.redisserver``, a free port):
 
 ``workers``
-    ``tether serve --workers N`` for N = 1, 2, 3 over one Redis; the same ``tether bench
+    ``tether serve --workers N`` for N = 1, 2, 3 over one Redis; the same ``tether-bench run
     fanout`` (2,000 subscribers, as ``make bench``) against each, in interleaved rounds,
     and one ``rooms`` run per N. Server CPU is the sum over the worker processes (sampled
     with psutil here, and by the bench's ``--server-pid``, which includes children).
 ``cluster``
     Three ``tether serve`` node processes over one Redis behind HAProxy (round-robin, no
-    stickiness; ``tether.testing.cluster``): ``tether bench rooms`` through the balancer,
+    stickiness; ``tether_bench.cluster``): ``tether-bench run rooms`` through the balancer,
     then a reconnect storm: 2,000 reconnecting clients (``Follower``: resubscribe with
     recovery, as the SDKs do) under a steady publish stream, one node killed with SIGKILL;
     time until every client of the dead node has resubscribed and recovered, refused
     connects, losses and duplicates.
 ``fifty``
     50,000 connections: ``tether serve --workers 3`` (one process holds at most 20,000 file
-    descriptors here) and three ``tether bench rooms`` processes of 16,667 connections each,
+    descriptors here) and three ``tether-bench run rooms`` processes of 16,667 connections each,
     spread over source addresses 127.0.0.2-5, started together (``--start-file``); every
     publication's delivery is checked on every connection; RSS and CPU of the workers.
 
 Results go to docs/benchmarks-scale.json and into docs/benchmarks.md between the
 ``<!-- scale:begin -->`` and ``<!-- scale:end -->`` markers (the rest of the page belongs to
-bench/compare.py, which keeps this section when it rewrites the page).
+tether-bench compare, which keeps this section when it rewrites the page).
 
 Every process started here runs in its own session and is stopped by its pid or process
 group id (workers: by their own pids, they have process groups of their own), whatever
 happens; the whole run is bounded (``make bench-scale`` adds ``timeout 900``).
 
-usage: python bench/scale.py [--only workers cluster fifty] [--quick] [--out docs/benchmarks.md]
-       python bench/scale.py --render-only
+usage: tether-bench scale [--only workers cluster fifty] [--quick] [--out docs/benchmarks.md]
+       tether-bench scale --render-only
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ import aiohttp
 import psutil
 
 from tether.auth import mint_connection_token
-from tether.testing.cluster import (
+from tether_bench.cluster import (
     CLUSTER_API_KEY,
     CLUSTER_SECRET,
     Follower,
@@ -66,11 +67,13 @@ from tether.testing.cluster import (
     NodeProcess,
     node_config,
 )
-from tether.testing.redisserver import RedisServer
+from tether_bench.paths import checkout
+from tether_bench.redisserver import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = checkout()
 BIN = Path(sys.executable).parent
 TETHER = str(BIN / "tether")
+BENCH = str(BIN / "tether-bench")
 BASE_PORT = int(os.environ.get("BENCH_SCALE_PORT", "18950"))
 TOKEN_SECRET = "bench-token-secret-" + "b" * 24
 API_KEY = "bench-api-key"
@@ -244,8 +247,8 @@ class Sampler:
 
 def bench_cmd(scenario: str, port: int, args: list[str]) -> list[str]:
     return [
-        TETHER,
-        "bench",
+        BENCH,
+        "run",
         scenario,
         "--url",
         f"ws://127.0.0.1:{port}/connection/websocket",
@@ -376,7 +379,7 @@ async def _cluster(quick: bool, workdir: Path) -> dict[str, Any]:
             )
             for rate in (1000, 2000)
         ]
-        # The bench's own storm (src/tether/bench/resilience.py): every client socket cut
+        # The bench's own storm (bench/src/tether_bench/resilience.py): every client socket cut
         # at once, all reconnect together through the balancer after --outage.
         storm = ["-n", "300" if quick else "2000", "--outage", "1", "--rate", "100"]
         out["client_storm"] = await _cluster_bench("reconnect-storm", storm, nodes, lb, redis)
@@ -396,10 +399,10 @@ def _pids(nodes: list[NodeProcess]) -> list[int]:
 async def _cluster_bench(
     scenario: str, args: list[str], nodes: list[NodeProcess], lb: HAProxy, redis: RedisServer
 ) -> dict[str, Any]:
-    """``tether bench SCENARIO`` through the balancer; CPU of nodes, HAProxy and Redis."""
+    """``tether-bench run SCENARIO`` through the balancer; CPU of nodes, HAProxy and Redis."""
     cmd = [
-        TETHER,
-        "bench",
+        BENCH,
+        "run",
         scenario,
         "--url",
         f"ws://127.0.0.1:{lb.port}/connection/websocket",
@@ -842,14 +845,14 @@ def render(data: dict[str, Any]) -> str:
     w(
         f"Measured {meta.get('date')} with `make bench-scale` ({meta.get('wall_min')} min; "
         f"load average (1/5/15 min) {meta.get('load_start')} at start, {meta.get('load_end')} "
-        f"at end). This section is written by `bench/scale.py` (raw figures: "
+        f"at end). This section is written by `tether-bench scale` (raw figures: "
         "`docs/benchmarks-scale.json`); `make bench` keeps it."
     )
     w("")
     w("```sh")
     w("make bench-scale                     # all three parts, about 8 minutes (stopped at 15)")
-    w(".venv/bin/python bench/scale.py --only workers      # or: cluster, fifty")
-    w(".venv/bin/python bench/scale.py --render-only       # rewrite this section from the .json")
+    w(".venv/bin/tether-bench scale --only workers      # or: cluster, fifty")
+    w(".venv/bin/tether-bench scale --render-only       # rewrite this section from the .json")
     w("```")
     w("")
     w(
@@ -1147,7 +1150,7 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
         "Three `tether serve` processes (one event loop each) over one `redis-server`, HAProxy "
         "in front with round-robin balancing and no stickiness, for clients and for the server "
         "API: the configuration of `deploy/local/haproxy.cfg`, generated by "
-        "`tether.testing.cluster` as in the cluster tests."
+        "`tether_bench.cluster` as in the cluster tests."
     )
     w("")
     rooms = part.get("rooms_runs") or ([part["rooms"]] if "rooms" in part else [])
@@ -1214,8 +1217,8 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
     s = part.get("storm", {})
     if s:
         w(
-            f"**Node crash** (`bench/scale.py`): {s.get('clients')} reconnecting clients "
-            "(`tether.testing.cluster.Follower`: on a broken connection it reconnects through "
+            f"**Node crash** (`tether-bench scale`): {s.get('clients')} reconnecting clients "
+            "(`tether_bench.cluster.Follower`: on a broken connection it reconnects through "
             "the balancer after a jittered 25-75 ms and resubscribes with `recover`, offset and "
             "epoch, as the SDKs do), each in `chat:all` and a 10-member group channel; "
             "publications through the balancer's API at 52/s (50/s round-robin over the "
@@ -1269,7 +1272,7 @@ def _render_fifty(f: dict[str, Any]) -> list[str]:
     w(
         "One process may hold at most 20,000 file descriptors here, so the server is "
         "`tether serve --workers 3` (Redis broker; the kernel spreads connections over the "
-        "workers with SO_REUSEPORT) and the simulator is three `tether bench rooms` processes "
+        "workers with SO_REUSEPORT) and the simulator is three `tether-bench run rooms` processes "
         f"of about {f.get('connections', 0) // 3:,} connections each, their source addresses "
         "spread over 127.0.0.2-127.0.0.5 (`--source-addresses 4`: about 12,500 connections "
         "per source address, under the 28,000 ephemeral ports). Every connection subscribes "
@@ -1357,16 +1360,15 @@ def write_section(out: Path, section: str) -> None:
     out.write_text(text)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tether-bench scale", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=["workers", "cluster", "fifty"])
     parser.add_argument("--quick", action="store_true", help="tiny runs (a harness smoke test)")
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("--json", default="docs/benchmarks-scale.json")
     parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out, json_path = ROOT / args.out, ROOT / args.json
-    sys.path.insert(0, str(Path(__file__).parent))
     if args.render_only:
         write_section(out, render(json.loads(json_path.read_text())))
         return 0

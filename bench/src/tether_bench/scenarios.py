@@ -1,4 +1,4 @@
-"""The scenarios of ``tether bench`` and the report they produce.
+"""The scenarios of ``tether-bench run`` and the report they produce.
 
 ``fanout``
     One channel, N subscribers, the publisher at the highest rate the target sustains: it
@@ -38,9 +38,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.bench.drivers import Driver, make_driver
-from tether.bench.publisher import HttpApiPublisher, Publisher, WebSocketPublisher
-from tether.bench.wsclient import (
+from tether_bench.drivers import Driver, make_driver
+from tether_bench.publisher import HttpApiPublisher, Publisher, WebSocketPublisher
+from tether_bench.wsclient import (
     EPHEMERAL_PORTS_SAFE,
     BenchConnection,
     Stats,
@@ -58,7 +58,7 @@ SCENARIOS = (
     "reconnect-storm",
     "publish-burst",
 )
-"""The last four are the resilience scenarios (:mod:`tether.bench.resilience`)."""
+"""The last four are the resilience scenarios (:mod:`tether_bench.resilience`)."""
 GROUP_SIZE = 10
 
 
@@ -166,7 +166,7 @@ class ServerMonitor:
     def __init__(self, pid: int) -> None:
         self.process: Any = None
         if pid:
-            import psutil  # only with --server-pid: `pip install tether[bench]`
+            import psutil  # only with --server-pid: `pip install -e bench`
 
             self._psutil = psutil
             self.process = psutil.Process(pid)
@@ -742,7 +742,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run one scenario against a running target; returns the report (a JSON object).
 
     Raises ConnectionError when no connection could be set up."""
-    from tether.bench.resilience import RUNNERS as resilience_runners
+    from tether_bench.resilience import RUNNERS as resilience_runners
 
     runners = {**_RUNNERS, **resilience_runners}
     if options.scenario not in runners:

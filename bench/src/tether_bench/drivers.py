@@ -25,7 +25,7 @@ import json
 import re
 from typing import ClassVar
 
-from tether.bench.wsclient import BenchConnection, client_frame
+from tether_bench.wsclient import BenchConnection, client_frame
 
 
 def _compact(value: object) -> bytes:

@@ -1,7 +1,7 @@
 """The lean WebSocket client of the bench tool: many connections, little CPU per frame.
 
 Each :class:`BenchConnection` does the RFC 6455 upgrade by hand, lets its protocol driver
-(:mod:`tether.bench.drivers`) run the setup exchange (connect, subscribe), then switches to
+(:mod:`tether_bench.drivers`) run the setup exchange (connect, subscribe), then switches to
 one of two receive paths:
 
 * **counting** (every connection): one ``bytes.count(marker)`` per read, where the marker
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from tether.bench.drivers import Driver
+    from tether_bench.drivers import Driver
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 EPHEMERAL_PORTS_SAFE = 25_000

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tether.testing.redisserver import free_port
 from tether.testing.wsclient import Closed, HandshakeRejected, WSClient
+from tether_bench.redisserver import free_port
 
 __all__ = [
     "CLUSTER_API_KEY",

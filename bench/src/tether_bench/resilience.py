@@ -1,4 +1,4 @@
-"""The resilience scenarios of ``tether bench``: Tether under the failures it must absorb.
+"""The resilience scenarios of ``tether-bench run``: Tether under the failures it must absorb.
 
 ``slow-consumers``
     N healthy subscribers of one channel, published to at a fixed ``rate``; then K more
@@ -29,7 +29,7 @@
     latency of the accepted ones, and that every accepted publication reached every
     subscriber exactly once, in order.
 
-Every scenario publishes through :class:`~tether.bench.publisher.LeanHttpPublisher` and
+Every scenario publishes through :class:`~tether_bench.publisher.LeanHttpPublisher` and
 reads the server's counters from ``GET /metrics`` before and after (deltas), so it needs
 a Tether target. Correctness fields are exact; timings depend on the machine.
 """
@@ -45,9 +45,9 @@ from typing import Any
 
 import aiohttp
 
-from tether.bench.publisher import LeanHttpPublisher
-from tether.bench.scenarios import Run, _latency, _sample
-from tether.bench.wsclient import BenchConnection, Stats, open_many
+from tether_bench.publisher import LeanHttpPublisher
+from tether_bench.scenarios import Run, _latency, _sample
+from tether_bench.wsclient import BenchConnection, Stats, open_many
 
 SLOW_RCVBUF = 4096
 """SO_RCVBUF of a slow client: its kernel takes little before the server must queue."""
