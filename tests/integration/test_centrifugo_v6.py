@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import jwt
 import pytest
-from centrifuge import StreamPosition
-from sdk_kit import HttpApi, SdkClients, subscribe
+from centrifuge import StreamPosition, SubscriptionState
+from sdk_kit import HttpApi, SdkClients, SubEvents, next_event, subscribe
 
+from tether.protocol.codes import ErrorCode
 from tether.server import Server
 from tether.testing.servers import TEST_SECRET
 from tether.testing.wsclient import WSClient
@@ -89,3 +90,27 @@ async def test_unknown_subscribe_flag_bits_are_ignored(server: Server, flag: int
 
     assert "subscribe" in reply, reply
     assert "id" not in reply["subscribe"]  # no channel id: compaction is not negotiated
+
+
+async def test_invalid_subscription_token_unsubscribes_with_103_and_keeps_the_connection(
+    server: Server, sdk: SdkClients, http: HttpApi
+) -> None:
+    # Centrifugo v6 answers a subscription token that does not verify with error 103:
+    # the SDK's subscription error and unsubscribed callbacks fire, other subscriptions
+    # of the connection go on.
+    client, client_events = await sdk.connect(server.port, "alice")
+    _, chat, _ = await subscribe(client, "chat:still")
+    forged = jwt.encode(
+        {"sub": "alice", "channel": "private:x"}, "wrong-secret-" + "y" * 32, "HS256"
+    )
+    events = SubEvents()
+    sub = client.new_subscription("private:x", events=events, token=forged)
+
+    await sub.subscribe()
+    unsubscribed = await next_event(events.unsubscribed)
+    await http.call("publish", {"channel": "chat:still", "data": {"n": 1}})
+
+    assert unsubscribed.code == ErrorCode.PERMISSION_DENIED.code
+    assert sub.state is SubscriptionState.UNSUBSCRIBED
+    assert [p.data for p in await chat.next_publications(1)] == [{"n": 1}]
+    assert client_events.disconnected.empty()

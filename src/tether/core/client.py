@@ -382,12 +382,20 @@ class Client(OutboundQueue):
         expires, ttl = self._ttl()
         return RefreshResult(client=self.id, version=__version__, expires=expires, ttl=ttl)
 
-    def _verify_sub_token(self, channel: str, token: str) -> tuple[float | None, bytes | None]:
+    def _verify_sub_token(
+        self, channel: str, token: str, *, subscribing: bool
+    ) -> tuple[float | None, bytes | None]:
+        """As Centrifugo v6 does: an expired token is error 109; a token that does not
+        verify is error 103 on subscribe (the SDK's subscription error and unsubscribed
+        callbacks fire, the connection stays) and disconnect 3500 on sub_refresh; a valid
+        token for another channel or user is disconnect 3500."""
         try:
             claims = verify_subscription_token(token, self.node.config.token_secret)
         except TokenError as exc:
             if exc.expired:
                 raise ClientError(ErrorCode.TOKEN_EXPIRED) from None
+            if subscribing:
+                raise ClientError(ErrorCode.PERMISSION_DENIED, "invalid token") from None
             raise DisconnectRequested(DisconnectCode.INVALID_TOKEN) from None
         if claims.channel != channel or claims.user != self.user:
             raise DisconnectRequested(
@@ -399,7 +407,7 @@ class Client(OutboundQueue):
         sub = self.subs.get(request.channel)
         if sub is None:
             raise ClientError(ErrorCode.PERMISSION_DENIED, "not subscribed")
-        expire_at, _ = self._verify_sub_token(request.channel, request.token)
+        expire_at, _ = self._verify_sub_token(request.channel, request.token, subscribing=False)
         sub.expire_at = expire_at
         self.node.track_sub_expiry(self, request.channel, expire_at)
         if expire_at is None:
@@ -439,7 +447,7 @@ class Client(OutboundQueue):
             raise ClientError(ErrorCode.LIMIT_EXCEEDED, "too many subscriptions")
         expire_at: float | None = None
         if request.token:
-            expire_at, token_info = self._verify_sub_token(channel, request.token)
+            expire_at, token_info = self._verify_sub_token(channel, request.token, subscribing=True)
         elif not (authorized or ns.allow_subscribe):
             raise ClientError(ErrorCode.PERMISSION_DENIED)
         info = ClientInfo(
