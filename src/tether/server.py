@@ -105,7 +105,7 @@ class Server:
     async def start(self) -> None:
         config = self.config
         broker, presence = make_broker(config)
-        self.node = Node(config, broker, presence, frame=websocket.frame)
+        self.node = Node(config, broker, presence)
         await self.node.start()
         self._ws = await websocket.serve(
             self.node, config.host, config.port, reuse_port=self.reuse_port

@@ -74,7 +74,7 @@ class LocalServer:
 async def serving(config: Config, broker: Broker) -> AsyncIterator[LocalServer]:
     """Like :func:`~tether.testing.servers.running_server`, with ``broker`` injected
     (a :class:`~tether.testing.brokers.FaultyBroker`)."""
-    node = Node(config, broker, MemoryPresenceStore(), frame=websocket.frame)
+    node = Node(config, broker, MemoryPresenceStore())
     await node.start()
     listener = await websocket.serve(node, "127.0.0.1", 0)
     runner = web.AppRunner(build_app(node), access_log=None)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tether.errors import ProtocolViolation
 from tether.protocol import codec
+from tether.protocol.codec import JSON
 from tether.protocol.messages import (
     REQUEST_FIELDS,
     ClientInfo,
@@ -32,7 +33,7 @@ no_deadline = settings(deadline=None)
 
 
 def decode(frame: bytes, **kwargs: Any) -> list[Command]:
-    return codec.decode_commands(frame, **kwargs)
+    return JSON.decode_commands(frame, **kwargs)
 
 
 # -- decoding -----------------------------------------------------------------------------
@@ -182,14 +183,14 @@ def test_frame_with_more_than_max_commands_is_rejected() -> None:
 
 def test_reply_with_result_is_encoded_without_defaults() -> None:
     reply = Reply(id=3, subscribe=SubscribeResult(recoverable=True, epoch="e1", offset=7))
-    assert msgspec.json.decode(codec.encode_reply(reply)) == {
+    assert msgspec.json.decode(JSON.encode_reply(reply)) == {
         "id": 3,
         "subscribe": {"recoverable": True, "epoch": "e1", "offset": 7},
     }
 
 
 def test_empty_result_is_encoded_as_an_empty_object() -> None:
-    assert msgspec.json.decode(codec.encode_reply(Reply(id=2, publish=EmptyResult()))) == {
+    assert msgspec.json.decode(JSON.encode_reply(Reply(id=2, publish=EmptyResult()))) == {
         "id": 2,
         "publish": {},
     }
@@ -197,7 +198,7 @@ def test_empty_result_is_encoded_as_an_empty_object() -> None:
 
 def test_error_reply_carries_code_message_and_temporary() -> None:
     reply = Reply(id=4, error=Error(code=100, message="internal server error", temporary=True))
-    assert msgspec.json.decode(codec.encode_reply(reply)) == {
+    assert msgspec.json.decode(JSON.encode_reply(reply)) == {
         "id": 4,
         "error": {"code": 100, "message": "internal server error", "temporary": True},
     }
@@ -207,7 +208,7 @@ def test_publication_push_has_no_id_and_embeds_data_verbatim() -> None:
     pub = Publication(
         data=msgspec.Raw(b'{"text":"hi"}'), info=ClientInfo(user="u", client="c"), offset=9
     )
-    encoded = codec.encode_publication_push("chat:a", pub)
+    encoded = JSON.encode_publication_push("chat:a", pub)
     assert b'"data":{"text":"hi"}' in encoded
     assert msgspec.json.decode(encoded) == {
         "push": {
@@ -219,12 +220,12 @@ def test_publication_push_has_no_id_and_embeds_data_verbatim() -> None:
 
 def test_publication_push_equals_the_generic_push_encoding() -> None:
     pub = Publication(data=msgspec.Raw(b"[1,2]"), offset=1)
-    assert codec.encode_publication_push("a", pub) == codec.encode_push(Push(channel="a", pub=pub))
+    assert JSON.encode_publication_push("a", pub) == JSON.encode_push(Push(channel="a", pub=pub))
 
 
 def test_disconnect_push_is_encoded() -> None:
     push = Push(disconnect=Disconnect(code=3001, reason="shutdown"))
-    assert msgspec.json.decode(codec.encode_push(push)) == {
+    assert msgspec.json.decode(JSON.encode_push(push)) == {
         "push": {"disconnect": {"code": 3001, "reason": "shutdown"}}
     }
 
@@ -232,11 +233,11 @@ def test_disconnect_push_is_encoded() -> None:
 def test_encoded_messages_hold_no_newline() -> None:
     # Frames may batch messages with "\n"; an encoded message must never contain one.
     pub = Publication(data=msgspec.Raw(b'{"text": "a\\nb"}'), offset=1)
-    assert b"\n" not in codec.encode_publication_push("a\nb", pub)
+    assert b"\n" not in JSON.encode_publication_push("a\nb", pub)
 
 
 def test_ping_is_an_empty_object() -> None:
-    assert codec.PING == b"{}"
+    assert JSON.ping == b"{}"
 
 
 # -- properties ---------------------------------------------------------------------------

@@ -1,14 +1,12 @@
 """Ephemeral windows: the hub coalesces a channel's typing/cursor frames for up to
 ``ephemeral_window`` seconds and hands every subscriber one shared batch per window.
 
-The loop is faked (:class:`FakeLoop`): callbacks run only when a test calls
+The loop is faked (:class:`~tether.testing.loop.FakeLoop`): callbacks run only when a test calls
 :meth:`FakeLoop.tick` or :meth:`FakeLoop.advance`, so "the next iteration" and "the end of
 the window" are exact and nothing depends on timing.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from msgspec import Raw
 
@@ -17,47 +15,11 @@ from tether.core.lanes import Lane
 from tether.core.outbound import OutboundQueue, OverflowPolicy, QueueLimits, QueueStats
 from tether.core.transport import Cadence, Flusher
 from tether.protocol.messages import Publication
+from tether.testing.loop import FakeLoop
+from tether.testing.transports import JSON_LINES
 
 WINDOW = 0.02
 CHANNEL = "typing:room"
-
-
-class FakeLoop:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.soon: list[Callable[[], None]] = []
-        self.later: list[tuple[float, Callable[[], None]]] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_soon(self, callback: Callable[[], None]) -> None:
-        self.soon.append(callback)
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        self.later.append((self.now + delay, callback))
-
-    def tick(self) -> None:
-        """One loop iteration: the callbacks that were ready when it started."""
-        ready, self.soon = self.soon, []
-        for callback in ready:
-            callback()
-
-    def settle(self) -> None:
-        for _ in range(20):
-            if not self.soon:
-                return
-            self.tick()
-        raise AssertionError("callbacks keep rescheduling themselves")
-
-    def advance(self, seconds: float) -> None:
-        """Let time pass, running timers that fall due and what they schedule."""
-        self.now += seconds
-        due = [entry for entry in self.later if entry[0] <= self.now + 1e-9]
-        self.later = [entry for entry in self.later if entry[0] > self.now + 1e-9]
-        for _, callback in sorted(due, key=lambda entry: entry[0]):
-            callback()
-        self.settle()
 
 
 class Recorder:
@@ -87,19 +49,20 @@ class NeverOverflows:
 
 
 class Subscriber(OutboundQueue):
-    __slots__ = ("limits",)
+    __slots__ = ("limits", "wire_format")
 
     transport: Recorder
 
     def __init__(self, limits: QueueLimits) -> None:
         super().__init__(limits, Recorder(), NeverOverflows())
         self.limits = limits
+        self.wire_format = JSON_LINES
 
 
 def setup(subscribers: int = 3) -> tuple[Hub, FakeLoop, list[Subscriber]]:
     loop = FakeLoop()
     stats = QueueStats()
-    hub = Hub(lambda payload: payload + b"\n", stats)
+    hub = Hub(stats)
     flusher = Flusher(loop.call_soon)
     flusher.on_tick_end(hub.end_tick)
     cadence = Cadence(

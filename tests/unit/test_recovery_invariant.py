@@ -30,6 +30,7 @@ from tether.core.client import Client
 from tether.core.node import Node
 from tether.protocol.messages import ClientInfo, Publication
 from tether.testing.servers import TEST_SECRET, make_config
+from tether.testing.transports import JSON_LINES
 
 CHANNEL = "chat:room"
 
@@ -140,7 +141,7 @@ class RecordingTransport:
 class Session:
     def __init__(self, node: Node, user: str) -> None:
         self.transport = RecordingTransport()
-        self.client: Client = node.accept(self.transport)
+        self.client: Client = node.accept(self.transport, JSON_LINES)
         self.user = user
         self.last_id = 0
 
@@ -166,7 +167,6 @@ async def node(request: pytest.FixtureRequest) -> AsyncIterator[Node]:
         make_config(),
         InterleavingBroker(before, after),
         InterleavingPresenceStore(after),
-        frame=lambda payload: payload + b"\n",
     )
     await node.start()
     try:

@@ -21,6 +21,7 @@ from tether.testing.wsclient import (
     upgrade_request,
 )
 from tether.transports.websocket import wire
+from tether.transports.websocket.negotiation import WIRE_FORMATS, negotiate, websocket_format
 from tether.transports.websocket.wire import (
     Close,
     FrameParser,
@@ -386,3 +387,35 @@ def test_frame_like_input_in_chunks_gives_the_same_outcome_as_in_one_piece(
     assert chunked[1] == whole[1]
     if whole[1] is None:
         assert chunked[0] == whole[0]
+
+
+# -- wire formats: one per codec, framed by its kind -------------------------------------
+
+
+def test_a_binary_codec_goes_out_in_binary_frames_and_json_in_text_frames() -> None:
+    class BinaryCodec:
+        name, binary, ping = "fake", True, b"\x00"
+
+    binary = websocket_format(BinaryCodec())  # type: ignore[arg-type]
+    assert binary.ping == b"\x82\x01\x00"
+    assert WIRE_FORMATS["json"].ping == b"\x81\x02{}"
+    assert wire.binary_frame(b"x" * 200)[:4] == b"\x82\x7e\x00\xc8"
+
+
+def test_every_upgrade_speaks_json_for_now() -> None:
+    request = wire.parse_upgrade(
+        head(
+            upgrade_request("/connection/websocket?format=json", headers={"Sec-WebSocket-Key": KEY})
+        )
+    )
+    negotiated = negotiate(request)
+    assert negotiated.wire_format is WIRE_FORMATS["json"]
+    assert negotiated.subprotocol is None
+    assert request.query == "format=json"
+
+
+def test_a_chosen_subprotocol_is_named_in_the_101_answer() -> None:
+    response = wire.accept_response(KEY, "centrifuge-protobuf")
+    assert b"\r\nSec-WebSocket-Protocol: centrifuge-protobuf\r\n" in response
+    assert response.endswith(b"\r\n\r\n")
+    assert b"Sec-WebSocket-Protocol" not in wire.accept_response(KEY)

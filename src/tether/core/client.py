@@ -33,7 +33,7 @@ from tether.errors import (
     ProtocolViolation,
     TokenError,
 )
-from tether.protocol import codec
+from tether.protocol.codec import request_of
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
 from tether.protocol.messages import (
     ClientInfo,
@@ -66,7 +66,7 @@ from tether.protocol.session import ConnectionState, advance, check_command_allo
 
 if TYPE_CHECKING:
     from tether.core.node import Node
-    from tether.core.transport import ClientTransport
+    from tether.core.transport import ClientTransport, WireFormat
 
 log = structlog.get_logger("tether.client")
 
@@ -108,11 +108,15 @@ class Client(OutboundQueue):
         "state",
         "subs",
         "user",
+        "wire_format",
     )
 
-    def __init__(self, node: Node, transport: ClientTransport) -> None:
+    def __init__(self, node: Node, transport: ClientTransport, wire_format: WireFormat) -> None:
         super().__init__(node.queue_limits, transport, owner=self)
         self.node = node
+        self.wire_format = wire_format
+        """The codec this connection speaks and its framing, chosen by the transport at
+        the handshake: every reply and push to it is encoded and framed with it."""
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: msgspec.Raw | None = None
@@ -131,10 +135,13 @@ class Client(OutboundQueue):
 
     # -- outbound (the queue itself is OutboundQueue) -----------------------------------
 
-    def send(self, payload: bytes) -> None:
-        """Frame and queue one protocol message to this client (a reply or a push); it
-        goes before every lane."""
-        self.enqueue_urgent(self.node.frame(payload))
+    def send_reply(self, reply: Reply) -> None:
+        """Encode, frame and queue a reply to this client; it goes before every lane."""
+        self.enqueue_urgent(self.wire_format.reply(reply))
+
+    def send_push(self, push: Push) -> None:
+        """Encode, frame and queue a push to this client; it goes before every lane."""
+        self.enqueue_urgent(self.wire_format.push(push))
 
     # -- the queue's owner (QueueOwner: what the overflow rule asks of the connection) --
 
@@ -206,7 +213,7 @@ class Client(OutboundQueue):
         if self.state is ConnectionState.CLOSED:
             return
         try:
-            commands = codec.decode_commands(
+            commands = self.wire_format.codec.decode_commands(
                 data, max_commands=self.node.config.max_commands_per_frame
             )
         except ProtocolViolation as exc:
@@ -232,7 +239,7 @@ class Client(OutboundQueue):
         self.close(DisconnectCode.BAD_REQUEST, _short(str(exc)))
 
     async def _dispatch(self, command: Command) -> None:
-        name, request = codec.request_of(command)
+        name, request = request_of(command)
         try:
             check_command_allowed(self.state, name)
             reply = await self._handle(name, request, command.id)
@@ -262,7 +269,7 @@ class Client(OutboundQueue):
             self.close(DisconnectCode.SERVER_ERROR)
             return
         if reply is not None and command.id and self.state is not ConnectionState.CLOSED:
-            self.send(codec.encode_reply(reply))
+            self.send_reply(reply)
 
     async def _handle(self, name: str, request: object, cid: int) -> Reply | None:
         match name:
@@ -367,7 +374,7 @@ class Client(OutboundQueue):
             node=self.node.name,
             time=int(time.time() * 1000),
         )
-        self.send(codec.encode_reply(Reply(id=cid, connect=connect)))
+        self.send_reply(Reply(id=cid, connect=connect))
         for channel, _, after in prepared:
             self.go_live(channel, after)
 
@@ -420,7 +427,7 @@ class Client(OutboundQueue):
         result, after = await self._prepare_subscription(
             request.channel, request, token_info=None, authorized=False
         )
-        self.send(codec.encode_reply(Reply(id=cid, subscribe=result)))
+        self.send_reply(Reply(id=cid, subscribe=result))
         self.go_live(request.channel, after)
 
     async def prepare_server_subscription(self, channel: str) -> tuple[SubscribeResult, int]:
@@ -488,7 +495,7 @@ class Client(OutboundQueue):
         self.unsubscribe(channel)
         why = UnsubscribeCode.INSUFFICIENT_STATE
         unsubscribe = Unsubscribe(code=why.code, reason=why.reason)
-        self.send(codec.encode_push(Push(channel=channel, unsubscribe=unsubscribe)))
+        self.send_push(Push(channel=channel, unsubscribe=unsubscribe))
 
     def unsubscribe(self, channel: str) -> None:
         """Leave ``channel`` (no error if not subscribed, as in the protocol)."""

@@ -1,7 +1,8 @@
 """Channel -> local subscribers, and the fan-out hot path.
 
-A publication is encoded once, framed once, and the same ``bytes`` object reaches every
-live subscriber's outbound queue, in the channel's lane, through a tick batch shared by all
+A publication is encoded once and framed once per wire format (codec and framing) present
+on its channel, and the same ``bytes`` object reaches every live subscriber of that format's
+outbound queue, in the channel's lane, through a tick batch shared by all
 of them (see :mod:`tether.core.outbound`): no await, no per-subscriber encoding, and per
 subscriber one list append per tick however many publications the tick carried. Subscribers
 that are still being set up (their subscribe reply not yet sent) are *pending*: they
@@ -15,6 +16,10 @@ channel's ephemeral frames are collected, newest per coalescing key, until the n
 ephemeral cadence calls :meth:`Hub.flush_ephemeral` (at most once per ``ephemeral_window``;
 the first frame after a quiet window goes out on the next loop iteration). A storm of
 them then costs each subscriber one append and one write per window, not per event.
+
+A channel's live subscribers are grouped by wire format into *audiences*; each audience
+holds its own tick batch and ephemeral window. With one format (the common case) a
+publication costs one more loop step than a flat member table, never anything per delivery.
 """
 
 from __future__ import annotations
@@ -24,38 +29,50 @@ from typing import TYPE_CHECKING
 
 from tether.core.lanes import Lane
 from tether.core.outbound import EphemeralBatch, QueueStats
-from tether.protocol import codec
+from tether.core.transport import WireFormat
 from tether.protocol.messages import Publication, Push
 
 if TYPE_CHECKING:
     from tether.core.client import Client
 
-Framer = Callable[[bytes], bytes]
+
+class _Audience:
+    """The live subscribers of one channel that speak one wire format, and what they share
+    right now: this tick's batch of frames and the open ephemeral window."""
+
+    __slots__ = ("batch", "members", "window", "wire_format")
+
+    def __init__(self, wire_format: WireFormat) -> None:
+        self.wire_format = wire_format
+        self.members: dict[Client, None] = {}
+        self.batch: list[bytes] | None = None
+        """This tick's frames, one list shared by every member (None: no open batch)."""
+        self.window: dict[Hashable, bytes] | None = None
+        """Coalescing key -> newest ephemeral frame of the open window (None: closed)."""
 
 
 class Hub:
     __slots__ = (
-        "_batches",
-        "_frame",
+        "_batched",
         "_live",
         "_pending",
         "_request_ephemeral_flush",
-        "_windows",
+        "_windowed",
         "deliveries",
         "publications",
         "stats",
     )
 
-    def __init__(self, frame: Framer, stats: QueueStats | None = None) -> None:
-        self._frame = frame
+    def __init__(self, stats: QueueStats | None = None) -> None:
         self.stats = stats if stats is not None else QueueStats()
         """Shared with every client's queue (coalesced / dropped ephemeral frames)."""
-        self._live: dict[str, dict[Client, None]] = {}
+        # channel -> wire format -> its live subscribers
+        self._live: dict[str, dict[WireFormat, _Audience]] = {}
         self._pending: dict[str, dict[Client, list[tuple[int, bytes, Hashable]]]] = {}
-        # channel -> this tick's batch of frames, shared by all its live subscribers
-        self._batches: dict[str, list[bytes]] = {}
-        # channel -> coalescing key -> newest ephemeral frame of the open window
-        self._windows: dict[str, dict[Hashable, bytes]] = {}
+        self._batched: list[_Audience] = []
+        """Audiences with an open tick batch (closed by :meth:`end_tick`)."""
+        self._windowed: list[_Audience] = []
+        """Audiences with an open ephemeral window (closed by :meth:`flush_ephemeral`)."""
         self._request_ephemeral_flush: Callable[[], object] = self.flush_ephemeral
         self.publications = 0
         self.deliveries = 0
@@ -71,8 +88,8 @@ class Hub:
         return channel in self._live or channel in self._pending
 
     def add_pending(self, channel: str, client: Client) -> bool:
-        """Start buffering ``channel`` for ``client``. True if it is the channel's first
-        local subscriber (the node must then subscribe the broker)."""
+        """Start buffering ``channel`` for ``client`` (in its ``wire_format``). True if it
+        is the channel's first local subscriber (the node must then subscribe the broker)."""
         first = not self.has_local(channel)
         self._pending.setdefault(channel, {})[client] = []
         return first
@@ -85,91 +102,126 @@ class Hub:
         buffered = pending.pop(client, []) if pending is not None else []
         if pending is not None and not pending:
             del self._pending[channel]
-        window = self._windows.get(channel)
+        wire_format = client.wire_format
+        audiences = self._live.get(channel)
+        if audiences is None:
+            audiences = self._live[channel] = {}
+        audience = audiences.get(wire_format)
+        if audience is None:
+            audience = audiences[wire_format] = _Audience(wire_format)
+        window = audience.window
         # Frames still in the open ephemeral window reach the client with the window.
         in_window = {id(f) for f in window.values()} if window else set()
         for offset, frame, key in buffered:
             if (offset == 0 or offset > after_offset) and id(frame) not in in_window:
                 _enqueue(client, frame, lane, key)
-        # The channel's current batch was attached before this client was live: later
+        # The audience's current batch was attached before this client was live: later
         # frames of this tick go to a new batch that it shares too.
-        self._batches.pop(channel, None)
-        self._live.setdefault(channel, {})[client] = None
+        audience.batch = None
+        audience.members[client] = None
 
     def remove(self, channel: str, client: Client) -> bool:
         """Forget ``client`` on ``channel``. True if no local subscriber is left."""
-        for table in (self._live, self._pending):
-            members = table.get(channel)
-            if members is not None and client in members:
-                del members[client]
-                if not members:
-                    del table[channel]
+        audiences = self._live.get(channel)
+        if audiences is not None:
+            audience = audiences.get(client.wire_format)
+            if audience is not None and client in audience.members:
+                del audience.members[client]
+                if not audience.members:
+                    del audiences[client.wire_format]
+                    if not audiences:
+                        del self._live[channel]
+        pending = self._pending.get(channel)
+        if pending is not None and client in pending:
+            del pending[client]
+            if not pending:
+                del self._pending[channel]
         return not self.has_local(channel)
 
     def channels(self) -> dict[str, int]:
         """Channel -> number of local subscribers (live and pending)."""
-        out = {ch: len(m) for ch, m in self._live.items()}
+        out = {ch: sum(len(a.members) for a in auds.values()) for ch, auds in self._live.items()}
         for ch, m in self._pending.items():
             out[ch] = out.get(ch, 0) + len(m)
         return out
 
     def subscribers(self, channel: str) -> list[Client]:
-        return [*self._live.get(channel, ()), *self._pending.get(channel, ())]
+        live = [c for a in self._live.get(channel, {}).values() for c in a.members]
+        return [*live, *self._pending.get(channel, ())]
 
     # -- fan-out ---------------------------------------------------------------------
 
     def end_tick(self) -> None:
         """Close this tick's batches (the Flusher calls it before flushing): the next
         publication of a channel starts a new batch."""
-        self._batches.clear()
+        for audience in self._batched:
+            audience.batch = None
+        self._batched.clear()
 
     def broadcast_publication(
         self, channel: str, publication: Publication, lane: Lane, key: Hashable = None
     ) -> None:
         """Deliver a publication to every local subscriber, in ``lane``. ``key`` coalesces
         ephemeral frames (None: this frame coalesces with nothing)."""
-        payload = codec.encode_publication_push(channel, publication)
-        self._broadcast(channel, payload, publication.offset, lane, key)
+        self._broadcast(channel, publication, publication.offset, lane, key)
         self.publications += 1
 
     def broadcast_push(self, channel: str, push: Push, lane: Lane) -> None:
         """A push that is not a publication (join, leave): offset 0, never deduplicated."""
-        self._broadcast(channel, codec.encode_push(push), 0, lane, None)
+        self._broadcast(channel, push, 0, lane, None)
 
     def _broadcast(
-        self, channel: str, payload: bytes, offset: int, lane: Lane, key: Hashable
+        self, channel: str, message: Publication | Push, offset: int, lane: Lane, key: Hashable
     ) -> None:
-        live = self._live.get(channel)
+        """Frame ``message`` once per wire format present on ``channel``; deliver it to the
+        live subscribers (tick batch or ephemeral window) and buffer it for the pending
+        ones."""
+        audiences = self._live.get(channel)
         pending = self._pending.get(channel)
-        if live is None and pending is None:
+        if audiences is None and pending is None:
             return
-        frame = self._frame(payload)
-        if live:
-            if lane.coalesced:
-                self._add_to_window(channel, frame, key, len(live))
-            else:
-                self.deliveries += len(live)
-                batch = self._batches.get(channel)
+        # Pending subscribers reuse the live subscribers' frames (the same object: that
+        # is how go_live recognises a frame still in an open window).
+        built: dict[WireFormat, bytes] | None = {} if pending else None
+        if audiences:
+            for audience in audiences.values():
+                wire_format = audience.wire_format
+                frame = _frame(wire_format, channel, message)
+                if built is not None:
+                    built[wire_format] = frame
+                members = audience.members
+                if lane.coalesced:
+                    self._add_to_window(audience, frame, key, len(members))
+                    continue
+                self.deliveries += len(members)
+                batch = audience.batch
                 if batch is not None:
-                    batch.append(frame)  # every subscriber already holds this batch
+                    batch.append(frame)  # every member already holds this batch
+                    continue
+                batch = audience.batch = [frame]
+                self._batched.append(audience)
+                if lane.urgent:
+                    for client in members:
+                        client.attach_urgent(batch)
                 else:
-                    batch = self._batches[channel] = [frame]
-                    if lane.urgent:
-                        for client in live:
-                            client.attach_urgent(batch)
-                    else:
-                        for client in live:
-                            client.attach(batch)
-        if pending:
-            entry = (offset, frame, key)
-            for buffer in pending.values():
-                buffer.append(entry)
+                    for client in members:
+                        client.attach(batch)
+        if pending and built is not None:
+            for client, buffer in pending.items():
+                wire_format = client.wire_format
+                frame = built.get(wire_format) or b""
+                if not frame:
+                    frame = built[wire_format] = _frame(wire_format, channel, message)
+                buffer.append((offset, frame, key))
 
-    def _add_to_window(self, channel: str, frame: bytes, key: Hashable, subscribers: int) -> None:
-        opened = not self._windows
-        window = self._windows.get(channel)
+    def _add_to_window(
+        self, audience: _Audience, frame: bytes, key: Hashable, subscribers: int
+    ) -> None:
+        opened = not self._windowed
+        window = audience.window
         if window is None:
-            window = self._windows[channel] = {}
+            window = audience.window = {}
+            self._windowed.append(audience)
         if key is None:
             key = object()  # unique: coalesces with nothing
         elif window.pop(key, None) is not None:
@@ -180,17 +232,25 @@ class Hub:
 
     def flush_ephemeral(self) -> None:
         """Close every open ephemeral window: its frames (newest per key) go to the
-        channel's live subscribers as one shared batch."""
-        windows, self._windows = self._windows, {}
-        for channel, window in windows.items():
-            live = self._live.get(channel)
-            if not live:
+        audience's live subscribers as one shared batch."""
+        windowed, self._windowed = self._windowed, []
+        for audience in windowed:
+            window, audience.window = audience.window, None
+            members = audience.members
+            if not window or not members:
                 continue
             frames = list(window.values())
             batch = EphemeralBatch(list(window), frames, sum(map(len, frames)))
-            self.deliveries += len(frames) * len(live)
-            for client in live:
+            self.deliveries += len(frames) * len(members)
+            for client in members:
                 client.attach_ephemeral(batch)
+
+
+def _frame(wire_format: WireFormat, channel: str, message: Publication | Push) -> bytes:
+    codec = wire_format.codec
+    if isinstance(message, Publication):
+        return wire_format.frame(codec.encode_publication_push(channel, message))
+    return wire_format.frame(codec.encode_push(message))
 
 
 def _enqueue(client: Client, frame: bytes, lane: Lane, key: Hashable) -> None:

@@ -24,13 +24,12 @@ from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishRe
 from tether.config import Config, NamespaceConfig
 from tether.core.admission import Admission
 from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
-from tether.core.hub import Framer, Hub
+from tether.core.hub import Hub
 from tether.core.lanes import Lane, LaneGate
 from tether.core.outbound import OverflowPolicy, QueueLimits
 from tether.core.recovery import RecoveryCache, recover
-from tether.core.transport import Cadence, ClientTransport, Flusher
+from tether.core.transport import Cadence, ClientTransport, Flusher, WireFormat
 from tether.errors import BrokerUnavailable, ClientError
-from tether.protocol import codec
 from tether.protocol.channels import check_channel_name, namespace_of
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
 from tether.protocol.messages import (
@@ -63,16 +62,14 @@ class Node:
         broker: Broker,
         presence: PresenceStore,
         *,
-        frame: Framer,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.broker = broker
         self.presence_store = presence
-        self.frame = frame
         self.clock = clock
         self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.hub = Hub(frame)
+        self.hub = Hub()
         self.recovery = RecoveryCache(broker, clock)
         self.clients: dict[str, Client] = {}
         self.users: dict[str, dict[Client, None]] = {}
@@ -194,9 +191,10 @@ class Node:
 
     # -- connections ------------------------------------------------------------------
 
-    def accept(self, transport: ClientTransport) -> Client:
-        """A transport finished its handshake: a new client, awaiting ``connect``."""
-        client = Client(self, transport)
+    def accept(self, transport: ClientTransport, wire_format: WireFormat) -> Client:
+        """A transport finished its handshake: a new client speaking ``wire_format``,
+        awaiting ``connect``."""
+        client = Client(self, transport, wire_format)
         self._connecting[client] = None
         return client
 
@@ -254,15 +252,14 @@ class Node:
         """Once a second: pings (one bucket of clients per second, so a node's pings are
         spread over the ping interval), pong deadlines, stale and expired connections.
         How late each tick wakes up is the event loop's lag (:attr:`loop_lag`)."""
-        ping_frame = self.frame(codec.PING)
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + 1
             await asyncio.sleep(1)
             self.loop_lag = max(0.0, loop.time() - due)
-            self._housekeeping_tick(ping_frame)
+            self._housekeeping_tick()
 
-    def _housekeeping_tick(self, ping_frame: bytes) -> None:
+    def _housekeeping_tick(self) -> None:
         config = self.config
         self._tick += 1
         buckets = self._ping_buckets
@@ -271,7 +268,7 @@ class Node:
             client.close(DisconnectCode.NO_PONG)
         for client in buckets[self._tick % len(buckets)]:
             client.awaiting_pong = True
-            client.enqueue_urgent(ping_frame)  # never shed with the standard lane
+            client.enqueue_urgent(client.wire_format.ping)  # never shed with the standard lane
         now = self.clock()
         stale = [c for c in self._connecting if now - c.connected_at > config.connect_timeout]
         for client in stale:
@@ -545,7 +542,7 @@ class Node:
                 offset=result.offset,
                 positioned=result.positioned,
             )
-            client.send(codec.encode_push(Push(channel=channel, subscribe=push)))
+            client.send_push(Push(channel=channel, subscribe=push))
             client.go_live(channel, after)
 
     async def unsubscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
@@ -553,11 +550,10 @@ class Node:
         self.namespace(channel)
         why = UnsubscribeCode.SERVER
         push = Push(channel=channel, unsubscribe=Unsubscribe(code=why.code, reason=why.reason))
-        payload = codec.encode_push(push)
         for client in self._targets(user, client_id):
             if channel in client.subs:
                 client.unsubscribe(channel)
-                client.send(payload)
+                client.send_push(push)
 
     def disconnect_user(
         self,

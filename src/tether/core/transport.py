@@ -1,8 +1,9 @@
 """The edge between a client session and the socket carrying it.
 
-A transport moves already-framed bytes: the node frames each message once (with the
-framer of the one client transport it serves) and hands the same bytes to every
-connection. Two implementations: the WebSocket listener, and the in-memory pair of
+A transport moves already-framed bytes. At the handshake it chooses the connection's
+:class:`WireFormat` (a codec and the transport's framing of it); the node encodes and
+frames each message once per wire format and hands the same bytes to every connection of
+that format. Two implementations: the WebSocket listener, and the in-memory pair of
 :mod:`tether.testing.transports`.
 """
 
@@ -11,6 +12,41 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from tether.protocol.codec import Codec
+from tether.protocol.messages import Publication, Push, Reply
+
+Framer = Callable[[bytes], bytes]
+"""Turns one encoded protocol message into the bytes a transport writes for it."""
+
+
+class WireFormat:
+    """One codec as one transport frames it: what a connection speaks on the wire.
+
+    The hub groups a channel's subscribers by wire format and builds each publication's
+    frame once per format present (identity is the key: make one instance per transport
+    and codec, at import). ``frame`` must give the same bytes for every connection.
+    """
+
+    __slots__ = ("codec", "frame", "ping")
+
+    def __init__(self, codec: Codec, frame: Framer) -> None:
+        self.codec = codec
+        self.frame = frame
+        self.ping = frame(codec.ping)
+        """The framed heartbeat, built once."""
+
+    def __repr__(self) -> str:
+        return f"<WireFormat {self.codec.name}>"
+
+    def reply(self, reply: Reply) -> bytes:
+        return self.frame(self.codec.encode_reply(reply))
+
+    def push(self, push: Push) -> bytes:
+        return self.frame(self.codec.encode_push(push))
+
+    def publication(self, channel: str, publication: Publication) -> bytes:
+        return self.frame(self.codec.encode_publication_push(channel, publication))
 
 
 class ClientTransport(Protocol):

@@ -1,8 +1,9 @@
 """A node without sockets: an in-memory client transport and a protocol peer to drive it.
 
 Unit tests of the node's rules (admission, lanes, recovery) need real sessions but no
-network. :func:`local_node` starts a :class:`~tether.core.node.Node` whose frames are JSON
-lines, and :class:`LocalSession` is one connection to it, speaking the client protocol::
+network. :func:`local_node` starts a :class:`~tether.core.node.Node`, and
+:class:`LocalSession` is one connection to it, speaking the client protocol in
+:data:`JSON_LINES` (JSON messages framed as lines)::
 
     async with local_node(config, broker=FaultyBroker()) as node:
         alice = LocalSession(node)
@@ -29,8 +30,10 @@ from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
 from tether.config import Config
 from tether.core.client import Client
 from tether.core.node import Node
+from tether.core.transport import WireFormat
+from tether.protocol.codec import JSON
 
-__all__ = ["LocalSession", "MemoryTransport", "line_frame", "local_node"]
+__all__ = ["JSON_LINES", "LocalSession", "MemoryTransport", "line_frame", "local_node"]
 
 TIMEOUT = 5.0
 """Seconds any single wait of this module may take before TimeoutError."""
@@ -41,6 +44,10 @@ def line_frame(payload: bytes) -> bytes:
     return payload + b"\n"
 
 
+JSON_LINES = WireFormat(JSON, line_frame)
+"""The JSON codec framed by :func:`line_frame`: what in-memory sessions speak."""
+
+
 @asynccontextmanager
 async def local_node(
     config: Config,
@@ -49,14 +56,12 @@ async def local_node(
     presence: PresenceStore | None = None,
     clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Node]:
-    """A started node framing with :func:`line_frame` (memory broker unless given);
-    closed (clients with 3001) on exit."""
+    """A started node (memory broker unless given); closed (clients with 3001) on exit."""
     kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
     node = Node(
         config,
         broker if broker is not None else MemoryBroker(),
         presence if presence is not None else MemoryPresenceStore(),
-        frame=line_frame,
         **kwargs,
     )
     await node.start()
@@ -99,12 +104,12 @@ class MemoryTransport:
 
 
 class LocalSession:
-    """One client connection to ``node`` over a :class:`MemoryTransport`."""
+    """One client connection to ``node`` over a :class:`MemoryTransport`, in JSON lines."""
 
     def __init__(self, node: Node, remote: str = "127.0.0.1:40000") -> None:
         self.node = node
         self.transport = MemoryTransport(remote)
-        self.client = node.accept(self.transport)
+        self.client = node.accept(self.transport, JSON_LINES)
         self.transport.client = self.client
         self.pushes: deque[dict[str, Any]] = deque()
         """Pushes not yet taken by :meth:`next_push`, oldest first."""

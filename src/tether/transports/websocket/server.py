@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 import structlog
 
 from tether.transports.websocket import wire
+from tether.transports.websocket.negotiation import negotiate
 
 if TYPE_CHECKING:
     from tether.core.client import Client
@@ -24,8 +25,6 @@ PATH = "/connection/websocket"
 CLOSE_TIMEOUT = 5.0
 """Seconds a closing socket may take to flush before it is aborted (a peer that stopped
 reading would otherwise hold its buffers forever)."""
-frame = wire.text_frame
-"""The framer of this transport: the node frames every message once with it."""
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -154,6 +153,7 @@ class WebSocketConnection(asyncio.Protocol):
             origin = request.headers.get("origin")
             if origin and "*" not in self._allowed_origins and origin not in self._allowed_origins:
                 raise wire.HandshakeError(403, "Origin Not Allowed")
+            negotiated = negotiate(request)
             if self._node.closing:
                 raise wire.HandshakeError(503, "Shutting Down", retry_after=1)
             ip = self.remote.rpartition(":")[0]
@@ -164,9 +164,9 @@ class WebSocketConnection(asyncio.Protocol):
         except wire.HandshakeError as exc:
             self._reject(exc.status, exc.reason, exc.retry_after)
             return
-        self._transport.write(wire.accept_response(request.key))
+        self._transport.write(wire.accept_response(request.key, negotiated.subprotocol))
         self._parser = wire.FrameParser(self._node.config.max_message_size)
-        self._client = self._node.accept(self)
+        self._client = self._node.accept(self, negotiated.wire_format)
         rest = buf[end + 4 :]
         if rest:
             self.data_received(rest)

@@ -36,6 +36,8 @@ CLOSE_TOO_BIG = 1009
 @dataclass(frozen=True, slots=True)
 class UpgradeRequest:
     path: str
+    query: str
+    """The request target after ``?`` (undecoded; empty without one)."""
     headers: dict[str, str]
     """Header names lower-cased; repeated headers joined with ", "."""
 
@@ -79,14 +81,17 @@ def parse_upgrade(head: bytes) -> UpgradeRequest:
             raise ValueError
     except ValueError:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key") from None
-    return UpgradeRequest(path=target.split("?", 1)[0], headers=headers)
+    path, _, query = target.partition("?")
+    return UpgradeRequest(path=path, query=query, headers=headers)
 
 
-def accept_response(key: str) -> bytes:
+def accept_response(key: str, subprotocol: str | None = None) -> bytes:
+    """The 101 answer; ``subprotocol``: the ``Sec-WebSocket-Protocol`` chosen, if any."""
     accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+    chosen = b"Sec-WebSocket-Protocol: " + subprotocol.encode() + b"\r\n" if subprotocol else b""
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n" + chosen + b"\r\n"
     )
 
 
@@ -110,12 +115,23 @@ def _header(opcode: int, length: int) -> bytes:
 _SMALL_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
 
 
+_SMALL_BINARY_HEADERS = [bytes((0x82, n)) for n in range(126)]
+
+
 def text_frame(payload: bytes) -> bytes:
     """One unmasked, final text frame: the same bytes for every client."""
     n = len(payload)
     if n < 126:
         return _SMALL_TEXT_HEADERS[n] + payload
     return _header(OP_TEXT, n) + payload
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """One unmasked, final binary frame: the same bytes for every client."""
+    n = len(payload)
+    if n < 126:
+        return _SMALL_BINARY_HEADERS[n] + payload
+    return _header(OP_BINARY, n) + payload
 
 
 def control_frame(opcode: int, payload: bytes = b"") -> bytes:
