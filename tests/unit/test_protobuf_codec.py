@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tether.errors import ProtocolViolation
 from tether.protocol import codec as json_codec
+from tether.protocol.codec import JSON
 from tether.protocol.messages import (
     REQUEST_FIELDS,
     ClientInfo,
@@ -398,7 +399,7 @@ def test_publication_push_equals_the_generic_push_encoding() -> None:
 )
 def test_every_result_and_push_reads_back_as_the_json_codec_writes_it(reply: Reply) -> None:
     [from_protobuf] = read_replies(PROTOBUF.encode_reply(reply))
-    from_json = msgspec.json.decode(json_codec.encode_reply(reply))
+    from_json = msgspec.json.decode(JSON.encode_reply(reply))
     assert _normalise(from_protobuf, embedded_b64=True) == _normalise(from_json)
 
 

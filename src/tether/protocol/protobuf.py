@@ -10,7 +10,7 @@ messages, each preceded by its length as a base-128 varint. That holds in both d
 a client frame is a batch of ``Command``; the server's messages are ``Reply`` (a push is a
 ``Reply`` with a ``push``). An empty message (length 0) is the ping, and the pong.
 
-Validation is the JSON codec's (see :func:`tether.protocol.codec.decode_commands`), and
+Validation is the JSON codec's (see :func:`tether.protocol.codec.check_command`), and
 every rejection raises :class:`~tether.errors.ProtocolViolation` (disconnect 3501):
 
 * a truncated or over-long varint, a length that runs past the end of the frame;
