@@ -6,9 +6,10 @@ For anyone who implements an extension point or tests an application against Tet
   subclass for your own engine (``RecordingHandler`` is the event handler it records
   with).
 * :class:`FaultyBroker` (hold or fail broker calls on demand), :class:`FakeClock`,
+  :class:`FakeLoop` (callbacks and timers run only when the test says),
   :class:`TcpProxy` (cut or stall a real TCP link).
 * :func:`local_node` and :class:`LocalSession`: a node and a client connection without
-  sockets, over a :class:`MemoryTransport`.
+  sockets, over a :class:`MemoryTransport`, speaking :data:`JSON_LINES`.
 * :func:`running_server`, :func:`make_config` and the test secrets: a real server on
   ephemeral ports; :class:`WSClient` speaks to it over a real WebSocket.
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from tether.testing.brokers import FaultyBroker
     from tether.testing.clock import FakeClock
     from tether.testing.faults import TcpProxy
+    from tether.testing.loop import FakeLoop
     from tether.testing.servers import (
         OPEN,
         TEST_API_KEY,
@@ -34,7 +36,13 @@ if TYPE_CHECKING:
         make_config,
         running_server,
     )
-    from tether.testing.transports import LocalSession, MemoryTransport, line_frame, local_node
+    from tether.testing.transports import (
+        JSON_LINES,
+        LocalSession,
+        MemoryTransport,
+        line_frame,
+        local_node,
+    )
     from tether.testing.wsclient import Closed, HandshakeRejected, WSClient
 
 # Each public name and the module that defines it.
@@ -44,11 +52,13 @@ _HOMES = {
     "FaultyBroker": "brokers",
     "FakeClock": "clock",
     "TcpProxy": "faults",
+    "FakeLoop": "loop",
     "OPEN": "servers",
     "TEST_API_KEY": "servers",
     "TEST_SECRET": "servers",
     "make_config": "servers",
     "running_server": "servers",
+    "JSON_LINES": "transports",
     "LocalSession": "transports",
     "MemoryTransport": "transports",
     "line_frame": "transports",
@@ -59,12 +69,14 @@ _HOMES = {
 }
 
 __all__ = [
+    "JSON_LINES",
     "OPEN",
     "TEST_API_KEY",
     "TEST_SECRET",
     "BrokerContract",
     "Closed",
     "FakeClock",
+    "FakeLoop",
     "FaultyBroker",
     "HandshakeRejected",
     "LocalSession",
