@@ -49,6 +49,71 @@ class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Event class: ``critical`` (never dropped, sent first), ``standard``, or ``ephemeral``
     (typing, cursors: coalesced or dropped under pressure, never stored in history); what
     each means is :mod:`tether.core.lanes`."""
+    subscribe_proxy: str = ""
+    """Name of the ``[proxies.NAME]`` whose ``/subscribe`` authorizes subscriptions here."""
+    publish_proxy: str = ""
+    """Name of the proxy whose ``/publish`` checks (and may replace) client publications."""
+    sub_refresh_proxy: str = ""
+    """Name of the proxy whose ``/sub_refresh`` extends expiring subscriptions."""
+    push: bool = False
+    """Publications to channels naming users (``#alice``, ``dm:1#alice,bob``) are sent to
+    ``[push].url`` for every named user without a live subscription (needs presence)."""
+
+
+HOOKS = ("connect", "refresh", "subscribe", "sub_refresh", "publish", "rpc", "send")
+"""The backend hooks; each posts to the proxy's ``url`` + ``/`` + hook."""
+
+
+class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One backend reached over HTTP (``[proxies.NAME]``). Every hook that uses it gets its
+    own connection pool, concurrency limit, circuit breaker and retry budget."""
+
+    url: str = ""
+    """Base URL: each hook posts to ``url + "/connect"``, ``"/subscribe"``, ..."""
+    timeout: float = 1.0
+    """Seconds for one whole call (connect, send, read the answer); then it failed."""
+    headers: list[str] = []
+    """Headers of the client's WebSocket upgrade forwarded to every hook (names)."""
+    cookies: list[str] = []
+    """Cookies of the upgrade forwarded to every hook, by name (``["*"]``: all)."""
+    max_in_flight: int = 100
+    """Calls in flight per hook (and pooled connections); beyond it: refused at once."""
+    max_response_bytes: int = 1 << 20
+    """Largest answer accepted; a larger one is a failed call."""
+    breaker_failures: int = 5
+    """Consecutive failed calls of one hook that open its circuit breaker."""
+    breaker_reset: float = 5.0
+    """Seconds a hook's breaker stays open before one probe call."""
+    retry_budget_ratio: float = 0.1
+    """Retries (idempotent hooks only) add at most this share to a hook's calls."""
+
+
+class OutboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Outbound events POSTed in batches, at least once (``[webhook]`` and ``[push]``)."""
+
+    url: str = ""
+    """Where batches are POSTed; empty: off."""
+    timeout: float = 5.0
+    """Seconds for one batch POST."""
+    batch_size: int = 100
+    """Most events in one POST."""
+    max_buffered: int = 100000
+    """Events held while the receiver is down; beyond it new events are dropped (loudly)."""
+    headers: dict[str, str] = {}
+    """Extra headers of every POST (e.g. ``Authorization`` for the receiver)."""
+    breaker_failures: int = 5
+    breaker_reset: float = 5.0
+    retry_budget_ratio: float = 0.1
+
+
+WEBHOOK_EVENTS = ("connect", "disconnect", "subscribe", "unsubscribe", "publication")
+
+
+class WebhookConfig(OutboxConfig, forbid_unknown_fields=True, frozen=True):
+    events: list[str] = msgspec.field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    """Which events are sent (``publication``: only of ``namespaces``)."""
+    namespaces: list[str] = []
+    """Namespaces whose publications are sent (with ``publication`` in ``events``)."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -101,6 +166,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     breaker_failures: int = 5
     breaker_reset: float = 2.0
     retry_budget_ratio: float = 0.1
+    connect_proxy: str = ""
+    refresh_proxy: str = ""
+    rpc_proxy: str = ""
+    send_proxy: str = ""
+    proxies: dict[str, ProxyConfig] = {}
+    webhook: WebhookConfig = msgspec.field(default_factory=WebhookConfig)
+    push: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     namespaces: dict[str, NamespaceConfig] = {}
 
     def namespace(self, name: str) -> NamespaceConfig | None:
@@ -126,7 +198,16 @@ ENV_PREFIX = "TETHER_"
 _SCALAR_ENV = {
     name: f"{ENV_PREFIX}{name.upper()}"
     for name in Config.__struct_fields__
-    if name not in ("namespaces", "allowed_origins", "lane_publish_limits", "redis_urls")
+    if name
+    not in (
+        "namespaces",
+        "allowed_origins",
+        "lane_publish_limits",
+        "redis_urls",
+        "proxies",
+        "webhook",
+        "push",
+    )
 }
 
 
@@ -219,6 +300,84 @@ def _validate(config: Config) -> None:
             raise bad(f"{where}.lane", f"must be one of {', '.join(LANE_NAMES)}")
         if not Lane.named(ns.lane).stored and ns.history_size > 0:
             raise bad(f"{where}.lane", "ephemeral events are never stored: set history_size 0")
+    _validate_proxies(config, bad)
+    _validate_outboxes(config, bad)
+
+
+def _validate_http_url(url: str, key: str, bad: Callable[[str, str], ConfigError]) -> None:
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise bad(key, f"must be an http:// or https:// URL (got {_without_password(url)!r})")
+
+
+def _validate_proxies(config: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    for name, proxy in config.proxies.items():
+        where = f"proxies.{name}"
+        if not _NAMESPACE_NAME.match(name):
+            raise bad(where, "has an invalid name (letters, digits, _ - . only, 1-64 chars)")
+        _validate_http_url(proxy.url, f"{where}.url", bad)
+        for key in (
+            "timeout",
+            "max_in_flight",
+            "max_response_bytes",
+            "breaker_failures",
+            "breaker_reset",
+            "retry_budget_ratio",
+        ):
+            if getattr(proxy, key) <= 0:
+                raise bad(f"{where}.{key}", "must be greater than 0")
+        for header in proxy.headers:
+            if header.lower() == "cookie":
+                raise bad(f"{where}.headers", "cannot list Cookie: name the cookies in `cookies`")
+        if proxy.cookies and "*" in config.allowed_origins:
+            raise bad(
+                f"{where}.cookies",
+                'forwards cookies while allowed_origins = ["*"]: any web page a user visits '
+                "could open a WebSocket that carries the user's cookies (cross-site "
+                "WebSocket hijacking); list the origins of your app in allowed_origins",
+            )
+
+    def check_name(key: str, name: str) -> None:
+        if name and name not in config.proxies:
+            known = ", ".join(sorted(config.proxies)) or "none"
+            raise bad(key, f"names the proxy {name!r}, which is not in [proxies] (known: {known})")
+
+    for key in ("connect_proxy", "refresh_proxy", "rpc_proxy", "send_proxy"):
+        check_name(key, getattr(config, key))
+    for ns_name, ns in config.namespaces.items():
+        for key in ("subscribe_proxy", "publish_proxy", "sub_refresh_proxy"):
+            check_name(f"namespaces.{ns_name}.{key}", getattr(ns, key))
+
+
+def _validate_outboxes(config: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    for where, outbox in (("webhook", config.webhook), ("push", config.push)):
+        if outbox.url:
+            _validate_http_url(outbox.url, f"{where}.url", bad)
+        for key in (
+            "timeout",
+            "batch_size",
+            "max_buffered",
+            "breaker_failures",
+            "breaker_reset",
+            "retry_budget_ratio",
+        ):
+            if getattr(outbox, key) <= 0:
+                raise bad(f"{where}.{key}", "must be greater than 0")
+    for event in config.webhook.events:
+        if event not in WEBHOOK_EVENTS:
+            raise bad("webhook.events", f"has {event!r}, not one of {', '.join(WEBHOOK_EVENTS)}")
+    for ns_name in config.webhook.namespaces:
+        if ns_name not in config.namespaces:
+            raise bad("webhook.namespaces", f"names {ns_name!r}, which is not in [namespaces]")
+    for ns_name, ns in config.namespaces.items():
+        if not ns.push:
+            continue
+        if not config.push.url:
+            raise bad(f"namespaces.{ns_name}.push", "needs [push] url (where pushes go)")
+        if not ns.presence:
+            raise bad(
+                f"namespaces.{ns_name}.push",
+                "needs presence = true (who is online decides who gets a push)",
+            )
 
 
 def _validate_redis_urls(config: Config, bad: Callable[[str, str], ConfigError]) -> None:
@@ -293,15 +452,20 @@ def _convert(raw: dict[str, Any], *, from_env: bool) -> Config:
     except msgspec.ValidationError as exc:
         # msgspec says e.g. "Expected `int`, got `str` - at `$.port`"
         text = str(exc).replace("$.", "")
-        # ...but hides dict keys ("at `namespaces[...].history_size`"): name the namespace.
-        namespaces = raw.get("namespaces")
-        if "namespaces[...]" in text and isinstance(namespaces, dict):
-            for name, options in namespaces.items():
-                try:
-                    msgspec.convert(options, NamespaceConfig, strict=not from_env)
-                except msgspec.ValidationError:
-                    text = text.replace("namespaces[...]", f"namespaces.{name}")
-                    break
+        # ...but hides dict keys ("at `namespaces[...].history_size`"): name the table.
+        tables: tuple[tuple[str, type[msgspec.Struct]], ...] = (
+            ("namespaces", NamespaceConfig),
+            ("proxies", ProxyConfig),
+        )
+        for key, struct in tables:
+            entries = raw.get(key)
+            if f"{key}[...]" in text and isinstance(entries, dict):
+                for name, options in entries.items():
+                    try:
+                        msgspec.convert(options, struct, strict=not from_env)
+                    except msgspec.ValidationError:
+                        text = text.replace(f"{key}[...]", f"{key}.{name}")
+                        break
         raise ConfigError(f"invalid config: {text}") from None
 
 
@@ -423,12 +587,59 @@ breaker_failures = 5        # consecutive broker failures that open the circuit 
 breaker_reset = 2.0         # seconds the breaker stays open before one probe call
 retry_budget_ratio = 0.1    # retries (reads, idempotent publishes) add at most this load
 
+# Backend hooks (docs/howto/backend-hooks.md): the name of a [proxies.NAME] table, or "".
+# Per namespace: subscribe_proxy, publish_proxy, sub_refresh_proxy.
+connect_proxy = ""          # authenticate connections by asking the backend (/connect)
+refresh_proxy = ""          # extend expiring connections (/refresh), server-side
+rpc_proxy = ""              # client RPCs answered by the backend (/rpc)
+send_proxy = ""             # client async messages to the backend (/send)
+
 # Publishes accepted but not yet done, per lane; beyond it the API answers 429 with
 # Retry-After and clients get error 111, before any work is done.
 [lane_publish_limits]
 critical = 10000
 standard = 5000
 ephemeral = 1000
+
+# [proxies.NAME]: a backend over HTTP. Each hook posts to url + "/connect", "/refresh",
+# "/subscribe", "/sub_refresh", "/publish", "/rpc", "/send", with its own pool,
+# concurrency limit, circuit breaker and retry budget.
+[proxies]
+# [proxies.app]
+# url = "http://127.0.0.1:5000/centrifugo"
+# timeout = 1.0              # seconds per call (connect, send, read the whole answer)
+# headers = ["Authorization", "User-Agent", "X-Request-Id"]  # from the upgrade request
+# cookies = ["session"]      # cookies of the upgrade; needs allowed_origins without "*"
+# max_in_flight = 100        # calls in flight per hook; beyond it refused at once
+# max_response_bytes = 1048576
+# breaker_failures = 5       # consecutive failures of a hook that open its breaker
+# breaker_reset = 5.0        # seconds open before one probe call
+# retry_budget_ratio = 0.1   # retries (idempotent hooks only) add at most this share
+
+# Webhooks: events POSTed in batches to url, at least once, each with a unique id.
+[webhook]
+url = ""                    # empty: off
+timeout = 5.0
+batch_size = 100
+max_buffered = 100000       # events held while the receiver is down; beyond: dropped, loudly
+headers = {}
+breaker_failures = 5
+breaker_reset = 5.0
+retry_budget_ratio = 0.1
+events = ["connect", "disconnect", "subscribe", "unsubscribe", "publication"]
+namespaces = []             # namespaces whose publications are sent
+
+# Offline push: publications of namespaces with push = true, for users named by the
+# channel (#alice, dm:1#alice,bob) who have no live subscription to it.
+[push]
+url = ""                    # empty: off
+timeout = 5.0
+batch_size = 100
+max_buffered = 100000
+headers = {}
+breaker_failures = 5
+breaker_reset = 5.0
+retry_budget_ratio = 0.1
 
 # Channels "ns:name" take the options of [namespaces.ns]; channels without ":" use
 # [namespaces.default]. A channel whose namespace is not listed is unknown (error 102).
@@ -442,6 +653,10 @@ allow_publish = false       # subscribers may publish
 allow_subscribe = false     # any connected client may subscribe without a subscription token
 allow_history = false       # subscribers may call history and presence
 lane = "standard"           # critical, standard or ephemeral (see docs/explanation/resilience.md)
+subscribe_proxy = ""        # a [proxies] name: /subscribe authorizes subscriptions
+publish_proxy = ""          # /publish checks (and may replace) client publications
+sub_refresh_proxy = ""      # /sub_refresh extends expiring subscriptions
+push = false                # offline push for channels naming users (needs presence)
 
 # [namespaces.chat]
 # history_size = 300

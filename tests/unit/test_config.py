@@ -229,3 +229,115 @@ def test_invalid_environment_value_is_named(var: str, value: str, expected: str)
     with pytest.raises(ConfigError) as info:
         load_config(env={var: value})
     assert expected in str(info.value)
+
+
+# -- backend hooks, webhooks, push ---------------------------------------------------------
+
+HOOKED = """
+connect_proxy = "app"
+rpc_proxy = "app"
+allowed_origins = ["https://app.example"]
+[proxies.app]
+url = "http://127.0.0.1:5000/centrifugo"
+timeout = 2.5
+headers = ["Authorization"]
+cookies = ["session"]
+[namespaces.chat]
+subscribe_proxy = "app"
+publish_proxy = "app"
+"""
+
+
+def test_proxies_and_the_hooks_that_use_them_are_loaded(write_config: WriteConfig) -> None:
+    config = load_config(write_config(HOOKED), env={}).config
+    assert config.connect_proxy == "app"
+    assert config.rpc_proxy == "app"
+    assert config.refresh_proxy == ""
+    proxy = config.proxies["app"]
+    assert proxy.url == "http://127.0.0.1:5000/centrifugo"
+    assert proxy.timeout == 2.5
+    assert proxy.cookies == ["session"]
+    assert config.namespaces["chat"].subscribe_proxy == "app"
+    assert config.namespaces["chat"].publish_proxy == "app"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'connect_proxy = "nope"\n[proxies.app]\nurl = "http://x"',
+        'refresh_proxy = "nope"',
+        'rpc_proxy = "nope"',
+        'send_proxy = "nope"',
+    ],
+)
+def test_an_unknown_proxy_name_is_a_config_error_naming_the_key(text: str, tmp_path: Path) -> None:
+    key = text.split(" ", 1)[0]
+    message = config_error(text, tmp_path)
+    assert f"`{key}` names the proxy 'nope', which is not in [proxies]" in message
+
+
+@pytest.mark.parametrize("key", ["subscribe_proxy", "publish_proxy", "sub_refresh_proxy"])
+def test_an_unknown_proxy_name_in_a_namespace_names_the_namespace_key(
+    key: str, tmp_path: Path
+) -> None:
+    message = config_error(
+        f'[proxies.app]\nurl = "http://x"\n[namespaces.chat]\n{key} = "b"', tmp_path
+    )
+    assert f"`namespaces.chat.{key}` names the proxy 'b'" in message
+    assert "(known: app)" in message
+
+
+def test_forwarding_cookies_with_any_origin_allowed_is_refused_saying_why(
+    tmp_path: Path,
+) -> None:
+    message = config_error('[proxies.app]\nurl = "http://x"\ncookies = ["session"]', tmp_path)
+    assert "`proxies.app.cookies` forwards cookies while allowed_origins" in message
+    assert "hijacking" in message
+
+
+def test_forwarding_cookies_is_refused_when_the_environment_allows_any_origin(
+    write_config: WriteConfig,
+) -> None:
+    with pytest.raises(ConfigError, match=r"proxies\.app\.cookies"):
+        load_config(write_config(HOOKED), env={"TETHER_ALLOWED_ORIGINS": "*"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[proxies.app]\nurl = "ftp://x"', "`proxies.app.url` must be an http:// or https://"),
+        ("[proxies.app]\ntimeout = 1", "`proxies.app.url` must be an http://"),
+        ('[proxies.app]\nurl = "http://x"\ntimeout = 0', "`proxies.app.timeout` must be greater"),
+        (
+            '[proxies.app]\nurl = "http://x"\nmax_in_flight = 0',
+            "`proxies.app.max_in_flight` must be greater",
+        ),
+        (
+            '[proxies.app]\nurl = "http://x"\nheaders = ["Cookie"]',
+            "`proxies.app.headers` cannot list Cookie",
+        ),
+        ('[proxies.app]\nurl = "http://x"\ntimeout = "1"', "at `proxies.app.timeout`"),
+        ('[proxies.app]\nurl = "http://x"\nretries = 3', "unknown field `retries`"),
+        ('[webhook]\nurl = "x"', "`webhook.url` must be an http://"),
+        ('[webhook]\nevents = ["boom"]', "`webhook.events` has 'boom'"),
+        ('[webhook]\nnamespaces = ["chat"]', "`webhook.namespaces` names 'chat'"),
+        ("[webhook]\nmax_buffered = 0", "`webhook.max_buffered` must be greater than 0"),
+        ("[push]\nbatch_size = 0", "`push.batch_size` must be greater than 0"),
+        ("[namespaces.dm]\npush = true\npresence = true", "`namespaces.dm.push` needs [push] url"),
+        (
+            '[push]\nurl = "http://x"\n[namespaces.dm]\npush = true',
+            "`namespaces.dm.push` needs presence = true",
+        ),
+    ],
+)
+def test_invalid_hook_settings_are_named_with_what_is_expected(
+    text: str, expected: str, tmp_path: Path
+) -> None:
+    assert expected in config_error(text, tmp_path)
+
+
+def test_webhook_and_push_are_off_by_default() -> None:
+    config = load_config(env={}).config
+    assert config.webhook.url == ""
+    assert config.push.url == ""
+    assert config.proxies == {}
