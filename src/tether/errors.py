@@ -14,6 +14,7 @@
     ├── DisconnectRequested       the connection must end with the code it carries
     ├── TokenError                a token is invalid (or expired, see ``expired``)
     ├── BrokerUnavailable         the broker did not answer: temporary, retry later
+    ├── BackendUnavailable        a backend hook could not be checked: temporary
     ├── ConfigError               the configuration is invalid: the message names the key
     └── InternalError             Tether's own bug: log it with its traceback, close with
         └── LocalProtocolError    3004 (a reply: 100); never blame the peer for it
@@ -31,6 +32,7 @@ from tether.protocol.codes import DisconnectInfo, ErrorCode, ErrorInfo
 
 __all__ = [
     "ApiError",
+    "BackendUnavailable",
     "BrokerUnavailable",
     "ClientError",
     "ConfigError",
@@ -125,6 +127,17 @@ class TokenError(TetherError):
 
 class BrokerUnavailable(TetherError):
     """The broker did not answer; the operation may succeed later."""
+
+
+class BackendUnavailable(TetherError):
+    """A backend hook could not be checked (timeout, refused, bad answer, breaker open,
+    too many calls in flight); temporary, retry later. ``reason`` is one word for metrics
+    and logs (see docs/howto/backend-hooks.md)."""
+
+    def __init__(self, message: str, reason: str = "circuit_open") -> None:
+        # The default is the circuit breaker's: it raises with a message only.
+        self.reason = reason
+        super().__init__(message)
 
 
 class ConfigError(TetherError):

@@ -65,8 +65,12 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         reset_timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        failure: type[Exception] = BrokerUnavailable,
     ) -> None:
         self.name = name
+        self.failure = failure
+        """The exception that counts as the dependency failing, and that a refused call
+        raises (BrokerUnavailable for brokers, BackendUnavailable for backend hooks)."""
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self._clock = clock
@@ -93,12 +97,12 @@ class CircuitBreaker:
         if self.state is BreakerState.OPEN:
             if self._clock() - self._opened_at < self.reset_timeout:
                 self.rejected += 1
-                raise BrokerUnavailable(f"{self.name}: circuit open")
+                raise self.failure(f"{self.name}: circuit open")
             self._move(BreakerState.HALF_OPEN)
         if self.state is BreakerState.HALF_OPEN:
             if self._probing:
                 self.rejected += 1
-                raise BrokerUnavailable(f"{self.name}: circuit half-open, probe in flight")
+                raise self.failure(f"{self.name}: circuit half-open, probe in flight")
             self._probing = True
 
     def _success(self) -> None:
@@ -126,12 +130,12 @@ class CircuitBreaker:
         self._success()
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn`` through the breaker. Only BrokerUnavailable counts as a failure
+        """Run ``fn`` through the breaker. Only :attr:`failure` counts as a failure
         (a caller's mistake says nothing about the dependency's health)."""
         self._before()
         try:
             result = await fn()
-        except BrokerUnavailable:
+        except self.failure:
             self._failure()
             raise
         except BaseException:
@@ -185,16 +189,16 @@ async def call_with_retries(
     attempts: int = 3,
     base_delay: float = 0.05,
     max_delay: float = 1.0,
+    retry_if: Callable[[BaseException], bool] = lambda exc: isinstance(exc, BrokerUnavailable),
 ) -> T:
-    """Call ``fn``; on BrokerUnavailable retry with full-jitter exponential backoff, at most
-    ``attempts`` calls in all and only while ``budget`` allows. Only for operations that are
-    safe to repeat (reads, idempotent publishes)."""
+    """Call ``fn``; on an error ``retry_if`` accepts (default: BrokerUnavailable) retry with
+    full-jitter exponential backoff, at most ``attempts`` calls in all and only while
+    ``budget`` allows. Only for operations that are safe to repeat (reads, idempotent
+    publishes, idempotent backend hooks)."""
     budget.record_call()
     retrying = AsyncRetrying(
         # Retry only an unavailable dependency, and only while the budget allows.
-        retry=retry_if_exception(
-            lambda exc: isinstance(exc, BrokerUnavailable) and budget.try_spend()
-        ),
+        retry=retry_if_exception(lambda exc: retry_if(exc) and budget.try_spend()),
         stop=stop_after_attempt(attempts),
         wait=wait_random_exponential(multiplier=base_delay, max=max_delay),
         reraise=True,
