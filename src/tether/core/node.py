@@ -87,6 +87,8 @@ class Node:
         """Publishes in flight per lane; ``lanes.shed``: refused because it was full."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
+        """(channel, client id) -> the task finishing that subscription's leave."""
         self._connecting: dict[Client, None] = {}
         self._ping_buckets: list[dict[Client, None]] = [{} for _ in range(config.ping_interval)]
         self._bucket_of: dict[Client, int] = {}
@@ -337,6 +339,12 @@ class Node:
         """
         channel, ns = sub.channel, sub.namespace
         first = self.hub.add_pending(channel, client)
+        leaving = self._leaving.get((channel, client.id))
+        if leaving is not None:
+            # The same client left this channel a moment ago: its presence remove and
+            # leave push must land before this join's add and join push, or the late
+            # remove deletes the new entry and the old leave follows the new join.
+            await asyncio.wait([leaving])
         await self._ensure_broker_subscribed(channel, first)
         has_history = ns.history_size > 0
         recoverable = has_history and (ns.recover or request.recoverable)
@@ -376,7 +384,14 @@ class Node:
         """Remove ``client`` from the channel now; presence, leave push and broker
         unsubscribe follow in a node-owned task."""
         self.hub.remove(sub.channel, client)
-        self.spawn(self._after_leave(sub, client.id), "leave")
+        key = (sub.channel, client.id)
+        task = self.spawn(self._after_leave(sub, client.id), "leave")
+        self._leaving[key] = task
+        task.add_done_callback(lambda done: self._leave_done(key, done))
+
+    def _leave_done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._leaving.get(key) is task:
+            del self._leaving[key]
 
     async def _after_leave(self, sub: Subscription, client_id: str) -> None:
         channel, ns = sub.channel, sub.namespace
