@@ -1,4 +1,4 @@
-"""``tether serve | token | check-config | genconfig``."""
+"""``tether serve | token | check-config | genconfig | capacity``."""
 
 from __future__ import annotations
 
@@ -141,6 +141,101 @@ def check_config(config: ConfigOption = None) -> None:
 def genconfig() -> None:
     """Print a commented configuration with every option at its default."""
     sys.stdout.write(DEFAULT_CONFIG_TOML)
+
+
+@app.command()
+def capacity(
+    connections: Annotated[int, typer.Option(help="Target: connected clients.")],
+    publications: Annotated[float, typer.Option(help="Target: publications per second.")],
+    fanout: Annotated[
+        float, typer.Option(help="Target: average subscribers per publication (fleet-wide).")
+    ],
+    channels: Annotated[int, typer.Option(help="Target: channels in use.")] = 0,
+    storm: Annotated[
+        int, typer.Option(help="Reconnection storm: clients reconnecting at once (0: none).")
+    ] = 0,
+    storm_seconds: Annotated[
+        float, typer.Option(help="Reconnection storm: seconds within which all are back.")
+    ] = 30.0,
+    bench_json: Annotated[
+        Path, typer.Option("--bench", help="Bench figures (a `make bench` JSON).")
+    ] = Path("docs/benchmarks.json"),
+    utilization: Annotated[
+        float, typer.Option(help="Steady CPU per node, fraction of a core.")
+    ] = 0.6,
+    max_connections_per_node: Annotated[
+        int, typer.Option(help="Connections a node may hold (max_connections).")
+    ] = 100_000,
+    max_connects_per_second: Annotated[
+        float, typer.Option(help="Connects a node admits per second (config).")
+    ] = 2000.0,
+    min_nodes: Annotated[int, typer.Option(help="Smallest fleet.")] = 2,
+    check_rooms: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="A `bench rooms --json` report (or a bench JSON) whose measured server CPU "
+            "the model predicts (default: the rooms run in --bench)."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the plan as one JSON object.")
+    ] = False,
+) -> None:
+    """Nodes, cores and memory for a target load, from measured bench figures; prints
+    every assumption, and the model's error predicting a measured rooms run."""
+    import json
+
+    from tether import capacity as model
+
+    def read(path: Path) -> object:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: cannot read {path}: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    bench_data = read(bench_json)
+    target = model.Target(
+        connections=connections,
+        channels=channels,
+        publications_per_s=publications,
+        fanout=fanout,
+        storm_clients=storm,
+        storm_seconds=storm_seconds,
+        utilization=utilization,
+        max_connections_per_node=max_connections_per_node,
+        max_connects_per_second=max_connects_per_second,
+        min_nodes=min_nodes,
+    )
+    try:
+        costs = model.costs_from_bench(bench_data)
+        result = model.plan(costs, target)
+        rooms = model.rooms_run(read(check_rooms) if check_rooms else bench_data)
+        check = model.check_rooms(costs, rooms)
+    except model.CapacityError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if json_output:
+        typer.echo(json.dumps({"plan": result.as_dict(), "rooms_check": check.as_dict()}))
+        return
+    typer.echo(
+        f"target: {connections} connections, {channels} channels, {publications:g} "
+        f"publications/s, fan-out {fanout:g}, storm {storm} clients in {storm_seconds:g} s\n"
+        f"nodes:  {result.nodes} (limited by: {result.limited_by})\n"
+        f"cores:  {result.cores} (1 per node; steady {result.steady_cores_per_node:g} "
+        f"of a core each)\n"
+        f"memory: {result.memory_per_node_mib:g} MiB per node, "
+        f"{result.memory_total_gib:g} GiB in all\n"
+        f"per node: {result.connections_per_node} connections, "
+        f"{result.storm_connects_per_node_per_s:g} connects/s during the storm\n"
+        f"drain_window: at least {result.drain_window_s:g} s (a leaving node's clients "
+        f"stay under the others' admission rate)\n"
+        f"model check: predicts {check.predicted_cores:g} cores for the rooms run, "
+        f"measured {check.measured_cores:g} (error {check.error:+.1%})\n"
+        "assumptions:"
+    )
+    for assumption in result.assumptions:
+        typer.echo(f"  - {assumption}")
 
 
 def main() -> None:
