@@ -290,7 +290,8 @@ def check_rooms(costs: Costs, rooms: dict[str, Any]) -> RoomsCheck:
 
 
 def rooms_run(bench: Any) -> dict[str, Any]:
-    """The Tether ``rooms`` run of a bench JSON (or a ``tether bench rooms --json`` report)."""
+    """The Tether ``rooms`` run of a bench JSON, or a ``tether-bench run rooms --json``
+    report as it is."""
     if isinstance(bench, dict) and bench.get("scenario") == "rooms":
         return bench
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):

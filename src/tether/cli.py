@@ -173,8 +173,8 @@ def capacity(
     check_rooms: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            help="A `bench rooms --json` report (or a bench JSON) whose measured server CPU "
-            "the model predicts (default: the rooms run in --bench)."
+            help="A `tether-bench run rooms --json` report (or a bench JSON) whose "
+            "measured server CPU the model predicts (default: the rooms run in --bench)."
         ),
     ] = None,
     json_output: Annotated[
