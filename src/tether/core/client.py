@@ -62,7 +62,14 @@ from tether.protocol.messages import (
     Unsubscribe,
     UnsubscribeRequest,
 )
-from tether.protocol.session import ConnectionState, advance, check_command_allowed
+from tether.protocol.session import (
+    ConnectionState,
+    SubscriptionEvent,
+    SubscriptionState,
+    advance,
+    check_command_allowed,
+    next_subscription_state,
+)
 
 if TYPE_CHECKING:
     from tether.core.node import Node
@@ -76,15 +83,27 @@ FLAG_REJECT_UNRECOVERED = 2
 
 @dataclass(slots=True)
 class Subscription:
+    """One channel of one connection. Its life is the table in
+    :mod:`tether.protocol.session`: PENDING (in the hub, buffering, while its stream is
+    read) -> LIVE (reply sent) -> GONE."""
+
     channel: str
     namespace: NamespaceConfig
     info: ClientInfo
     expire_at: float | None = None
-    live: bool = False
+    state: SubscriptionState = SubscriptionState.PENDING
     server_side: bool = False
     """Made by the server (token ``channels`` claim, API subscribe), not by the client."""
     joined: bool = False
     """A join was published for it, so leaving publishes a leave."""
+
+    def on(self, event: SubscriptionEvent) -> None:
+        """Move on by ``event``; raises LocalProtocolError if the table forbids it."""
+        self.state = next_subscription_state(self.state, event)
+
+    @property
+    def live(self) -> bool:
+        return self.state is SubscriptionState.LIVE
 
 
 def _resubscribable(sub: Subscription) -> bool:
@@ -472,6 +491,7 @@ class Client(OutboundQueue):
         except BaseException:
             if self.subs.get(channel) is sub:
                 del self.subs[channel]
+                sub.on(SubscriptionEvent.FAILED)
                 self.node.leave_channel(self, sub)
             raise
         if expire_at is not None:
@@ -484,7 +504,7 @@ class Client(OutboundQueue):
         sub = self.subs.get(channel)
         if sub is None or self.state is ConnectionState.CLOSED:
             return
-        sub.live = True
+        sub.on(SubscriptionEvent.REPLIED)
         lane = Lane.named(sub.namespace.lane)
         self.node.hub.go_live(channel, self, after_offset=after_offset, lane=lane)
 
@@ -501,6 +521,7 @@ class Client(OutboundQueue):
         """Leave ``channel`` (no error if not subscribed, as in the protocol)."""
         sub = self.subs.pop(channel, None)
         if sub is not None:
+            sub.on(SubscriptionEvent.LEFT)
             self.node.leave_channel(self, sub)
 
     def _subscribed(self, channel: str) -> Subscription:

@@ -47,7 +47,7 @@ from tether.protocol.messages import (
     Unsubscribe,
 )
 from tether.protocol.messages import StreamPosition as WirePosition
-from tether.protocol.session import ConnectionState
+from tether.protocol.session import ConnectionState, SubscriptionEvent
 
 log = structlog.get_logger("tether.node")
 
@@ -239,6 +239,7 @@ class Node:
                 self._ping_buckets[bucket].pop(client, None)
         subs, client.subs = client.subs, {}
         for sub in subs.values():
+            sub.on(SubscriptionEvent.LEFT)
             self.leave_channel(client, sub)
 
     def track_expiry(self, client: Client) -> None:
