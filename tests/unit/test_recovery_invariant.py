@@ -141,7 +141,7 @@ class RecordingTransport:
 class Session:
     def __init__(self, node: Node, user: str) -> None:
         self.transport = RecordingTransport()
-        self.client: Client = node.accept(self.transport, JSON_LINES)
+        self.client: Client = node.open_session(self.transport, JSON_LINES)
         self.user = user
         self.last_id = 0
 

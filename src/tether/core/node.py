@@ -28,7 +28,13 @@ from tether.core.hub import Hub
 from tether.core.lanes import Lane, LaneGate
 from tether.core.outbound import OverflowPolicy, QueueLimits
 from tether.core.recovery import RecoveryCache, recover
-from tether.core.transport import Cadence, ClientTransport, Flusher, WireFormat
+from tether.core.transport import (
+    Cadence,
+    ClientTransport,
+    Flusher,
+    TransportLimits,
+    WireFormat,
+)
 from tether.errors import BrokerUnavailable, ClientError
 from tether.protocol.channels import check_channel_name, namespace_of
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
@@ -98,6 +104,10 @@ class Node:
         self._tick = 0
         self.closing = False
         self.started = False
+        self._transport_limits = TransportLimits(
+            max_message_size=config.max_message_size,
+            allowed_origins=frozenset(config.allowed_origins),
+        )
         self.loop_lag = 0.0
         """Seconds the last once-a-second housekeeping tick woke up late: how long ready
         callbacks (fan-out, flushes, requests) waited for the event loop."""
@@ -193,7 +203,23 @@ class Node:
 
     # -- connections ------------------------------------------------------------------
 
-    def accept(self, transport: ClientTransport, wire_format: WireFormat) -> Client:
+    # -- the transports' side (core.transport.Gateway) -------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return not self.closing
+
+    @property
+    def limits(self) -> TransportLimits:
+        return self._transport_limits
+
+    def admit(self, ip: str) -> int | None:
+        return self.admission.admit(ip)
+
+    def release(self, ip: str) -> None:
+        self.admission.release(ip)
+
+    def open_session(self, transport: ClientTransport, wire_format: WireFormat) -> Client:
         """A transport finished its handshake: a new client speaking ``wire_format``,
         awaiting ``connect``."""
         client = Client(self, transport, wire_format)

@@ -1,16 +1,27 @@
-"""The edge between a client session and the socket carrying it.
+"""The edge between a client session and the socket carrying it, declared both ways.
+
+A transport (the WebSocket listener; the in-memory pair of
+:mod:`tether.testing.transports`; HTTP-streaming and SSE later) depends on this module
+only, never on the node or the client:
+
+* :class:`Gateway`: what the transport asks of the node at the handshake (accepting?
+  admission of the peer, the limits, a new session);
+* :class:`Session`: what the transport calls on the session it carries (a message came, the
+  socket paused or resumed, the socket is gone);
+* :class:`ClientTransport`: what the session calls on the transport (write framed bytes,
+  close with a code).
 
 A transport moves already-framed bytes. At the handshake it chooses the connection's
 :class:`WireFormat` (a codec and the transport's framing of it); the node encodes and
 frames each message once per wire format and hands the same bytes to every connection of
-that format. Two implementations: the WebSocket listener, and the in-memory pair of
-:mod:`tether.testing.transports`.
+that format.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from tether.protocol.codec import Codec
@@ -50,6 +61,8 @@ class WireFormat:
 
 
 class ClientTransport(Protocol):
+    """The socket side of a connection, as the session sees it."""
+
     remote: str
     """Peer address, for logs and per-IP limits."""
 
@@ -57,7 +70,63 @@ class ClientTransport(Protocol):
         """Queue framed bytes for the socket; never blocks."""
 
     def close(self, code: int, reason: str) -> None:
-        """Send what is queued, then a close with ``code``/``reason``, then close."""
+        """Send what is queued, then a close with ``code``/``reason``, then close. The
+        session has already released itself: the transport must not call it again."""
+
+
+class Session(Protocol):
+    """The protocol session a transport carries, as the transport sees it. Calls come in
+    socket order; none of them blocks."""
+
+    def on_message(self, data: bytes) -> None:
+        """One complete message from the peer (one WebSocket message; any message
+        answers a ping)."""
+
+    def on_transport_closed(self) -> None:
+        """The socket is gone (the peer closed, the network failed, or the transport
+        closed it). Called at most once; nothing follows it."""
+
+    def pause_writing(self) -> None:
+        """The socket's send buffer is full: hold writes (within the queue's bounds)."""
+
+    def resume_writing(self) -> None:
+        """The socket drained: write what was held."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportLimits:
+    """What a transport enforces on the wire, from the node's config."""
+
+    max_message_size: int
+    """Bytes of one incoming message (a WebSocket message, all fragments together)."""
+    allowed_origins: frozenset[str]
+    """``Origin`` values a browser may connect from; ``"*"``: any. A request without an
+    ``Origin`` (not a browser) is always allowed."""
+
+
+class Gateway(Protocol):
+    """The node as a transport sees it at the handshake. The order of a handshake:
+    :attr:`accepting` (503 if not), :meth:`admit` (503 with ``Retry-After`` if refused),
+    :meth:`open_session`; :meth:`release` once the admitted socket is gone."""
+
+    @property
+    def accepting(self) -> bool:
+        """False once the node drains or shuts down: refuse new connections."""
+
+    @property
+    def limits(self) -> TransportLimits: ...
+
+    def admit(self, ip: str) -> int | None:
+        """Admission control for a new connection from ``ip``. None: admitted, and the
+        transport must :meth:`release` it when the socket is gone; otherwise the seconds
+        for the refusal's ``Retry-After``."""
+
+    def release(self, ip: str) -> None:
+        """An admitted connection from ``ip`` ended."""
+
+    def open_session(self, transport: ClientTransport, wire_format: WireFormat) -> Session:
+        """The handshake succeeded: a new session speaking ``wire_format`` over
+        ``transport`` (awaiting the protocol's ``connect``)."""
 
 
 class Flusher:

@@ -109,7 +109,7 @@ class LocalSession:
     def __init__(self, node: Node, remote: str = "127.0.0.1:40000") -> None:
         self.node = node
         self.transport = MemoryTransport(remote)
-        self.client = node.accept(self.transport, JSON_LINES)
+        self.client = node.open_session(self.transport, JSON_LINES)
         self.transport.client = self.client
         self.pushes: deque[dict[str, Any]] = deque()
         """Pushes not yet taken by :meth:`next_push`, oldest first."""

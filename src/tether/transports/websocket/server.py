@@ -1,23 +1,21 @@
 """The client-facing WebSocket listener: a thin asyncio pump around :mod:`.wire`.
 
 One :class:`WebSocketConnection` per socket. It does the upgrade, turns incoming bytes into
-messages for its :class:`~tether.core.client.Client`, and writes the framed bytes the node
-queues. It holds no buffer while idle, which keeps an idle connection near 2 KiB.
+messages for its :class:`~tether.core.transport.Session`, and writes the framed bytes the
+session queues. It knows the node only as a :class:`~tether.core.transport.Gateway`. It
+holds no buffer while idle, which keeps an idle connection near 2 KiB.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import structlog
 
+from tether.core.transport import Gateway, Session
 from tether.transports.websocket import wire
 from tether.transports.websocket.negotiation import negotiate
-
-if TYPE_CHECKING:
-    from tether.core.client import Client
-    from tether.core.node import Node
 
 log = structlog.get_logger("tether.websocket")
 
@@ -30,22 +28,20 @@ reading would otherwise hold its buffers forever)."""
 class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
         "_admitted_ip",
-        "_allowed_origins",
         "_client",
+        "_gateway",
         "_handshake",
-        "_node",
         "_parser",
         "_transport",
         "remote",
     )
 
-    def __init__(self, node: Node, allowed_origins: frozenset[str]) -> None:
-        self._node = node
-        self._allowed_origins = allowed_origins
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
         self._transport: asyncio.Transport | None = None
         self._handshake: bytes | None = b""
         self._parser: wire.FrameParser | None = None
-        self._client: Client | None = None
+        self._client: Session | None = None
         self._admitted_ip: str | None = None
         self.remote = ""
 
@@ -89,7 +85,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._parser = None
         self._transport = None
         if self._admitted_ip is not None:
-            self._node.admission.release(self._admitted_ip)
+            self._gateway.release(self._admitted_ip)
             self._admitted_ip = None
         client, self._client = self._client, None
         if client is not None:
@@ -151,13 +147,14 @@ class WebSocketConnection(asyncio.Protocol):
             if request.path != PATH:
                 raise wire.HandshakeError(404, "Not Found")
             origin = request.headers.get("origin")
-            if origin and "*" not in self._allowed_origins and origin not in self._allowed_origins:
+            allowed = self._gateway.limits.allowed_origins
+            if origin and "*" not in allowed and origin not in allowed:
                 raise wire.HandshakeError(403, "Origin Not Allowed")
             negotiated = negotiate(request)
-            if self._node.closing:
+            if not self._gateway.accepting:
                 raise wire.HandshakeError(503, "Shutting Down", retry_after=1)
             ip = self.remote.rpartition(":")[0]
-            retry_after = self._node.admission.admit(ip)
+            retry_after = self._gateway.admit(ip)
             if retry_after is not None:
                 raise wire.HandshakeError(503, "Too Many Connections", retry_after)
             self._admitted_ip = ip
@@ -165,8 +162,8 @@ class WebSocketConnection(asyncio.Protocol):
             self._reject(exc.status, exc.reason, exc.retry_after)
             return
         self._transport.write(wire.accept_response(request.key, negotiated.subprotocol))
-        self._parser = wire.FrameParser(self._node.config.max_message_size)
-        self._client = self._node.accept(self, negotiated.wire_format)
+        self._parser = wire.FrameParser(self._gateway.limits.max_message_size)
+        self._client = self._gateway.open_session(self, negotiated.wire_format)
         rest = buf[end + 4 :]
         if rest:
             self.data_received(rest)
@@ -179,14 +176,13 @@ class WebSocketConnection(asyncio.Protocol):
 
 
 async def serve(
-    node: Node, host: str, port: int, *, backlog: int = 2048, reuse_port: bool = False
+    gateway: Gateway, host: str, port: int, *, backlog: int = 2048, reuse_port: bool = False
 ) -> asyncio.Server:
     """Listen for clients on ``host:port`` at :data:`PATH`. ``reuse_port``: SO_REUSEPORT,
     for worker processes sharing the port."""
     loop = asyncio.get_running_loop()
-    origins = frozenset(node.config.allowed_origins)
     return await loop.create_server(
-        lambda: WebSocketConnection(node, origins),
+        lambda: WebSocketConnection(gateway),
         host,
         port,
         backlog=backlog,
