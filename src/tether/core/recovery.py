@@ -14,14 +14,30 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from tether.brokers.base import Broker, HistoryPage, StreamPosition, select_history
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import Publication
 
 
+class StreamReader(Protocol):
+    """Where :func:`recover` reads a stream: the node's :class:`RecoveryCache`, or the
+    broker itself (``tether.testing.BrokerStream``, which the recovery scenarios compare
+    the cache with). ``size``/``ttl`` are the namespace's history options."""
+
+    async def history(
+        self, channel: str, *, size: int, ttl: float, since: StreamPosition, limit: int
+    ) -> HistoryPage:
+        """The broker's ``history(since=..., limit=...)``. Raises UnrecoverablePosition,
+        BrokerUnavailable."""
+
+    async def position(self, channel: str, *, size: int, ttl: float) -> StreamPosition:
+        """The stream's top."""
+
+
 async def recover(
-    cache: RecoveryCache,
+    cache: StreamReader,
     channel: str,
     since: StreamPosition,
     *,

@@ -51,9 +51,16 @@ from tether.brokers.base import (
     PublishResult,
     StreamPosition,
 )
+from tether.core.recovery import RecoveryCache, recover
 from tether.errors import UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
 from tether.testing.clock import FakeClock
+from tether.testing.recovery import (
+    RECOVERY_PATHS,
+    RECOVERY_SCENARIOS,
+    BrokerStream,
+    RecoveryScenario,
+)
 
 __all__ = ["BrokerContract", "RecordingHandler", "payloads", "publication"]
 
@@ -713,6 +720,64 @@ class BrokerContract:
         channels = await broker.channels()
         assert kept in channels
         assert dropped not in channels
+
+    # -- recovery: one table (tether.testing.recovery), every read path -------------------
+
+    @pytest.mark.parametrize("path", RECOVERY_PATHS)
+    @pytest.mark.parametrize("scenario", RECOVERY_SCENARIOS, ids=lambda s: s.name)
+    async def test_recovery_gives_the_client_what_the_scenario_says(
+        self,
+        broker: Broker,
+        handler: RecordingHandler,
+        clock: FakeClock,
+        channel: Callable[[str], str],
+        scenario: RecoveryScenario,
+        path: str,
+    ) -> None:
+        ch = channel("recover")
+        size, ttl = scenario.history_size, self.history_ttl
+        options = self.options(history_size=size)
+        cache = RecoveryCache(broker, clock) if path == "cache" else None
+        fed = 0
+
+        async def publish_and_deliver(count: int, data: Any) -> None:
+            # As on a node: each delivery reaches the cache before time moves on.
+            nonlocal fed
+            for _ in range(count):
+                await broker.publish(ch, publication(data), options)
+            await self.wait_for_offsets(handler, ch, fed + count)
+            if cache is not None:
+                for pub in handler.publications.get(ch, [])[fed:]:
+                    cache.on_publication(ch, pub)
+            fed += count
+
+        await broker.subscribe(ch)
+        await publish_and_deliver(scenario.published // 2, "before")
+        if cache is not None:
+            await cache.position(ch, size=size, ttl=ttl)  # the tail loads halfway
+        await publish_and_deliver(scenario.published - scenario.published // 2, "before")
+        seen_epoch = (await broker.history(ch, limit=0)).position.epoch
+        if scenario.remove_history:
+            await broker.remove_history(ch)
+            if cache is not None:
+                cache.drop(ch)  # as the node does when it removes history
+        if scenario.expire:
+            await self.elapse(clock, self.history_ttl + self.margin)
+        if scenario.restart:
+            await self.elapse(clock, self.meta_ttl + self.margin)
+            await publish_and_deliver(2, "after the restart")
+
+        since = StreamPosition(
+            scenario.since, seen_epoch if scenario.epoch is None else scenario.epoch
+        )
+        reader = cache if cache is not None else BrokerStream(broker)
+        pubs, position, recovered = await recover(
+            reader, ch, since, cap=scenario.cap, size=size, ttl=ttl
+        )
+
+        assert (recovered, [p.offset for p in pubs]) == (scenario.recovered, list(scenario.missed))
+        assert payloads(pubs) == ["before"] * len(scenario.missed)
+        assert position == (await broker.history(ch, limit=0)).position
 
     # -- presence -------------------------------------------------------------------------
 
