@@ -8,6 +8,9 @@ For anyone who implements an extension point or tests an application against Tet
 * :class:`FaultyBroker` (hold or fail broker calls on demand), :class:`FakeClock`,
   :class:`FakeLoop` (callbacks and timers run only when the test says),
   :class:`TcpProxy` (cut or stall a real TCP link).
+* :data:`RECOVERY_SCENARIOS`: the recovery rules as one table of :class:`RecoveryScenario`
+  rows, which ``BrokerContract`` runs through the cache and straight from the broker
+  (:class:`BrokerStream`).
 * :func:`local_node` and :class:`LocalSession`: a node and a client connection without
   sockets, over a :class:`MemoryTransport`, speaking :data:`JSON_LINES`.
 * :func:`running_server`, :func:`make_config` and the test secrets: a real server on
@@ -29,6 +32,12 @@ if TYPE_CHECKING:
     from tether.testing.clock import FakeClock
     from tether.testing.faults import TcpProxy
     from tether.testing.loop import FakeLoop
+    from tether.testing.recovery import (
+        RECOVERY_PATHS,
+        RECOVERY_SCENARIOS,
+        BrokerStream,
+        RecoveryScenario,
+    )
     from tether.testing.servers import (
         OPEN,
         TEST_API_KEY,
@@ -52,6 +61,10 @@ _HOMES = {
     "FaultyBroker": "brokers",
     "FakeClock": "clock",
     "TcpProxy": "faults",
+    "RECOVERY_PATHS": "recovery",
+    "RECOVERY_SCENARIOS": "recovery",
+    "BrokerStream": "recovery",
+    "RecoveryScenario": "recovery",
     "FakeLoop": "loop",
     "OPEN": "servers",
     "TEST_API_KEY": "servers",
@@ -71,9 +84,12 @@ _HOMES = {
 __all__ = [
     "JSON_LINES",
     "OPEN",
+    "RECOVERY_PATHS",
+    "RECOVERY_SCENARIOS",
     "TEST_API_KEY",
     "TEST_SECRET",
     "BrokerContract",
+    "BrokerStream",
     "Closed",
     "FakeClock",
     "FakeLoop",
@@ -82,6 +98,7 @@ __all__ = [
     "LocalSession",
     "MemoryTransport",
     "RecordingHandler",
+    "RecoveryScenario",
     "TcpProxy",
     "WSClient",
     "line_frame",
