@@ -25,11 +25,23 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from tether.config import Config
 from tether_bench.paths import checkout
+from tether_bench.verdicts import (
+    ByRow,
+    Report,
+    batch_cost_note,
+    ceiling_note,
+    correctness,
+    fmt,
+    resilience_notes,
+    resilience_verdicts,
+    verdicts,
+)
 
 ROOT = checkout()
 BIN = Path(sys.executable).parent
@@ -40,10 +52,13 @@ BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "18700"))
 TOKEN_SECRET = "bench-token-secret-" + "b" * 24
 API_KEY = "bench-api-key"
 
+Target = dict[str, Any]
+"""How to start one target server and point the bench at it."""
 
-def targets(port: int) -> dict[str, dict]:
+
+def targets(port: int) -> dict[str, Target]:
     http = port + 1
-    out: dict[str, dict] = {
+    out: dict[str, Target] = {
         "ceiling": {
             "label": "raw-asyncio ceiling",
             "protocol": "plain",
@@ -203,17 +218,17 @@ def resilience_ephemeral_window() -> float:
 
 
 def keep_median_runs(
-    results: list[dict], scenario: str, value: Callable[[dict], float | None], field: str
-) -> list[dict]:
+    results: list[Report], scenario: str, value: Callable[[Report], float | None], field: str
+) -> list[Report]:
     """Fold repeated runs of ``scenario`` (per row) into the run with the median ``value``,
     which records every run's value in ``field`` (None for a failed run). p99s and their
     ratios move from run to run on a shared 2-core machine; a median of runs does not
     hinge on one disturbed run."""
-    rows: dict[str, list[dict]] = {}
+    rows: dict[str, list[Report]] = {}
     for r in results:
         if r["scenario"] == scenario:
             rows.setdefault(r["row"], []).append(r)
-    out: list[dict] = []
+    out: list[Report] = []
     for r in results:
         runs = rows.get(r["row"]) if r["scenario"] == scenario else None
         if runs is None:
@@ -221,7 +236,8 @@ def keep_median_runs(
             continue
         if r is not runs[0]:
             continue  # folded into the first run's place
-        ok = sorted((x for x in runs if "error" not in x and value(x) is not None), key=value)
+        valued = [(v, x) for x in runs if "error" not in x and (v := value(x)) is not None]
+        ok = [x for _, x in sorted(valued, key=lambda vx: vx[0])]
         if len(runs) < 2 or not ok:
             out.append(r)
             continue
@@ -231,15 +247,15 @@ def keep_median_runs(
     return out
 
 
-def _p99(r: dict) -> float | None:
+def _p99(r: Report) -> float | None:
     return (r.get("latency") or {}).get("p99_ms")
 
 
-def _chat_ratio(r: dict) -> float | None:
+def _chat_ratio(r: Report) -> float | None:
     return r.get("chat_p99_ratio")
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
@@ -253,7 +269,7 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 class Server:
-    def __init__(self, spec: dict, port: int, log: Path) -> None:
+    def __init__(self, spec: Target, port: int, log: Path) -> None:
         env = dict(os.environ, **spec.get("env", {}))
         self.log = open(log, "ab")  # noqa: SIM115  (open for the server's whole life; closed in stop())
         self.proc = subprocess.Popen(
@@ -290,7 +306,7 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ")[0]
 
 
-def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) -> dict:
+def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) -> Report:
     name = "tether" if row == "tether-batch1" else row
     spec = targets(port)[name]
     load0 = loadavg()
@@ -324,7 +340,7 @@ def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) 
         lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
         if not lines:
             return {"row": row, "scenario": scenario, "error": result.stderr[-1500:] or "no report"}
-        report = json.loads(lines[-1])
+        report: Report = json.loads(lines[-1])
         report.update(
             row=row,
             label=spec["label"] + (" (1 publication/request)" if row == "tether-batch1" else ""),
@@ -340,7 +356,7 @@ def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) 
         server.stop()
 
 
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next(
         (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
@@ -394,26 +410,7 @@ def machine() -> dict:
     }
 
 
-def fmt(n: float | None, unit: str = "") -> str:
-    if n is None:
-        return "-"
-    if isinstance(n, float) and n != n:
-        return "-"
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.2f}M{unit}"
-    if abs(n) >= 1e4:
-        return f"{n / 1e3:.0f}k{unit}"
-    return f"{n:g}{unit}"
-
-
-def correctness(r: dict) -> str:
-    if "error" in r:
-        return "error"
-    parts = f"{r.get('losses', 0)} / {r.get('duplicates', 0)} / {r.get('order_violations', 0)}"
-    return parts
-
-
-def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
+def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> None:
     by = {(r["scenario"], r["row"]): r for r in results}
     L: list[str] = []
     w = L.append
@@ -422,7 +419,7 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
     w(f"Measured {meta['date']} with `make bench` ({meta['wall_min']:.1f} min). Reproduce with:")
     w("")
     w(
-        "```sh\nmake bench            # installs the bench extras and the Node peer, runs everything,\n"
+        "```sh\nmake bench            # installs the bench (bench/) and the Node peer, runs everything,\n"
         "                      # rewrites this file and docs/benchmarks.json\n```"
     )
     w("")
@@ -622,12 +619,12 @@ def write_markdown(results: list[dict], meta: dict, out: Path) -> None:
         "the event loop's buffer. Tether holds and merges what it queues while a socket is "
         "paused, so it makes fewer, larger writes and can come out above this ceiling (the "
         "reference's open-loop figure on this machine is ~1.9M deliveries/s for 1,000 "
-        "clients). Compare per server CPU-second as well as per second."
+        "clients). Compare per server CPU-second as well as per second. "
+        + ceiling_note(by.get(("fanout", "tether"), {}), by.get(("fanout", "ceiling"), {}))
     )
     w(
-        "- Latency is measured with one publication per API call, so a publication's frame "
-        "goes out as one `write` per subscriber: that shape costs several times more per "
-        "delivery than the batched fan-out above (compare the two Tether fan-out rows)."
+        "- "
+        + batch_cost_note(by.get(("fanout", "tether"), {}), by.get(("fanout", "tether-batch1"), {}))
     )
     w(f"- Raw reports of every run: `docs/benchmarks.json`. {meta['fifty_k']}")
     w("")
@@ -645,136 +642,12 @@ def keep_scale_section(out: Path, text: str) -> str:
     return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
-def _ms(lat: dict | None, key: str) -> str:
+def _ms(lat: dict[str, Any] | None, key: str) -> str:
     value = (lat or {}).get(key)
     return "-" if value is None else f"{value:g} ms"
 
 
-def _met(ok: bool) -> str:
-    return "**met**" if ok else "**MISSED**"
-
-
-def resilience_verdicts(by: dict) -> list[str]:
-    out = []
-    slow = by.get(("slow-consumers", "tether-resilience"), {})
-    if slow and "error" not in slow:
-        exact = not (slow["losses"] or slow["duplicates"] or slow["order_violations"])
-        out.append(
-            f"Slow consumers: every slow client cut off with 3008: "
-            f"{_met(slow['slow_disconnects'] == slow['slow'])} ({slow['slow_disconnects']} of "
-            f"{slow['slow']}); healthy subscribers lose nothing (loss / dup / order "
-            f"{correctness(slow)}): {_met(exact)}."
-        )
-    typing = by.get(("typing-storm", "tether-resilience"), {})
-    if typing and "error" not in typing:
-        ratio = typing.get("chat_p99_ratio")
-        if ratio is not None:
-            off = (ratio - 1) * 100
-            runs = typing.get("run_ratios") or [ratio]
-            spread = (
-                f"; median of {len(runs)} runs: "
-                + ", ".join("failed" if x is None else f"{x:.2f}x" for x in runs)
-                if len(runs) > 1
-                else ""
-            )
-            out.append(
-                f"Typing storm: chat p99 with the storm within 20% of without: "
-                f"{_met(ratio <= 1.2)} ({ratio:.2f}x, {off:+.0f}%{spread})."
-            )
-        exact = not (typing["losses"] or typing["duplicates"] or typing["order_violations"])
-        out.append(
-            f"Typing storm: chat loss / dup / order zero: {_met(exact)} ({correctness(typing)})."
-        )
-    for row in ("tether-resilience", "tether-resilience-10k"):
-        storm = by.get(("reconnect-storm", row), {})
-        if not storm or "error" in storm:
-            continue
-        reads, channels = storm["recovery_broker_reads"], storm["channels"]
-        chans = f"{channels} channel{'s' * (channels > 1)}"
-        what = f"Reconnect storm ({storm['clients']:,} clients, {chans})"
-        out.append(
-            f"{what}: about one broker read per channel for recovery: "
-            f"{_met(reads <= 2 * channels)} ({reads} broker read{'s' * (reads != 1)} for "
-            f"{chans} and {storm['reconnected']:,} recoveries)."
-        )
-        exact = not (storm["losses"] or storm["duplicates"] or storm["order_violations"])
-        everyone = storm["recovered_false"] == 0 and storm["reconnect_errors"] == 0
-        out.append(
-            f"{what}: every client back with `recovered: true`, nothing lost or "
-            f"duplicated: {_met(exact and everyone)} ({storm['recovered_true']:,} true, "
-            f"{storm['recovered_false']} false; loss / dup / order {correctness(storm)})."
-        )
-    burst = by.get(("publish-burst", "tether-resilience"), {})
-    if burst and "error" not in burst:
-        exact = not (burst["losses"] or burst["duplicates"] or burst["order_violations"])
-        out.append(
-            f"Publish burst: every accepted publication delivered to every subscriber exactly "
-            f"once, in order: {_met(exact and burst['offsets_match_accepted'])} "
-            f"({burst['accepted']:,} accepted, {burst['shed_429']:,} shed with 429)."
-        )
-    return out
-
-
-def resilience_notes(by: dict) -> list[str]:
-    """What the figures say beyond the verdicts (computed, so they follow the data)."""
-    out = []
-    slow = by.get(("slow-consumers", "tether-resilience"), {})
-    if slow and "error" not in slow:
-        calm = (slow["without_slow"].get("latency") or {}).get("p99_ms")
-        busy = (slow["with_slow"].get("latency") or {}).get("p99_ms")
-        if calm and busy:
-            out.append(
-                f"Slow consumers: healthy p99 {calm:g} ms without the slow clients, {busy:g} ms "
-                f"with them ({busy / calm:.2f}x); no target was set for this ratio."
-            )
-    typing = by.get(("typing-storm", "tether-resilience"), {})
-    if typing and "error" not in typing:
-        calm = typing["chat_only"].get("round_p99_ms") or []
-        storm = typing["with_typing"].get("round_p99_ms") or []
-        ratios = [b / a for a, b in zip(calm, storm, strict=False) if a and b]
-        if len(ratios) > 1:
-            out.append(
-                f"Typing storm: round by round (median run), the storm's chat p99 was "
-                f"{min(ratios):.2f}x to {max(ratios):.2f}x the calm round's before it: the "
-                "ratio moves from round to round and run to run on this shared 2-core machine "
-                "(where the bench client also reads every typing frame), which is why the "
-                "goal is judged on the median of several runs."
-            )
-    if (
-        typing
-        and "error" not in typing
-        and not (typing["typing_coalesced"] or typing["typing_dropped"])
-    ):
-        out.append(
-            "Typing storm: no typing frame was coalesced or dropped: each simulated user "
-            f"types every {1000 * typing['typing_users'] / typing['typing_rate']:g} ms, "
-            f"longer than the {1000 * resilience_ephemeral_window():g} ms ephemeral window, and every "
-            "subscriber kept up (coalescing within a window and in a full socket's queue, and "
-            "dropping, are guarded by the unit tests in docs/explanation/resilience.md "
-            "section 3)."
-        )
-    burst = by.get(("publish-burst", "tether-resilience"), {})
-    if burst and "error" not in burst:
-        share = burst["accepted_per_s"] / max(burst["sustainable_publications_per_s"], 1e-9)
-        p99 = (burst.get("latency") or {}).get("p99_ms")
-        wait = (burst.get("client_wait") or {}).get("p99_ms")
-        out.append(
-            f"Publish burst: the server accepted {burst['accepted_per_s']:,.0f} publications/s "
-            f"during the burst ({share:.2f}x the sustainable rate, which the closed loop "
-            "measures with only 8 requests in flight and at most 0.1 s of deliveries "
-            "outstanding) and lost nothing; but shedding does not keep accepted publications "
-            f"fast: p99 {p99:g} ms from the scheduled send, of which up to {wait:g} ms "
-            "waiting in the API client for a free socket. The server answered "
-            f"{burst['answered_per_s']:,.0f} requests/s in all (429s included) against "
-            f"{burst['offered_per_s']:,.0f}/s offered, at {burst.get('server_cpu_percent')}% "
-            "CPU: a 429 is cheap but not free (the request is still read and parsed), so on "
-            "this 2-core machine, shared with the bench client, requests queue before the "
-            "lane limit can refuse them."
-        )
-    return out
-
-
-def reconnect_storm_markdown(r: dict, w: Callable[[str], None]) -> None:
+def reconnect_storm_markdown(r: Report, w: Callable[[str], None]) -> None:
     w(
         f"{r['clients']:,} clients over {r['channels']} channel{'s' * (r['channels'] > 1)} "
         f"(recovery on), {r['rate']:g} publications/s throughout. Every client socket is "
@@ -816,7 +689,7 @@ def reconnect_storm_markdown(r: dict, w: Callable[[str], None]) -> None:
     w("")
 
 
-def resilience_markdown(by: dict, meta: dict) -> list[str]:
+def resilience_markdown(by: ByRow, meta: dict[str, Any]) -> list[str]:
     """The resilience section (issue 5): one block per scenario, then the verdicts."""
     res = meta.get("resilience")
     if not res:
@@ -829,7 +702,7 @@ def resilience_markdown(by: dict, meta: dict) -> list[str]:
         f"Measured {res['date']} ({res['wall_min']:.1f} min), load average (1 min) "
         f"{res['load_start']} at start, {res['load_end']} at end"
         + (
-            " (the machine was shared: figures are noisy)."
+            " (the machine was shared: figures may be noisy)."
             if float(res["load_start"]) > 0.5
             else "."
         )
@@ -856,7 +729,7 @@ def resilience_markdown(by: dict, meta: dict) -> list[str]:
     )
     w("")
 
-    def failed(scenario: str) -> dict | None:
+    def failed(scenario: str) -> Report | None:
         r = by.get((scenario, "tether-resilience"))
         if r is None:
             return None
@@ -1005,7 +878,7 @@ def resilience_markdown(by: dict, meta: dict) -> list[str]:
         )
         w(f"| server CPU during the burst | {r.get('server_cpu_percent', '-')}% |")
         w("")
-    notes = resilience_notes(by)
+    notes = resilience_notes(by, resilience_ephemeral_window())
     lines = resilience_verdicts(by)
     if lines or notes:
         w("### Targets of issue 5")
@@ -1018,87 +891,19 @@ def resilience_markdown(by: dict, meta: dict) -> list[str]:
     return L
 
 
-def verdicts(by: dict) -> list[str]:
-    out = []
-    ceil = by.get(("fanout", "ceiling"), {})
-    teth = by.get(("fanout", "tether"), {})
-    if ceil.get("deliveries_per_s") and teth.get("deliveries_per_s"):
-        ratio = teth["deliveries_per_s"] / ceil["deliveries_per_s"]
-        cpu_ratio = (teth.get("deliveries_per_server_cpu_s") or 0) / max(
-            ceil.get("deliveries_per_server_cpu_s") or 1, 1
-        )
-        out.append(
-            f"Fan-out >= 0.7x the raw ceiling: **{'met' if ratio >= 0.7 else 'MISSED'}** "
-            f"({ratio:.2f}x by deliveries/s; {cpu_ratio:.2f}x per server CPU-second)."
-        )
-        peers = [
-            p
-            for p in ("websockets", "python-socketio", "node-socketio")
-            if by.get(("fanout", p), {}).get("deliveries_per_s")
-        ]
-        worst = (
-            min(
-                (teth["deliveries_per_s"] / by[("fanout", p)]["deliveries_per_s"], p) for p in peers
-            )
-            if peers
-            else None
-        )
-        if worst:
-            out.append(
-                f"Fan-out >= 3x every peer: **{'met' if worst[0] >= 3 else 'MISSED'}** "
-                f"(closest peer: {worst[1]}, Tether is {worst[0]:.1f}x)."
-            )
-    idle = by.get(("idle", "tether"), {})
-    if idle.get("rss_per_connection_kib") is not None:
-        k = idle["rss_per_connection_kib"]
-        out.append(
-            f"Idle <= 6 KiB server RSS per connection (10,000 x 2 channels): "
-            f"**{'met' if k <= 6 else 'MISSED'}** ({k} KiB)."
-        )
-    lat = by.get(("latency", "tether"), {}).get("latency") or {}
-    if lat:
-        out.append(
-            f"Latency p99 < 50 ms at half of max throughput: "
-            f"**{'met' if lat['p99_ms'] < 50 else 'MISSED'}** (p99 {lat['p99_ms']} ms"
-            + (
-                ", the median of "
-                + ", ".join(
-                    "failed" if v is None else f"{v:g}"
-                    for v in by[("latency", "tether")]["run_p99_ms"]
-                )
-                + " ms"
-                if by[("latency", "tether")].get("run_p99_ms")
-                else ""
-            )
-            + ")."
-        )
-    bad = [
-        (r["scenario"], r["row"])
-        for r in by.values()
-        if r["row"].startswith("tether")
-        and (r.get("losses") or r.get("duplicates") or r.get("order_violations"))
-    ]
-    tether_runs = [r for r in by.values() if r["row"].startswith("tether")]
-    out.append(
-        "Zero losses / duplicates / order violations (Tether, every scenario): "
-        + ("**met**" if not bad and tether_runs else f"**MISSED** in {bad}")
-    )
-    return out
-
-
-def shared_note(load_start: str, results: list[dict]) -> str:
+def shared_note(load_start: str, results: list[Report]) -> str:
     """What the load averages say about other work on the machine during the run."""
     peak = max((float(r.get("load_before", 0)) for r in results), default=0.0)
     if float(load_start) > 0.5:
         return (
             f"The machine was shared with other work (load {load_start} before the first run; "
-            f"up to {peak:.2f} before later runs, which includes about 2 from the previous "
-            "bench run itself): absolute figures are depressed and noisy, per-CPU-second "
-            "figures less so."
+            f"up to {peak:.2f} before later runs, a 1-minute average that still counts the "
+            "previous run's server and client): absolute figures may be depressed and noisy; "
+            "per-CPU-second figures are the least disturbed."
         )
     return (
         f"The machine was quiet when the run started (load {load_start}); loads before later "
-        f"runs (up to {peak:.2f}) include about 2 from the previous bench run itself. Other "
+        f"runs (up to {peak:.2f}) still count the previous run's server and client. Other "
         "engineers share this machine, so work starting mid-run cannot be ruled out."
     )
 
@@ -1192,7 +997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_resilience(quick: bool, logdir: Path) -> tuple[dict, list[dict]]:
+def run_resilience(quick: bool, logdir: Path) -> tuple[dict[str, Any], list[Report]]:
     """The resilience section: a private redis-server, then each scenario against a fresh
     Tether on it. Returns the section's meta and its reports."""
     from tether_bench.redisserver import RedisServer, RedisServerError
@@ -1231,8 +1036,8 @@ def run_resilience(quick: bool, logdir: Path) -> tuple[dict, list[dict]]:
 
 def run_steps(
     steps: list[tuple[str, str, list[str]]], logdir: Path, first_port: int = BASE_PORT
-) -> list[dict]:
-    results: list[dict] = []
+) -> list[Report]:
+    results: list[Report] = []
     for i, (scenario, row, extra) in enumerate(steps):
         port = first_port + 2 * (i % 40)
         print(

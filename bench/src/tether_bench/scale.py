@@ -69,6 +69,20 @@ from tether_bench.cluster import (
 )
 from tether_bench.paths import checkout
 from tether_bench.redisserver import RedisServer
+from tether_bench.verdicts import (
+    caught_up_sentence,
+    client_storm_finding,
+    cluster_rooms_finding,
+    correctness,
+    fifty_delivered_clause,
+    fifty_verdict,
+    fmt,
+    node_crash_finding,
+    redis_share_clause,
+    rooms_workers_finding,
+    workers_fanout_verdict,
+    workers_noise_clause,
+)
 
 ROOT = checkout()
 BIN = Path(sys.executable).parent
@@ -736,7 +750,7 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
                 rss2 = rss_bytes(workers)
             for thread in readers:
                 thread.join(5)
-            reports = []
+            reports: list[dict[str, Any]] = []
             for i in range(procs):
                 found = [ln for ln in outputs[i].splitlines() if ln.startswith("{")]
                 reports.append(
@@ -811,25 +825,10 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
 # -- the page -----------------------------------------------------------------------------
 
 
-def fmt(n: float | None) -> str:
-    if n is None:
-        return "-"
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if abs(n) >= 1e4:
-        return f"{n / 1e3:.0f}k"
-    return f"{n:g}"
-
-
-def _med(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(statistics.median(values), 2) if values else None
-
-
-def _lcd(r: dict[str, Any]) -> str:
-    if "error" in r:
-        return "error"
-    return f"{r.get('losses', 0)} / {r.get('duplicates', 0)} / {r.get('order_violations', 0)}"
+def _med(values: list[float | None]) -> float | None:
+    """The median of the figures present (None: a run without that figure), to 2 places."""
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 2) if present else None
 
 
 def _load(r: dict[str, Any]) -> str:
@@ -858,9 +857,9 @@ def render(data: dict[str, Any]) -> str:
     w(
         f"The machine has **{meta.get('nproc')} cores** and a hard limit of "
         f"{meta.get('nofile_hard')} open files per process. Servers, Redis, HAProxy and the "
-        "bench clients all run on it together, so every figure below is what is left of two "
-        "cores after the client took its share: more workers than cores cannot be faster "
-        "here, and the client competes with the workers for the same cores. Other engineers "
+        "bench clients all run on it together, so every figure below is what is left of its "
+        "cores after the client took its share, and the client competes with the workers "
+        "for the same cores. Other engineers "
         "share the machine (see the load averages per run). Each part starts its own "
         "`redis-server` on a free port."
     )
@@ -886,7 +885,8 @@ def _fan_median(runs: list[dict[str, Any]], n: int, fixed: bool, key: str) -> fl
 
 
 def _render_findings(data: dict[str, Any]) -> list[str]:
-    """The headline figures and what they do not show, from the data of this run."""
+    """The headline figures and what they do not show; every judgement is computed from
+    the figures of this run (:mod:`tether_bench.verdicts`)."""
     L: list[str] = []
     w = L.append
     w("### What the figures say, and what they do not")
@@ -901,90 +901,54 @@ def _render_findings(data: dict[str, Any]) -> list[str]:
         redis_fan = [
             r
             for r in runs
-            if r.get("scenario") == "fanout" and r.get("workers") and "error" not in r
+            if r.get("scenario") == "fanout"
+            and r.get("workers")
+            and isinstance(r.get("window"), int)
+            and "error" not in r
         ]
-        each = [r.get("deliveries_per_s") or 0 for r in redis_fan]
+        by_n: dict[int, list[float]] = {}
+        for r in redis_fan:
+            if r.get("deliveries_per_s"):
+                by_n.setdefault(r["workers"], []).append(r["deliveries_per_s"])
         p50s = [(r.get("latency") or {}).get("p50_ms") or 0 for r in redis_fan]
         client = [r.get("client_cpu_percent") or 0 for r in redis_fan]
         loads = [r.get("load_before", [0])[0] for r in runs]
-        ratio = (
-            base_cpu / statistics.median(per_cpu.values())
-            if base_cpu and all(per_cpu.values())
-            else None
-        )
+        redis_cpu = _med([r.get("redis_cpu_s_whole_run") for r in redis_fan])
+        workers_cpu = _med([sum(r.get("worker_cpu_s_whole_run") or []) for r in redis_fan])
+        cpu_values = [v for v in per_cpu.values() if v]
+        ratio = base_cpu / statistics.median(cpu_values) if base_cpu and cpu_values else None
         w(
-            "- **Workers barely change fan-out throughput on this 2-core machine.** Fan-out "
-            "over Redis: "
+            f"- {workers_fanout_verdict(by_n)} Fan-out over Redis: "
             + ", ".join(f"{n} worker{'s' if n > 1 else ''} {fmt(v)}/s" for n, v in per_n.items())
-            + f" (medians, window 400; single runs ranged {fmt(min(each, default=0))} to "
-            f"{fmt(max(each, default=0))}/s, so the differences are within the noise), "
-            f"against {fmt(base)}/s for one process on the memory broker. The workers split "
-            "the CPU evenly (see *per worker*), and their sum stays at "
+            + f" (medians, window 400; {workers_noise_clause(by_n)}), against {fmt(base)}/s "
+            "for one process on the memory broker. The workers' CPU (sum) was "
             + ", ".join(f"{round(v or 0)}%" for v in cpu.values())
-            + f" of a core; the bench client takes {round(min(client, default=0))}-"
-            f"{round(max(client, default=0))}% and other work on the machine the rest (load "
-            f"{min(loads, default=0)}-{max(loads, default=0)} during these runs), so a third "
-            "worker on two cores only adds contention. What the table does show is the cost "
-            "of the Redis path: "
+            + f" of a core on {data.get('meta', {}).get('nproc')} cores; the bench client took "
+            f"{round(min(client, default=0))}-{round(max(client, default=0))}% and the load "
+            f"average was {min(loads, default=0)}-{max(loads, default=0)} during these runs. "
+            "The cost of the Redis path: "
             + ", ".join(fmt(v) for v in per_cpu.values())
             + f" deliveries per server CPU-second against {fmt(base_cpu)} on the memory "
-            f"broker (about {round(ratio or 0)} times the CPU per delivery), and "
-            f"{round(min(p50s, default=0))}-{round(max(p50s, default=0))} ms publish-to-"
-            "delivery at p50. Redis itself is nearly idle (see *Redis CPU-s*). Over Redis "
-            "publications arrive from pub/sub one by one, and each used to get its own flush "
-            "(one write per socket per publication); the adaptive flush delay "
-            "(`flush_max_delay`, commit 63e8736) lets publications arriving during an "
-            "expensive flush share the next write: the first run after it (workers part, "
-            "2026-11-26 15:12) doubled the Redis-path throughput against the 14:52 run "
-            "(184k to about 410-490k/s for 1 worker). The rest of the gap to the "
-            "memory broker (per-publication decode, EVALSHA round trips, fewer publications "
-            "per write) is not profiled yet."
-        )
-        rooms = {r.get("workers"): r for r in runs if r.get("scenario") == "rooms"}
-        if rooms:
-            w(
-                "- At a fixed 2,000 publications/s (rooms) every setup delivers the 11,000/s "
-                "without loss; over Redis it costs "
-                + ", ".join(
-                    f"{rooms[n].get('server_cpu_percent')}% ({n})" for n in (1, 2, 3) if n in rooms
-                )
-                + f" of a core against {rooms.get(0, {}).get('server_cpu_percent')}% on the "
-                "memory broker, and the p99 latency is tens to hundreds of ms (the publisher "
-                "was late for some publications: the API path, not delivery, saturates first)."
+            + (
+                f"broker (about {ratio:.1f} times the CPU per delivery), and "
+                if ratio
+                else "broker, and "
             )
+            + f"{round(min(p50s, default=0))}-{round(max(p50s, default=0))} ms publish-to-"
+            f"delivery at p50. {redis_share_clause(redis_cpu, workers_cpu)}."
+        )
+        rooms = {r.get("workers", 0): r for r in runs if r.get("scenario") == "rooms"}
+        if rooms:
+            w(rooms_workers_finding(rooms))
     cluster = data.get("cluster", {})
     storm, cstorm = cluster.get("storm", {}), cluster.get("client_storm", {})
     if storm and "error" not in storm:
-        w(
-            f"- **A node crash costs about {storm.get('all_resubscribed_s')} s**: the "
-            f"{storm.get('victim_clients')} clients of the killed node were all connected to "
-            f"the other two and resubscribed {storm.get('all_resubscribed_s')} s after the "
-            f"SIGKILL (p50 {storm.get('resubscribed_p50_s')} s), all with `recovered: true` "
-            f"({storm.get('recovered_true')} of {storm.get('recoveries')} subscriptions), "
-            f"no connect refused, loss / dup / order {_lcd(storm)}; "
-            f"{storm.get('publish_attempts_failed')} publish attempt(s) failed on the dead "
-            "node and were retried with the same idempotency key, stored once."
-        )
+        w(node_crash_finding(storm))
     if cstorm and "error" not in cstorm:
-        w(
-            f"- Cutting all {cstorm.get('clients')} clients at once: all back and recovered "
-            f"{cstorm.get('time_to_full_recovery_s')} s after they started reconnecting, "
-            f"{cstorm.get('refused_503')} refused, loss / dup / order {_lcd(cstorm)}. At 2,000 "
-            "clients over three nodes the admission limit (2,000 connects/s per node) is never "
-            "reached, so this storm does not exercise the 503 path; larger storms are "
-            "limited here by HAProxy's `maxconn 4000` and the client's CPU."
-        )
-    rr = {r.get("rate"): r for r in cluster.get("rooms_runs", [])}
+        w(client_storm_finding(cstorm))
+    rr = {float(r.get("rate") or 0): r for r in cluster.get("rooms_runs", [])}
     if rr:
-        ok, over = rr.get(1000.0) or {}, rr.get(2000.0) or {}
-        w(
-            "- Rooms through HAProxy: at 1,000 publications/s p99 "
-            f"{(ok.get('latency') or {}).get('p99_ms')} ms; at 2,000/s (the rate of `make "
-            f"bench`) p99 {(over.get('latency') or {}).get('p99_ms')} ms with "
-            f"{over.get('publisher_late')} publications sent late: three node processes, "
-            "HAProxy, Redis and the bench share two cores, and the one-publication-per-"
-            "request API path through the balancer saturates. Nothing was lost in either."
-        )
+        w(cluster_rooms_finding(rr))
     f = data.get("fifty", {})
     if f and "error" not in f:
         late = [r.get("publisher_late") or 0 for r in f.get("reports", [])]
@@ -998,30 +962,26 @@ def _render_findings(data: dict[str, Any]) -> list[str]:
                 "; the bench publishers were late for "
                 + ", ".join(f"{n:,}" for n in late)
                 + f" of their {per_publisher:,} publications each (all 64 requests in "
-                "flight), so the API path stalled now and then; the cause (event loops busy "
-                "with 17,000 connections each, garbage-collection pauses, or the machine's "
-                "other load) was not established"
+                "flight), so the API path stalled now and then; the cause was not established"
             )
         else:
             latency += f"; no publisher was late for any of its {per_publisher:,} publications"
         w(
-            f"- **50,000 connections: met.** {f.get('connected'):,} set up, "
-            f"{f.get('alive_at_end'):,} alive at the end, every publication delivered "
-            f"({f.get('deliveries'):,} of {f.get('expected_deliveries'):,}, offsets checked "
-            f"on all {f.get('checked_connections'):,} connections, loss / dup / order "
-            f"{_lcd(f)}); server RSS {f.get('rss_connected_mib')} MiB for the three workers "
+            f"- {fifty_verdict(f)} {f.get('connected'):,} set up, "
+            f"{f.get('alive_at_end'):,} alive at the end, {fifty_delivered_clause(f)}; "
+            f"server RSS {f.get('rss_connected_mib')} MiB for the three workers "
             f"({f.get('rss_per_connection_kib')} KiB per connection with 2 channels, the "
             f"workers' own {round(f.get('rss_before_mib', 0) / 3)} MiB each before any "
             "connection excluded), workers' CPU "
             f"{f.get('worker_cpu_publish_percent')}% of a core while publishing. Setting up "
-            f"50,000 connections took {f.get('connect_all_s')} s (about {setup_rate:,}/s, "
-            f"{f.get('worker_cpu_connect_s')} CPU-s in the workers: token check, two "
-            "subscriptions and a Redis SUBSCRIBE for each new channel); "
+            f"{f.get('connected', 0):,} connections took {f.get('connect_all_s')} s (about "
+            f"{setup_rate:,}/s, {f.get('worker_cpu_connect_s')} CPU-s in the workers: token "
+            "check, two subscriptions and a Redis SUBSCRIBE for each new channel); "
             f"{latency}."
         )
     w(
         "- Not done: more than one machine (every figure here includes the client's and the "
-        "other processes' share of the same two cores); a storm large enough to hit "
+        "other processes' share of the same cores); a storm large enough to hit "
         "admission control through the balancer; a repeat of the cluster and 50k parts "
         "(one run each, so no medians there)."
     )
@@ -1089,7 +1049,7 @@ def _render_workers(part: dict[str, Any]) -> list[str]:
                 + f" | {_med([r.get('redis_cpu_s_whole_run') for r in ok])} | "
                 f"{_med([r.get('client_cpu_percent') for r in ok])}% | "
                 + "; ".join(_load(r) for r in rs)
-                + f" | {'; '.join(_lcd(r) for r in rs)} |"
+                + f" | {'; '.join(correctness(r) for r in rs)} |"
             )
         w("")
     if rooms:
@@ -1111,7 +1071,7 @@ def _render_workers(part: dict[str, Any]) -> list[str]:
                 f"| {_label(r.get('workers', 0))} | {fmt(r.get('deliveries_per_s'))} | "
                 f"{lat.get('p50_ms', '-')} ms | {lat.get('p99_ms', '-')} ms | "
                 f"{r.get('server_cpu_percent', '-')}% | {r.get('worker_cpu_s_whole_run')} | "
-                f"{r.get('redis_cpu_s_whole_run')} | {_load(r)} | {_lcd(r)} |"
+                f"{r.get('redis_cpu_s_whole_run')} | {_load(r)} | {correctness(r)} |"
             )
         w("")
     if fan and runs:
@@ -1177,7 +1137,7 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
                 f"{r.get('publisher_late')} | {r.get('node_cpu_percent_whole_run')}% | "
                 f"{r.get('node_cpu_s_whole_run')} | {r.get('haproxy_cpu_s_whole_run')} | "
                 f"{r.get('redis_cpu_s_whole_run')} | {r.get('client_cpu_percent')}% | "
-                f"{_load(r)} | {_lcd(r)} |"
+                f"{_load(r)} | {correctness(r)} |"
             )
         w("")
         w(f"`{rooms[0].get('command', '')}` (and the same with `--rate 2000`)")
@@ -1204,7 +1164,7 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
                 f"**{c.get('time_to_full_recovery_s')} s** | {c.get('time_from_cut_s')} s | "
                 f"{fmt(c.get('peak_connects_per_s'))} | {c.get('refused_503')} | "
                 f"{c.get('recovered_true')} / {c.get('recovered_false')} | "
-                f"{c.get('publications')} | {_lcd(c)} |"
+                f"{c.get('publications')} | {correctness(c)} |"
             )
             w("")
             w(
@@ -1245,13 +1205,11 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
                 f"{s.get('recoveries')} | {_pairs(s.get('moved_to'))} | "
                 f"{s.get('refused_503_after_kill')} / {s.get('connect_errors_after_kill')} | "
                 f"{s.get('publish_attempts_failed')} ({s.get('publications_retried')} of "
-                f"{s.get('publications')}) | {_lcd(s)} | {s.get('stored_twice')} |"
+                f"{s.get('publications')}) | {correctness(s)} | {s.get('stored_twice')} |"
             )
             w("")
             w(
-                f"Every client then had every accepted publication of both its channels "
-                f"({s.get('clients_behind_at_end')} behind at the end, "
-                f"{s.get('catch_up_after_last_publish_s')} s after the last publish); CPU of "
+                f"{caught_up_sentence(s)}; CPU of "
                 f"the surviving nodes in the {s.get('window_after_kill_s')} s after the kill: "
                 f"{s.get('node_cpu_s_after_kill')} CPU-s; load "
                 f"{_load(s)}."
@@ -1319,7 +1277,7 @@ def _render_fifty(f: dict[str, Any]) -> list[str]:
             "deliveries / expected",
             f"**{f.get('deliveries'):,} / {f.get('expected_deliveries'):,}**",
         ),
-        ("loss / dup / order (checked on every connection)", f"**{_lcd(f)}**"),
+        ("loss / dup / order (checked on every connection)", f"**{correctness(f)}**"),
         ("connections checked", f"{f.get('checked_connections'):,}"),
         (
             "latency p50 / p99 per bench process",

@@ -11,17 +11,20 @@ No history, no auth, no heartbeats, no queue bounds: it is a yardstick, not a se
 usage: python raw_ceiling.py PORT
 """
 
+from __future__ import annotations
+
 import asyncio
 import base64
 import hashlib
 import json
 import struct
 import sys
+from typing import Any, cast
 
 import uvloop
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-rooms: dict[str, set["Conn"]] = {}
+rooms: dict[str, set[Conn]] = {}
 
 
 def frame(payload: bytes) -> bytes:
@@ -40,13 +43,13 @@ def unmask(data: bytes, mask: bytes) -> bytes:
 
 
 class Conn(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.tr = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tr = cast(asyncio.Transport, transport)  # create_server: a stream transport
         self.buf = b""
         self.open = False
-        self.rooms = []
+        self.rooms: list[str] = []
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         buf = self.buf + data
         if not self.open:
             end = buf.find(b"\r\n\r\n")
@@ -85,8 +88,8 @@ class Conn(asyncio.Protocol):
                 self.on_message(payload)
         self.buf = buf[pos:]
 
-    def on_message(self, payload):
-        msg = json.loads(payload)
+    def on_message(self, payload: bytes) -> None:
+        msg: dict[str, Any] = json.loads(payload)
         if msg["op"] == "sub":
             for room in msg["rooms"]:
                 rooms.setdefault(room, set()).add(self)
@@ -101,7 +104,7 @@ class Conn(asyncio.Protocol):
                 for conn in members:
                     conn.tr.write(data)
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         for room in self.rooms:
             members = rooms.get(room)
             if members is not None:
@@ -110,7 +113,7 @@ class Conn(asyncio.Protocol):
                     del rooms[room]
 
 
-async def main(port):
+async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Conn, "127.0.0.1", port, backlog=4096, reuse_address=True)
     print(f"raw ceiling on ws://127.0.0.1:{port}/", flush=True)

@@ -9,20 +9,23 @@ ceiling does none).
 usage: python websockets_server.py PORT
 """
 
+from __future__ import annotations
+
 import json
 import sys
+from typing import Any
 
 import uvloop
-from websockets.asyncio.server import broadcast, serve
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-rooms: dict[str, set] = {}
+rooms: dict[str, set[ServerConnection]] = {}
 
 
-async def handler(ws):
-    joined = []
+async def handler(ws: ServerConnection) -> None:
+    joined: list[str] = []
     try:
         async for message in ws:
-            msg = json.loads(message)
+            msg: dict[str, Any] = json.loads(message)
             if msg["op"] == "sub":
                 for room in msg["rooms"]:
                     rooms.setdefault(room, set()).add(ws)
@@ -42,7 +45,7 @@ async def handler(ws):
                     del rooms[room]
 
 
-async def main(port):
+async def main(port: int) -> None:
     async with serve(
         handler,
         "127.0.0.1",

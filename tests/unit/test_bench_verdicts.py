@@ -1,0 +1,263 @@
+"""The benchmark pages' verdicts follow the figures: each one, given figures that pass and
+figures that fail, says so (``tether_bench.verdicts``; docs/benchmarks.md is rendered
+from them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether_bench.verdicts import (
+    batch_cost_note,
+    caught_up_sentence,
+    ceiling_note,
+    client_storm_finding,
+    cluster_rooms_finding,
+    fifty_delivered_clause,
+    fifty_verdict,
+    node_crash_finding,
+    publish_burst_note,
+    redis_share_clause,
+    resilience_verdicts,
+    rooms_workers_finding,
+    typing_frames_note,
+    typing_rounds_note,
+    verdicts,
+    workers_fanout_verdict,
+    workers_noise_clause,
+)
+
+CLEAN = {"losses": 0, "duplicates": 0, "order_violations": 0}
+
+
+def fanout(dps: float, cps: float | None = None) -> dict[str, Any]:
+    return {"deliveries_per_s": dps, "deliveries_per_server_cpu_s": cps or dps, **CLEAN}
+
+
+def issue3_runs(tether_dps: float, idle_kib: float, p99: float) -> dict[tuple[str, str], Any]:
+    by: dict[tuple[str, str], Any] = {
+        ("fanout", "ceiling"): fanout(1_000_000),
+        ("fanout", "tether"): fanout(tether_dps),
+        ("fanout", "websockets"): fanout(100_000),
+        ("idle", "tether"): {"rss_per_connection_kib": idle_kib, **CLEAN},
+        ("latency", "tether"): {"latency": {"p99_ms": p99}, "run_p99_ms": [p99], **CLEAN},
+    }
+    for (scenario, row), r in by.items():
+        r.update(scenario=scenario, row=row)
+    return by
+
+
+def test_issue3_targets_are_met_by_figures_that_meet_them() -> None:
+    lines = verdicts(issue3_runs(tether_dps=800_000, idle_kib=5.1, p99=20))
+    assert len(lines) == 5
+    assert all("**met**" in line for line in lines), lines
+
+
+def test_issue3_targets_are_missed_by_figures_that_miss_them() -> None:
+    by = issue3_runs(tether_dps=200_000, idle_kib=7.5, p99=80)
+    by[("fanout", "tether")]["losses"] = 3
+    lines = verdicts(by)
+    assert all("**MISSED**" in line for line in lines), lines
+    assert "closest peer: websockets, Tether is 2.0x" in lines[1]
+
+
+def slow_consumers(cut: int) -> dict[tuple[str, str], Any]:
+    return {("slow-consumers", "tether-resilience"): {"slow": 20, "slow_disconnects": cut, **CLEAN}}
+
+
+def test_slow_consumers_are_met_only_when_every_slow_client_is_cut() -> None:
+    (met,) = resilience_verdicts(slow_consumers(cut=20))
+    (missed,) = resilience_verdicts(slow_consumers(cut=19))
+    assert met.count("**met**") == 2
+    assert "**MISSED** (19 of 20)" in missed
+
+
+def test_typing_rounds_that_move_are_called_unsteady_and_steady_ones_agree() -> None:
+    assert "moved by 0.50 from round to round" in typing_rounds_note([0.9, 1.4, 1.1])
+    assert "the rounds agree within 0.05" in typing_rounds_note([1.0, 1.05])
+
+
+def typing(coalesced: int, dropped: int, users: int = 20, rate: float = 500) -> dict[str, Any]:
+    return {
+        "typing_users": users,
+        "typing_rate": rate,
+        "typing_coalesced": coalesced,
+        "typing_dropped": dropped,
+        "slow_disconnects": 0,
+    }
+
+
+def test_typing_frames_note_says_what_became_of_the_frames() -> None:
+    calm = typing_frames_note(typing(0, 0), ephemeral_window_s=0.02)
+    assert "no typing frame was coalesced or dropped" in calm
+    assert "every 40 ms, longer than the 20 ms ephemeral window" in calm
+    busy = typing_frames_note(typing(1200, 3, users=5), ephemeral_window_s=0.02)
+    assert "1,200 typing frames coalesced and 3 dropped" in busy
+    assert "every 10 ms, within the 20 ms ephemeral window" in busy
+
+
+def burst(p99: float, answered: float, losses: int = 0) -> dict[str, Any]:
+    return {
+        "accepted_per_s": 2000,
+        "sustainable_publications_per_s": 2500,
+        "latency": {"p99_ms": p99},
+        "client_wait": {"p99_ms": p99 / 2},
+        "answered_per_s": answered,
+        "offered_per_s": 20_000,
+        "server_cpu_percent": 90,
+        "offsets_match_accepted": losses == 0,
+        **CLEAN,
+        "losses": losses,
+    }
+
+
+def test_publish_burst_note_judges_speed_and_queueing_from_the_figures() -> None:
+    good = publish_burst_note(burst(p99=12, answered=19_500))
+    assert "and lost nothing" in good
+    assert "Shedding kept accepted publications fast: p99 12 ms" in good
+    assert "the server kept up with the requests offered" in good
+    bad = publish_burst_note(burst(p99=900, answered=9_000, losses=4))
+    assert "loss / dup / order 4 / 0 / 0" in bad
+    assert "Shedding did not keep accepted publications fast: p99 900 ms" in bad
+    assert "requests queued before the lane limit could refuse them" in bad
+
+
+def test_the_cost_of_one_publication_per_call_is_the_measured_ratio() -> None:
+    assert "cost 5.0x the server CPU" in batch_cost_note(fanout(5e6, 5e6), fanout(1e6, 1e6))
+    assert "cost no more server CPU" in batch_cost_note(fanout(1e6, 1e6), fanout(2e6, 2e6))
+
+
+def test_tether_is_placed_above_or_below_the_ceiling_by_the_figures() -> None:
+    assert "above the ceiling: 1.50x" in ceiling_note(fanout(1.5e6), fanout(1e6))
+    assert "below the ceiling: 0.50x" in ceiling_note(fanout(0.5e6), fanout(1e6))
+
+
+def test_worker_counts_whose_runs_overlap_do_not_change_throughput() -> None:
+    runs = {1: [500e3, 560e3], 2: [520e3, 540e3], 3: [490e3, 530e3]}
+    assert "does not change fan-out throughput measurably" in workers_fanout_verdict(runs)
+    assert "within the noise" in workers_noise_clause(runs)
+
+
+def test_worker_counts_whose_runs_do_not_overlap_are_told_apart() -> None:
+    runs = {1: [300e3, 320e3], 2: [500e3, 540e3], 3: [510e3, 530e3]}
+    verdict = workers_fanout_verdict(runs)
+    assert "highest with 2 or 3 workers here; 1 worker is slower beyond the noise" in verdict
+    assert "not every worker count's runs overlap" in workers_noise_clause(runs)
+
+
+def test_redis_is_called_idle_only_when_it_used_little_cpu() -> None:
+    assert "nearly idle" in redis_share_clause(0.3, 11.0)
+    assert "a real share of the work" in redis_share_clause(4.0, 11.0)
+
+
+def rooms(n: int, delivered: int, late: int = 0) -> dict[str, Any]:
+    return {
+        "workers": n,
+        "rate": 2000.0,
+        "publications": 16_000,
+        "deliveries": delivered,
+        "expected_deliveries": 88_000,
+        "publisher_late": late,
+        "latency": {"p99_ms": 5.0 + n},
+        "server_cpu_percent": 50 + n,
+        **CLEAN,
+    }
+
+
+def test_rooms_finding_says_everything_was_delivered_only_when_it_was() -> None:
+    full = rooms_workers_finding({n: rooms(n, 88_000) for n in (0, 1, 2, 3)})
+    assert "every setup delivers the 11,000/s expected without loss" in full
+    assert "the publisher was never late" in full
+    short = rooms_workers_finding({0: rooms(0, 88_000), 1: rooms(1, 87_000, late=12)})
+    assert "not every setup delivered everything: 1 (87000 of 88000" in short
+    assert "the publisher was late for 12 publications" in short
+
+
+def crash(resubscribed: int, refused: int = 0, behind: int = 0) -> dict[str, Any]:
+    return {
+        "victim_clients": 667,
+        "resubscribed": resubscribed,
+        "recovered_true": 1334,
+        "recoveries": 1334,
+        "refused_503_after_kill": refused,
+        "connect_errors_after_kill": 0,
+        "all_resubscribed_s": 0.66,
+        "resubscribed_p50_s": 0.5,
+        "publish_attempts_failed": 1,
+        "stored_twice": 0,
+        "clients_behind_at_end": behind,
+        "catch_up_after_last_publish_s": 0.0,
+        **CLEAN,
+    }
+
+
+def test_a_node_crash_is_absorbed_only_if_every_client_came_back() -> None:
+    assert "**A node crash costs about 0.66 s**" in node_crash_finding(crash(667))
+    assert "**A node crash was not absorbed cleanly**" in node_crash_finding(crash(660))
+    assert "was not absorbed" in node_crash_finding(crash(667, refused=2))
+
+
+def test_caught_up_only_when_no_client_is_behind() -> None:
+    assert caught_up_sentence(crash(667)).startswith("Every client then had every")
+    assert caught_up_sentence(crash(667, behind=3)).startswith("3 client(s) still lacked")
+
+
+def storm(back: int, refused: int) -> dict[str, Any]:
+    return {
+        "clients": 2000,
+        "reconnected": back,
+        "recovered_false": 2000 - back,
+        "refused_503": refused,
+        "time_to_full_recovery_s": 0.9,
+        **CLEAN,
+    }
+
+
+def test_a_client_storm_reports_the_503_path_as_measured() -> None:
+    calm = client_storm_finding(storm(2000, refused=0))
+    assert "all back and recovered" in calm
+    assert "does not exercise the 503 path" in calm
+    hard = client_storm_finding(storm(1990, refused=350))
+    assert "1990 back, 10 not recovered" in hard
+    assert "350 upgrades were refused with 503 and retried" in hard
+
+
+def test_rooms_through_the_balancer_are_lossless_only_if_nothing_was_lost() -> None:
+    clean = {1000.0: {"latency": {"p99_ms": 6}, "publisher_late": 0, **CLEAN}}
+    assert "none sent late. Nothing was lost in any." in cluster_rooms_finding(clean)
+    lossy = {2000.0: {"latency": {"p99_ms": 85}, "publisher_late": 288, **CLEAN, "losses": 2}}
+    text = cluster_rooms_finding(lossy)
+    assert "288 publications sent late" in text
+    assert "API path through the balancer was saturated" in text
+    assert "2,000/s 2 / 0 / 0" in text
+
+
+def fifty(connected: int, delivered: int) -> dict[str, Any]:
+    return {
+        "connections": 50_000,
+        "connected": connected,
+        "alive_at_end": connected,
+        "deliveries": delivered,
+        "expected_deliveries": 296_950,
+        "checked_connections": connected,
+        "errors": [],
+        **CLEAN,
+    }
+
+
+def test_fifty_thousand_connections_are_met_only_with_all_of_them_and_every_delivery() -> None:
+    assert fifty_verdict(fifty(50_000, 296_950)) == "**50,000 connections: met.**"
+    assert fifty_verdict(fifty(49_990, 296_950)) == "**50,000 connections: MISSED.**"
+    assert fifty_verdict(fifty(50_000, 296_000)) == "**50,000 connections: MISSED.**"
+    assert fifty_delivered_clause(fifty(50_000, 296_950)).startswith("every publication")
+    assert fifty_delivered_clause(fifty(50_000, 296_000)).startswith("not every publication")
+
+
+def test_no_tether_run_gives_no_zero_loss_verdict() -> None:
+    peers_only = {("fanout", "websockets"): {"scenario": "fanout", "row": "websockets", **CLEAN}}
+    assert verdicts(peers_only) == []
+
+
+def test_one_run_per_worker_count_tells_no_count_apart() -> None:
+    runs = {1: [300e3], 2: [500e3], 3: [510e3]}
+    assert "Too few runs per worker count" in workers_fanout_verdict(runs)
+    assert workers_noise_clause(runs) == "single runs ranged 300k to 510k/s"
