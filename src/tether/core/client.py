@@ -152,6 +152,22 @@ class Client(OutboundQueue):
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} {self.state.value}>"
 
+    # -- what the registry asks (tether.core.registry.Connection) -----------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ConnectionState.CLOSED
+
+    def subscription_expires_at(self, channel: str) -> float | None:
+        sub = self.subs.get(channel)
+        return sub.expire_at if sub is not None else None
+
+    def ping(self) -> None:
+        """Queue the heartbeat (urgent: never shed with the standard lane); any message
+        from the client answers it."""
+        self.awaiting_pong = True
+        self.enqueue_urgent(self.wire_format.ping)
+
     # -- outbound (the queue itself is OutboundQueue) -----------------------------------
 
     def send_reply(self, reply: Reply) -> None:

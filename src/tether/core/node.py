@@ -8,8 +8,6 @@ background task it starts (:meth:`Node.spawn`) and cancels them on :meth:`Node.c
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import os
 import socket
 import time
@@ -28,6 +26,7 @@ from tether.core.hub import Hub
 from tether.core.lanes import Lane, LaneGate
 from tether.core.outbound import OverflowPolicy, QueueLimits
 from tether.core.recovery import RecoveryCache, recover
+from tether.core.registry import Registry
 from tether.core.transport import (
     Cadence,
     ClientTransport,
@@ -77,8 +76,15 @@ class Node:
         self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
         self.hub = Hub()
         self.recovery = RecoveryCache(broker, clock)
-        self.clients: dict[str, Client] = {}
-        self.users: dict[str, dict[Client, None]] = {}
+        self.registry: Registry[Client] = Registry(
+            ping_interval=config.ping_interval,
+            pong_timeout=config.pong_timeout,
+            connect_timeout=config.connect_timeout,
+            expired_close_delay=config.expired_close_delay,
+            max_per_user=config.max_connections_per_user,
+            clock=clock,
+        )
+        """Every connection of this node, with its pings and expiries."""
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue_limits: QueueLimits | None = None
@@ -95,13 +101,6 @@ class Node:
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
         """(channel, client id) -> the task finishing that subscription's leave."""
-        self._connecting: dict[Client, None] = {}
-        self._ping_buckets: list[dict[Client, None]] = [{} for _ in range(config.ping_interval)]
-        self._bucket_of: dict[Client, int] = {}
-        self._bucket_seq = itertools.count()
-        self._expiries: list[tuple[float, int, Client, str | None]] = []
-        self._expiry_seq = itertools.count()
-        self._tick = 0
         self.closing = False
         self.started = False
         self._transport_limits = TransportLimits(
@@ -113,6 +112,11 @@ class Node:
         callbacks (fan-out, flushes, requests) waited for the event loop."""
 
     # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def clients(self) -> dict[str, Client]:
+        """Connected clients by client ID (the registry's)."""
+        return self.registry.clients
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -157,7 +161,7 @@ class Node:
     async def close(self, code: DisconnectInfo = DisconnectCode.SHUTDOWN) -> None:
         """Close every client with ``code`` (reconnect advice), then stop the broker."""
         self.closing = True
-        for client in list(self.clients.values()) + list(self._connecting):
+        for client in self.registry.everyone():
             client.close(code)
         await asyncio.sleep(0)  # let the last writes and cleanup tasks start
         tasks = list(self._tasks)
@@ -173,7 +177,7 @@ class Node:
         queued, in equal batches spread over ``window`` seconds so that the clients do not
         all reconnect in the same instant. Cancel it to close the rest at once."""
         self.closing = True
-        clients = list(self._connecting) + list(self.clients.values())
+        clients = self.registry.everyone()
         if not clients:
             return
         steps = max(1, min(len(clients), int(window * 20)))  # at most 20 batches a second
@@ -201,8 +205,6 @@ class Node:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", task=task.get_name(), exc_info=task.exception())
 
-    # -- connections ------------------------------------------------------------------
-
     # -- the transports' side (core.transport.Gateway) -------------------------------
 
     @property
@@ -223,59 +225,31 @@ class Node:
         """A transport finished its handshake: a new client speaking ``wire_format``,
         awaiting ``connect``."""
         client = Client(self, transport, wire_format)
-        self._connecting[client] = None
+        self.registry.add_connecting(client)
         return client
 
     def claim_user(self, client: Client, user: str) -> None:
-        """Count ``client`` as a connection of ``user`` from now on (before its connect has
-        finished, so that simultaneous connects cannot all pass the limit). Raises
-        ClientError(111, temporary) if ``user`` has all the connections allowed."""
-        limit = self.config.max_connections_per_user
-        connections = self.users.setdefault(user, {})
-        if limit and len(connections) >= limit and client not in connections:
-            if not connections:
-                del self.users[user]
-            raise ClientError(ErrorCode.TOO_MANY_REQUESTS, "too many connections of this user")
-        connections[client] = None
+        self.registry.claim_user(client, user)
 
     def release_user(self, client: Client) -> None:
-        """Undo :meth:`claim_user` (a connect that failed, or a closed client)."""
-        connections = self.users.get(client.user)
-        if connections is not None:
-            connections.pop(client, None)
-            if not connections:
-                del self.users[client.user]
+        self.registry.release_user(client)
 
     def register(self, client: Client) -> None:
-        """``client`` completed connect."""
-        self._connecting.pop(client, None)
-        self.clients[client.id] = client
-        bucket = next(self._bucket_seq) % len(self._ping_buckets)
-        self._ping_buckets[bucket][client] = None
-        self._bucket_of[client] = bucket
-        self.track_expiry(client)
+        self.registry.register(client)
 
     def forget(self, client: Client) -> None:
         """``client`` is closed: drop it everywhere, leave its channels."""
-        self._connecting.pop(client, None)
-        self.release_user(client)
-        if self.clients.pop(client.id, None) is not None:
-            bucket = self._bucket_of.pop(client, None)
-            if bucket is not None:
-                self._ping_buckets[bucket].pop(client, None)
+        self.registry.forget(client)
         subs, client.subs = client.subs, {}
         for sub in subs.values():
             sub.on(SubscriptionEvent.LEFT)
             self.leave_channel(client, sub)
 
     def track_expiry(self, client: Client) -> None:
-        if client.expire_at is not None:
-            entry = (client.expire_at, next(self._expiry_seq), client, None)
-            heapq.heappush(self._expiries, entry)
+        self.registry.track_expiry(client)
 
     def track_sub_expiry(self, client: Client, channel: str, expire_at: float | None) -> None:
-        if expire_at is not None:
-            heapq.heappush(self._expiries, (expire_at, next(self._expiry_seq), client, channel))
+        self.registry.track_sub_expiry(client, channel, expire_at)
 
     async def _housekeeping(self) -> None:
         """Once a second: pings (one bucket of clients per second, so a node's pings are
@@ -286,38 +260,7 @@ class Node:
             due = loop.time() + 1
             await asyncio.sleep(1)
             self.loop_lag = max(0.0, loop.time() - due)
-            self._housekeeping_tick()
-
-    def _housekeeping_tick(self) -> None:
-        config = self.config
-        self._tick += 1
-        buckets = self._ping_buckets
-        checked = buckets[(self._tick - config.pong_timeout) % len(buckets)]
-        for client in [c for c in checked if c.awaiting_pong]:
-            client.close(DisconnectCode.NO_PONG)
-        for client in buckets[self._tick % len(buckets)]:
-            client.awaiting_pong = True
-            client.enqueue_urgent(client.wire_format.ping)  # never shed with the standard lane
-        now = self.clock()
-        stale = [c for c in self._connecting if now - c.connected_at > config.connect_timeout]
-        for client in stale:
-            client.close(DisconnectCode.STALE)
-        # The SDK refreshes when the reply's ttl (whole seconds, rounded down) runs out,
-        # with a token its backend has yet to mint: that refresh may land after `exp`.
-        # As Centrifugo does (client_expired_close_delay), close only once the grace
-        # has passed and no refresh moved the expiry.
-        deadline = time.time() - config.expired_close_delay
-        while self._expiries and self._expiries[0][0] <= deadline:
-            expire_at, _, client, channel = heapq.heappop(self._expiries)
-            if client.state is ConnectionState.CLOSED:
-                continue
-            if channel is None:
-                if client.expire_at == expire_at:
-                    client.close(DisconnectCode.EXPIRED)
-            else:
-                sub = client.subs.get(channel)
-                if sub is not None and sub.expire_at == expire_at:
-                    client.close(DisconnectCode.SUB_EXPIRED)
+            self.registry.tick()
 
     async def _refresh_presence(self, interval: float) -> None:
         """Re-add this node's presence entries before they expire in a shared store. A
@@ -564,17 +507,11 @@ class Node:
         clients, users = await self.presence_store.stats(channel)
         return PresenceStatsResult(num_clients=clients, num_users=users)
 
-    def _targets(self, user: str, client_id: str = "") -> list[Client]:
-        if client_id:
-            client = self.clients.get(client_id)
-            return [client] if client is not None and (not user or client.user == user) else []
-        return list(self.users.get(user, ()))
-
     async def subscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
         """Server-side subscribe every connection of ``user`` (or one client) to
         ``channel``: the client gets a ``subscribe`` push, then the channel's pushes."""
         self.namespace(channel)
-        for client in self._targets(user, client_id):
+        for client in self.registry.targets(user, client_id):
             if channel in client.subs or client.state is not ConnectionState.CONNECTED:
                 continue
             result, after = await client.prepare_server_subscription(channel)
@@ -592,7 +529,7 @@ class Node:
         self.namespace(channel)
         why = UnsubscribeCode.SERVER
         push = Push(channel=channel, unsubscribe=Unsubscribe(code=why.code, reason=why.reason))
-        for client in self._targets(user, client_id):
+        for client in self.registry.targets(user, client_id):
             if channel in client.subs:
                 client.unsubscribe(channel)
                 client.send_push(push)
@@ -607,7 +544,7 @@ class Node:
         """Close the connections of ``user`` (or one client) with ``disconnect``. Returns
         how many."""
         keep = set(whitelist or ())
-        targets = [c for c in self._targets(user, client_id) if c.id not in keep]
+        targets = [c for c in self.registry.targets(user, client_id) if c.id not in keep]
         for client in targets:
             client.close(disconnect)
         return len(targets)
@@ -615,7 +552,7 @@ class Node:
     def stats(self) -> dict[str, int]:
         return {
             "num_clients": len(self.clients),
-            "num_users": len(self.users),
+            "num_users": len(self.registry.users),
             "num_channels": len(self.hub.channels()),
             "num_subs": sum(len(c.subs) for c in self.clients.values()),
             "uptime": int(time.time() - self.started_at),
