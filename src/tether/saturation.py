@@ -20,12 +20,20 @@ Each part is clipped to 0..1. Rates (cpu, connects) are measured between two sam
 least ``MIN_WINDOW`` apart: a sample taken sooner repeats the previous figures, so a page
 polling every second and Prometheus every 15 s do not make each other's windows tiny.
 
-Pure arithmetic over figures the caller reads: no I/O, no clock of its own.
+:class:`Saturation` is pure arithmetic over figures the caller reads (no I/O, no clock of
+its own); :func:`of_node` keeps one per node and feeds it the node's figures, so that
+``/metrics``, the node's announcements and ``/api/info`` share one window.
 """
 
 from __future__ import annotations
 
+import time
+import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tether.core.node import Node
 
 LOOP_LAG_FULL = 0.1
 """Seconds of event-loop lag counted as saturated: every delivery waits this long, and the
@@ -89,3 +97,31 @@ class Saturation:
 def overall(parts: dict[str, float]) -> float:
     """The saturation: the most loaded part."""
     return max(parts.values(), default=0.0)
+
+
+def reading(node: Node) -> Reading:
+    """``node``'s figures now (process CPU time: the node is the process's one loop)."""
+    config = node.config
+    admission = node.admission
+    return Reading(
+        now=time.monotonic(),
+        cpu_seconds=time.process_time(),
+        loop_lag=node.loop_lag,
+        connections=admission.connections,
+        max_connections=config.max_connections,
+        connect_attempts=admission.admitted + admission.refused,
+        max_connects_per_second=config.max_connects_per_second,
+        queued_bytes=sum(client.queued_bytes for client in node.clients.values()),
+        outbound_queue_bytes=config.outbound_queue_bytes,
+    )
+
+
+_BY_NODE: weakref.WeakKeyDictionary[Node, Saturation] = weakref.WeakKeyDictionary()
+
+
+def of_node(node: Node) -> dict[str, float]:
+    """The parts of ``node``'s saturation now, from the one :class:`Saturation` kept for it."""
+    saturation = _BY_NODE.get(node)
+    if saturation is None:
+        saturation = _BY_NODE[node] = Saturation()
+    return saturation.update(reading(node))

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
+from tether import cluster
 from tether.brokers.base import Broker, PresenceStore
 from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
 from tether.config import Config
 from tether.core.node import Node
+from tether.errors import BrokerUnavailable
 from tether.protocol.codes import DisconnectCode, DisconnectInfo
 from tether.resilience import CircuitBreaker, RetryBudget
 from tether.transports.http.app import build_app
@@ -99,6 +101,8 @@ class Server:
     http_port: int = 0
     reuse_port: bool = False
     """Listen with SO_REUSEPORT, so that several worker processes share the ports."""
+    announcer: cluster.Announcer = field(init=False)
+    """Announces this node to the others (the cluster view, ``/api/info``)."""
     _ws: asyncio.Server | None = None
     _http: web.AppRunner | None = None
 
@@ -107,6 +111,8 @@ class Server:
         broker, presence = make_broker(config)
         self.node = Node(config, broker, presence)
         await self.node.start()
+        self.announcer = cluster.Announcer(self.node)
+        self.node.spawn(self.announcer.run(), "announce")
         self._ws = await websocket.serve(
             self.node, config.host, config.port, reuse_port=self.reuse_port
         )
@@ -145,6 +151,11 @@ class Server:
                 )
             except TimeoutError:
                 log.warning("drain timed out; closing the remaining connections")
+        try:
+            await self.announcer.withdraw()
+        except BrokerUnavailable as exc:
+            # The entry ages out of the others' lists within cluster.STALE_AFTER.
+            log.warning("could not withdraw the node's announcement", error=str(exc))
         await self.node.close(code)
         if self._http is not None:
             await self._http.cleanup()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,8 @@ import aiohttp
 import yaml
 
 from tether.server import Server
-from tether_bench.redisserver import free_port
+from tether.testing.servers import make_config, running_server
+from tether_bench.redisserver import RedisServer, free_port
 
 
 def exposed_metric_names(text: str) -> set[str]:
@@ -107,3 +111,21 @@ async def poll_until(condition: Callable[[], Awaitable[bool]], within: float) ->
     async with asyncio.timeout(within):
         while not await condition():  # noqa: ASYNC110  (nothing to wait on but the answer)
             await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def redis_nodes(redis: RedisServer, *names: str) -> AsyncIterator[list[Server]]:
+    """Nodes named ``names`` sharing ``redis`` (one key prefix, as one cluster)."""
+    prefix = f"view{os.getpid()}-{time.monotonic_ns()}"
+    async with AsyncExitStack() as stack:
+        servers = [
+            await stack.enter_async_context(
+                running_server(
+                    make_config(
+                        broker="redis", redis_url=redis.url, redis_prefix=prefix, node_name=name
+                    )
+                )
+            )
+            for name in names
+        ]
+        yield servers

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from browser_kit import chromium, screenshot_path
+from ops_kit import redis_nodes
 from playwright.async_api import Browser, Locator, Page, expect
 
 from tether.auth import mint_connection_token
@@ -14,6 +15,7 @@ from tether.server import Server
 from tether.testing.faults import TcpProxy
 from tether.testing.servers import TEST_API_KEY, TEST_SECRET, make_config, running_server
 from tether.testing.wsclient import WSClient
+from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +134,25 @@ async def test_admin_page_shows_live_numbers_changing_while_a_client_publishes(
             1, timeout=LIVE
         )
         await page.screenshot(path=screenshot_path("admin"), full_page=True)
+
+
+async def test_admin_page_lists_every_node_of_a_two_node_cluster(
+    browser: Browser, redis_server: RedisServer
+) -> None:
+    async with redis_nodes(redis_server, "node-a", "node-b") as (a, b):
+        token = mint_connection_token(TEST_SECRET, "viewer")
+        async with await WSClient.open(b.port) as ws:
+            await ws.call("connect", {"token": token})
+            await ws.call("subscribe", {"channel": "chat:cluster"})
+            page = await browser.new_page(viewport={"width": 1200, "height": 1000})
+            await page.goto(f"http://127.0.0.1:{a.http_port}/admin")
+            await page.fill("#key", TEST_API_KEY)
+            await page.click("#keyform button")
+            row_a = page.locator('#nodes tr[data-node="node-a"]')
+            row_b = page.locator('#nodes tr[data-node="node-b"]')
+            await expect(row_a).to_contain_text("(this page)", timeout=LIVE)
+            # node-b's client, as node-b announced it (every 3 s)
+            await expect(row_b.locator("td").nth(3)).to_have_text("1", timeout=LIVE)
+            await expect(row_a.locator("td").nth(3)).to_have_text("0")
+            await expect(page.locator("#nodes tr")).to_have_count(2)
+            await page.screenshot(path=screenshot_path("admin-cluster"), full_page=True)

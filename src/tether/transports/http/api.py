@@ -26,6 +26,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from tether import cluster
 from tether.core.node import Node
 from tether.errors import ApiError, BrokerUnavailable, ClientError
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, ErrorInfo
@@ -190,9 +191,9 @@ async def _channels(node: Node, body: ChannelsBody) -> dict[str, Any]:
 
 
 async def _info(node: Node, body: InfoBody) -> dict[str, Any]:
-    return {
-        "nodes": [{"uid": node.name, "name": node.name, "version": node.version, **node.stats()}]
-    }
+    # Every live node (tether.cluster): this one first with its figures now, the others
+    # as they last announced themselves (at most a few seconds ago).
+    return {"nodes": await cluster.live_nodes(node)}
 
 
 METHODS: dict[str, tuple[type[_Body], Handler]] = {

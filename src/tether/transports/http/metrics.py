@@ -8,7 +8,6 @@ paused sockets, shed publishes, refused connects), broker health and recovery lo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -17,14 +16,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from tether import saturation
 from tether.core.node import Node
-from tether.saturation import Reading, Saturation, overall
 
 
 class NodeCollector(Collector):
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.saturation = Saturation()
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
@@ -54,26 +52,12 @@ class NodeCollector(Collector):
             queued += client.queued_bytes
             paused += client.paused
         yield gauge("outbound_queued_bytes", "Bytes waiting in client outbound queues.", queued)
-        config = node.config
-        admission = node.admission
-        parts = self.saturation.update(
-            Reading(
-                now=time.monotonic(),
-                cpu_seconds=time.process_time(),
-                loop_lag=node.loop_lag,
-                connections=admission.connections,
-                max_connections=config.max_connections,
-                connect_attempts=admission.admitted + admission.refused,
-                max_connects_per_second=config.max_connects_per_second,
-                queued_bytes=queued,
-                outbound_queue_bytes=config.outbound_queue_bytes,
-            )
-        )
+        parts = saturation.of_node(node)
         yield gauge(
             "saturation",
             "0..1: the most loaded of event-loop lag, CPU, connections, connects and "
             "outbound queues (tether.saturation).",
-            overall(parts),
+            saturation.overall(parts),
         )
         part_family = GaugeMetricFamily(
             "tether_saturation_part",
