@@ -7,16 +7,17 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import cent
 import pytest
-from sdk_kit import HttpApi, SdkClients, api_url
+from sdk_kit import ENCODINGS, HttpApi, SdkClients, api_url
 
 from tether.server import Server
 from tether.testing.servers import TEST_API_KEY
 from tether_bench.redisserver import RedisServer
 
 
-@pytest.fixture
-async def sdk() -> AsyncIterator[SdkClients]:
-    clients = SdkClients()
+@pytest.fixture(params=ENCODINGS)
+async def sdk(request: pytest.FixtureRequest) -> AsyncIterator[SdkClients]:
+    """centrifuge-python clients; every test that uses them runs once per encoding."""
+    clients = SdkClients(request.param)
     try:
         yield clients
     finally:

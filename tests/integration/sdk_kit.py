@@ -9,6 +9,7 @@ requests talk to the node's HTTP API.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, TypeVar
 
 import aiohttp
@@ -42,6 +43,15 @@ T = TypeVar("T")
 
 WAIT = 10.0
 """Seconds any single awaited outcome may take before the test fails (a bound, not a delay)."""
+
+ENCODINGS = ("json", "protobuf")
+"""The encodings the SDK tests run in: centrifuge-python speaks both (``use_protobuf``)."""
+
+
+def data_of(value: Any) -> Any:
+    """A payload as an app that sends JSON documents reads it: the JSON protocol hands
+    it over decoded, the Protobuf protocol as the bytes that were published."""
+    return json.loads(value) if isinstance(value, bytes) else value
 
 
 async def next_event(queue: asyncio.Queue[T]) -> T:
@@ -96,6 +106,7 @@ class ClientEvents(ClientEventHandler):
         self.unsubscribed.put_nowait(ctx)
 
     async def on_publication(self, ctx: ServerPublicationContext) -> None:
+        ctx.pub.data = data_of(ctx.pub.data)
         self.publications.put_nowait(ctx)
 
 
@@ -126,6 +137,7 @@ class SubEvents(SubscriptionEventHandler):
         self.unsubscribed.put_nowait(ctx)
 
     async def on_publication(self, ctx: PublicationContext) -> None:
+        ctx.pub.data = data_of(ctx.pub.data)
         self.received.append(ctx.pub)
         self.publications.put_nowait(ctx.pub)
 
@@ -151,10 +163,16 @@ class SubEvents(SubscriptionEventHandler):
 
 
 class SdkClients:
-    """Makes centrifuge-python clients and disconnects every one of them at the end."""
+    """Makes centrifuge-python clients of one encoding (``json`` or ``protobuf``) and
+    disconnects every one of them at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: str = "json") -> None:
+        self.encoding = encoding
         self._clients: list[tuple[Client, ClientEvents]] = []
+
+    def payload(self, value: Any) -> Any:
+        """``value`` as this encoding's clients publish it (JSON bytes for Protobuf)."""
+        return json.dumps(value).encode() if self.encoding == "protobuf" else value
 
     def new(
         self, port: int, user: str = "alice", *, token: str | None = None, **options: Any
@@ -164,6 +182,7 @@ class SdkClients:
         events = ClientEvents()
         options.setdefault("min_reconnect_delay", 0.05)
         options.setdefault("max_reconnect_delay", 0.5)
+        options.setdefault("use_protobuf", self.encoding == "protobuf")
         client = Client(
             ws_url(port),
             events=events,

@@ -165,12 +165,14 @@ class JsClient:
 Spawn = Callable[..., Awaitable[JsClient]]
 
 
-@pytest.fixture
-async def js(server: Server) -> AsyncIterator[Spawn]:
+@pytest.fixture(params=["json", "protobuf"])
+async def js(server: Server, request: pytest.FixtureRequest) -> AsyncIterator[Spawn]:
     """``await js(scenario, token=..., channel=..., url=..., **env)`` starts a scenario.
-    Without Node.js or the pinned SDK the test fails (in its body, so that the summary line
-    says what to run)."""
+    Every test that uses it runs with the SDK's JSON build and with its Protobuf build
+    (``centrifuge/build/protobuf``). Without Node.js or the pinned SDK the test fails (in
+    its body, so that the summary line says what to run)."""
     children: list[JsClient] = []
+    encoding: str = request.param
 
     async def spawn(
         scenario: str,
@@ -186,6 +188,7 @@ async def js(server: Server) -> AsyncIterator[Spawn]:
             "TETHER_TOKEN": token,
             "TETHER_CHANNEL": channel,
             "TETHER_TIMEOUT_MS": "30000",
+            "TETHER_ENCODING": encoding,
             **{f"TETHER_{key.upper()}": value for key, value in extra.items()},
         }
         process = await asyncio.create_subprocess_exec(

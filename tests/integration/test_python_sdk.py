@@ -1,4 +1,5 @@
-"""centrifuge-python, the real Python client SDK, works unchanged against Tether.
+"""centrifuge-python, the real Python client SDK, works unchanged against Tether, in both
+encodings (every test runs with JSON and with ``use_protobuf=True``).
 
 Connect with a JWT, subscribe, receive what the backend publishes through the HTTP API
 (raw HTTP and the ``cent`` client), publish from the client where the namespace allows it,
@@ -17,7 +18,7 @@ from centrifuge import (
     SubscriptionState,
     SubscriptionUnsubscribedError,
 )
-from sdk_kit import HttpApi, SdkClients, SubEvents, next_event, subscribe
+from sdk_kit import HttpApi, SdkClients, SubEvents, data_of, next_event, subscribe
 
 from tether.auth import mint_subscription_token
 from tether.protocol.codes import ErrorCode
@@ -70,7 +71,7 @@ async def test_client_publication_reaches_every_subscriber_with_publisher_info(
     alice_sub, alice_events, _ = await subscribe(alice, "chat:room")
     _, bob_events, _ = await subscribe(bob, "chat:room")
 
-    await alice_sub.publish({"text": "hi bob"})
+    await alice_sub.publish(sdk.payload({"text": "hi bob"}))
 
     [to_bob] = await bob_events.next_publications(1)
     [to_alice] = await alice_events.next_publications(1)
@@ -107,7 +108,7 @@ async def test_client_publish_is_denied_with_103_where_namespace_forbids_it(
         sub, sub_events, _ = await subscribe(client, "feed:prices")
 
         with pytest.raises(ReplyError) as denied:
-            await sub.publish({"price": 1})
+            await sub.publish(sdk.payload({"price": 1}))
 
         assert denied.value.code == ErrorCode.PERMISSION_DENIED.code == 103
         # The connection and the subscription survive the refusal.
@@ -149,9 +150,9 @@ async def test_client_reads_history_forwards_backwards_and_since_a_position(
     top = await sub.history(limit=0)
     after_three = await sub.history(limit=10, since=StreamPosition(offset=3, epoch=top.epoch))
 
-    assert [p.data["n"] for p in everything.publications] == [1, 2, 3, 4, 5]
+    assert [data_of(p.data)["n"] for p in everything.publications] == [1, 2, 3, 4, 5]
     assert [p.offset for p in everything.publications] == [1, 2, 3, 4, 5]
-    assert [p.data["n"] for p in newest_two.publications] == [5, 4]
+    assert [data_of(p.data)["n"] for p in newest_two.publications] == [5, 4]
     assert top.publications == []
     assert (top.offset, top.epoch) == (5, everything.epoch)
     assert [p.offset for p in after_three.publications] == [4, 5]
@@ -198,4 +199,4 @@ async def test_private_channel_subscription_with_token_succeeds(
     [pub] = await sub_events.next_publications(1)
     assert pub.data == {"secret": 42}
     presence = await sub.presence()
-    assert presence.clients[client.client_id].chan_info == {"role": "me"}
+    assert data_of(presence.clients[client.client_id].chan_info) == {"role": "me"}

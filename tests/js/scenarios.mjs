@@ -12,6 +12,12 @@
 //                      (prints {"event":"token_requested"}, waits for a `token` command)
 //   TETHER_PUBLISH     JSON array of payloads the `publish` scenario publishes, in order
 //   TETHER_PUBLISH_CHANNEL  channel the `publish_unsubscribed` scenario publishes to
+//   TETHER_ENCODING    "json" (default: the SDK's default build) or "protobuf" (the SDK's
+//                      Protobuf build, `centrifuge/build/protobuf`: binary frames, the
+//                      centrifuge-protobuf subprotocol). Payloads are JSON documents either
+//                      way: with Protobuf they travel as their UTF-8 bytes, and are decoded
+//                      back before they are reported, as an app sending JSON would do.
+//   TETHER_DELTA       "fossil": subscribe with delta compression
 //
 // Output: one JSON object per line on stdout, {"event": NAME, ...}: what the SDK reported.
 // Input: one JSON object per line on stdin, from the test:
@@ -31,7 +37,8 @@
 // Exit status: 0 scenario finished, 1 unexpected exception, 2 timeout.
 
 import { createInterface } from 'node:readline';
-import { Centrifuge } from 'centrifuge';
+import { Centrifuge as CentrifugeJson } from 'centrifuge';
+import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import WebSocket from 'ws';
 
 const scenario = process.argv[2];
@@ -39,6 +46,24 @@ const env = process.env;
 const url = required('TETHER_WS_URL');
 const channel = env.TETHER_CHANNEL || '';
 const timeoutMs = Number(env.TETHER_TIMEOUT_MS || 20000);
+const protobuf = env.TETHER_ENCODING === 'protobuf';
+const Centrifuge = protobuf ? CentrifugeProtobuf : CentrifugeJson;
+
+// The Protobuf build hands uint64 fields (offsets) over as protobufjs Long objects.
+function num(value) {
+  return value !== null && typeof value === 'object' && 'low' in value ? value.toNumber() : value;
+}
+function position(pos) {
+  return pos ? { offset: num(pos.offset), epoch: pos.epoch } : null;
+}
+
+// A JSON document as this encoding's SDK publishes it, and back.
+function encode(data) {
+  return protobuf ? new TextEncoder().encode(JSON.stringify(data)) : data;
+}
+function decode(data) {
+  return protobuf && data instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(data)) : data;
+}
 
 function required(name) {
   const value = env[name];
@@ -146,7 +171,8 @@ function newClient() {
 }
 
 function newSubscription(c, name) {
-  const sub = c.newSubscription(name);
+  const options = env.TETHER_DELTA ? { delta: env.TETHER_DELTA } : {};
+  const sub = c.newSubscription(name, options);
   sub.on('subscribing', (ctx) =>
     emit('subscribing', { channel: ctx.channel, code: ctx.code, reason: ctx.reason }),
   );
@@ -158,7 +184,7 @@ function newSubscription(c, name) {
       wasRecovering: ctx.wasRecovering,
       recovered: ctx.recovered,
       hasRecoveredPublications: ctx.hasRecoveredPublications,
-      streamPosition: ctx.streamPosition ?? null,
+      streamPosition: position(ctx.streamPosition),
     }),
   );
   sub.on('unsubscribed', (ctx) =>
@@ -167,8 +193,8 @@ function newSubscription(c, name) {
   sub.on('publication', (ctx) =>
     emit('publication', {
       channel: ctx.channel,
-      offset: ctx.offset ?? null,
-      data: ctx.data,
+      offset: num(ctx.offset ?? null),
+      data: decode(ctx.data),
       user: ctx.info ? ctx.info.user : null,
     }),
   );
@@ -179,7 +205,7 @@ function newSubscription(c, name) {
 }
 
 function publicationFields(pub) {
-  return { offset: pub.offset ?? null, data: pub.data, user: pub.info ? pub.info.user : null };
+  return { offset: num(pub.offset ?? null), data: decode(pub.data), user: pub.info ? pub.info.user : null };
 }
 
 async function attempt(event, fn) {
@@ -215,7 +241,7 @@ const scenarios = {
     const sub = await subscribed(c);
     for (const data of JSON.parse(env.TETHER_PUBLISH || '[]')) {
       await attempt('published', async () => {
-        await sub.publish(data);
+        await sub.publish(encode(data));
         return { data };
       });
     }
@@ -226,7 +252,7 @@ const scenarios = {
     c.connect();
     await c.ready();
     await attempt('published', async () => {
-      await c.publish(required('TETHER_PUBLISH_CHANNEL'), { text: 'not allowed' });
+      await c.publish(required('TETHER_PUBLISH_CHANNEL'), encode({ text: 'not allowed' }));
       return {};
     });
     finish(0);
@@ -250,7 +276,7 @@ const scenarios = {
       const result = await sub.history({ limit: 100 });
       return {
         publications: result.publications.map(publicationFields),
-        offset: result.offset,
+        offset: num(result.offset),
         epoch: result.epoch,
       };
     });

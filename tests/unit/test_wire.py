@@ -21,7 +21,7 @@ from tether.testing.wsclient import (
     upgrade_request,
 )
 from tether.transports.websocket import wire
-from tether.transports.websocket.negotiation import WIRE_FORMATS, negotiate, websocket_format
+from tether.transports.websocket.negotiation import WIRE_FORMATS, websocket_format
 from tether.transports.websocket.wire import (
     Close,
     FrameParser,
@@ -400,18 +400,6 @@ def test_a_binary_codec_goes_out_in_binary_frames_and_json_in_text_frames() -> N
     assert binary.ping == b"\x82\x01\x00"
     assert WIRE_FORMATS["json"].ping == b"\x81\x02{}"
     assert wire.binary_frame(b"x" * 200)[:4] == b"\x82\x7e\x00\xc8"
-
-
-def test_every_upgrade_speaks_json_for_now() -> None:
-    request = wire.parse_upgrade(
-        head(
-            upgrade_request("/connection/websocket?format=json", headers={"Sec-WebSocket-Key": KEY})
-        )
-    )
-    negotiated = negotiate(request)
-    assert negotiated.wire_format is WIRE_FORMATS["json"]
-    assert negotiated.subprotocol is None
-    assert request.query == "format=json"
 
 
 def test_a_chosen_subprotocol_is_named_in_the_101_answer() -> None:

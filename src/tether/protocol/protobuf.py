@@ -42,6 +42,7 @@ from msgspec import Raw
 
 from tether.errors import ProtocolViolation
 from tether.protocol._pb import client_pb2 as pb
+from tether.protocol.codec import DEFAULT_MAX_COMMANDS, Codec, check_command
 from tether.protocol.messages import (
     REQUEST_FIELDS,
     Command,
@@ -232,19 +233,11 @@ def _command(message: bytes) -> Command | None:
     except DecodeError as exc:
         raise ProtocolViolation(f"malformed command: {exc}") from None
     _check_wire_types(parsed)
-    present = [name for name in REQUEST_FIELDS if parsed.HasField(name)]
-    if not present:
-        if parsed.id:
-            raise ProtocolViolation("command has an id but no request")
-        return None  # a pong
-    if len(present) > 1:
-        raise ProtocolViolation("command holds more than one request")
-    name = present[0]
-    if parsed.id == 0 and name != "send":
-        raise ProtocolViolation("command without id (only send may omit it)")
     command = Command(id=parsed.id)
-    setattr(command, name, _request(name, parsed))
-    return command
+    for name in REQUEST_FIELDS:
+        if parsed.HasField(name):
+            setattr(command, name, _request(name, parsed))
+    return command if check_command(command) else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,12 +284,16 @@ class ProtobufCodec:
     """The Protobuf encoding (binary WebSocket frames). Stateless: one instance serves
     every connection (:data:`PROTOBUF`)."""
 
+    __slots__ = ()
+
     name: Final = "protobuf"
     binary: Final = True
     ping: Final = delimit(b"")
     """The heartbeat: an empty ``Reply`` (the client answers with an empty ``Command``)."""
 
-    def decode_commands(self, frame: bytes, *, max_commands: int = 100) -> list[Command]:
+    def decode_commands(
+        self, frame: bytes, *, max_commands: int = DEFAULT_MAX_COMMANDS
+    ) -> list[Command]:
         """Decode one client frame (a batch of varint-delimited ``Command``).
 
         Returns an empty list for a frame of pongs only. Raises ProtocolViolation (see the
@@ -323,4 +320,5 @@ class ProtobufCodec:
         return b"".join(messages)
 
 
-PROTOBUF: Final = ProtobufCodec()
+PROTOBUF: Final[Codec] = ProtobufCodec()
+"""The Protobuf codec."""

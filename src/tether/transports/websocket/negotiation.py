@@ -9,12 +9,22 @@ node encodes and frames per :class:`~tether.core.transport.WireFormat`, whatever
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from tether.core.transport import WireFormat
 from tether.protocol.codec import JSON, Codec
+from tether.protocol.protobuf import PROTOBUF
 from tether.transports.websocket import wire
 
-CODECS: tuple[Codec, ...] = (JSON,)
+PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
+"""What centrifuge-swift, -java, -dart, -python (``use_protobuf``) and the JS SDK's
+Protobuf build offer in ``Sec-WebSocket-Protocol``."""
+
+FORMAT_PARAMETERS = ("format", "cf_protocol")
+"""Query parameters naming the encoding (``?format=protobuf``; Centrifugo also reads
+``cf_protocol``). Values: ``json`` or ``protobuf``."""
+
+CODECS: tuple[Codec, ...] = (JSON, PROTOBUF)
 """Every encoding this transport speaks."""
 
 
@@ -38,6 +48,20 @@ class Negotiated:
 
 
 def negotiate(request: wire.UpgradeRequest) -> Negotiated:
-    """The encoding of the connection ``request`` opens: JSON, the protocol's default.
-    Raises :class:`~tether.transports.websocket.wire.HandshakeError` to refuse it."""
+    """The encoding of the connection ``request`` opens.
+
+    Protobuf when the client offers the ``centrifuge-protobuf`` subprotocol (the 101
+    answer then selects it, as RFC 6455 asks) or names ``protobuf`` in a format query
+    parameter; JSON otherwise, the protocol's default (other offered subprotocols are not
+    selected). Raises :class:`~tether.transports.websocket.wire.HandshakeError` (400)
+    for a format parameter that names neither encoding."""
+    offered = request.headers.get("sec-websocket-protocol", "")
+    if PROTOBUF_SUBPROTOCOL in (p.strip() for p in offered.split(",")):
+        return Negotiated(WIRE_FORMATS[PROTOBUF.name], PROTOBUF_SUBPROTOCOL)
+    query = parse_qs(request.query, keep_blank_values=True)
+    asked = {value for name in FORMAT_PARAMETERS for value in query.get(name, ())}
+    if asked - {JSON.name, PROTOBUF.name}:
+        raise wire.HandshakeError(400, "Unknown Format")
+    if PROTOBUF.name in asked:
+        return Negotiated(WIRE_FORMATS[PROTOBUF.name])
     return Negotiated(WIRE_FORMATS[JSON.name])

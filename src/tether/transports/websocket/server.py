@@ -14,6 +14,7 @@ from typing import cast
 import structlog
 
 from tether.core.transport import Gateway, Session
+from tether.protocol.codes import DisconnectCode
 from tether.transports.websocket import wire
 from tether.transports.websocket.negotiation import negotiate
 
@@ -28,6 +29,7 @@ reading would otherwise hold its buffers forever)."""
 class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
         "_admitted_ip",
+        "_binary",
         "_client",
         "_gateway",
         "_handshake",
@@ -43,6 +45,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._parser: wire.FrameParser | None = None
         self._client: Session | None = None
         self._admitted_ip: str | None = None
+        self._binary = False
+        """The connection speaks a binary encoding (Protobuf): text frames are refused."""
         self.remote = ""
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -70,8 +74,17 @@ class WebSocketConnection(asyncio.Protocol):
             return
         for event in events:
             if isinstance(event, wire.Message):
-                if self._client is not None:
-                    self._client.on_message(event.data)
+                client = self._client
+                if client is None:
+                    continue
+                if event.text and self._binary:
+                    # A Protobuf SDK sends binary frames only; text is someone else's
+                    # JSON on the wrong connection. (Binary frames on a JSON connection
+                    # are decoded as JSON: valid JSON is served, anything else is 3501.)
+                    bad = DisconnectCode.BAD_REQUEST
+                    self._fail(bad.code, "text frame on a Protobuf connection")
+                    return
+                client.on_message(event.data)
             elif isinstance(event, wire.Ping):
                 self.write(wire.control_frame(wire.OP_PONG, event.data))
             elif isinstance(event, wire.Close):
@@ -163,6 +176,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._transport.write(wire.accept_response(request.key, negotiated.subprotocol))
         self._parser = wire.FrameParser(self._gateway.limits.max_message_size)
+        self._binary = negotiated.wire_format.codec.binary
         self._client = self._gateway.open_session(self, negotiated.wire_format)
         rest = buf[end + 4 :]
         if rest:
