@@ -26,6 +26,10 @@ from tether.protocol.channels import DEFAULT_NAMESPACE
 _NAMESPACE_NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 
 
+DELTA_TYPES = ("fossil",)
+"""Delta compressions Tether can send (``allowed_delta_types``)."""
+
+
 class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Options of every channel in one namespace (``[namespaces.NAME]``)."""
 
@@ -55,6 +59,11 @@ class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Name of the proxy whose ``/publish`` checks (and may replace) client publications."""
     sub_refresh_proxy: str = ""
     """Name of the proxy whose ``/sub_refresh`` extends expiring subscriptions."""
+    allowed_delta_types: tuple[str, ...] = ()
+    """Delta compressions a subscriber may ask for (``["fossil"]``); empty: none."""
+    delta_publish: bool = False
+    """Publications of this namespace go as fossil deltas to subscribers that negotiated
+    it (each still gets a full publication first, and after any gap)."""
     push: bool = False
     """Publications to channels naming users (``#alice``, ``dm:1#alice,bob``) are sent to
     ``[push].url`` for every named user without a live subscription (needs presence)."""
@@ -300,6 +309,14 @@ def _validate(config: Config) -> None:
             raise bad(f"{where}.lane", f"must be one of {', '.join(LANE_NAMES)}")
         if not Lane.named(ns.lane).stored and ns.history_size > 0:
             raise bad(f"{where}.lane", "ephemeral events are never stored: set history_size 0")
+        for delta_type in ns.allowed_delta_types:
+            if delta_type not in DELTA_TYPES:
+                raise bad(f"{where}.allowed_delta_types", f"{delta_type!r} is not one of fossil")
+        if ns.allowed_delta_types and Lane.named(ns.lane).coalesced:
+            raise bad(
+                f"{where}.allowed_delta_types",
+                "the ephemeral lane coalesces frames, so a delta could miss its base",
+            )
     _validate_proxies(config, bad)
     _validate_outboxes(config, bad)
 
@@ -657,6 +674,8 @@ subscribe_proxy = ""        # a [proxies] name: /subscribe authorizes subscripti
 publish_proxy = ""          # /publish checks (and may replace) client publications
 sub_refresh_proxy = ""      # /sub_refresh extends expiring subscriptions
 push = false                # offline push for channels naming users (needs presence)
+allowed_delta_types = []    # delta compression subscribers may ask for: ["fossil"]
+delta_publish = false       # publications go as fossil deltas to subscribers that asked
 
 # [namespaces.chat]
 # history_size = 300

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jwt
 import pytest
-from centrifuge import StreamPosition, SubscriptionState
+from centrifuge import DeltaType, StreamPosition, SubscriptionState
 from sdk_kit import HttpApi, SdkClients, SubEvents, next_event, subscribe
 
 from tether.protocol.codes import ErrorCode
@@ -114,3 +114,22 @@ async def test_invalid_subscription_token_unsubscribes_with_103_and_keeps_the_co
     assert sub.state is SubscriptionState.UNSUBSCRIBED
     assert [p.data for p in await chat.next_publications(1)] == [{"n": 1}]
     assert client_events.disconnected.empty()
+
+
+async def test_sdk_rebuilds_fossil_delta_publications_to_the_full_documents(
+    server: Server, sdk: SdkClients, http: HttpApi
+) -> None:
+    # delta: "fossil" where the namespace allows it (doc: allowed_delta_types, delta_publish).
+    client, _ = await sdk.connect(server.port)
+    _, events, _ = await subscribe(client, "doc:board", delta=DeltaType.FOSSIL)
+    documents = [
+        {"board": "sprint", "items": [{"id": i, "done": i < v} for i in range(40)]}
+        for v in range(1, 6)
+    ]
+    for document in documents:
+        await http.call("publish", {"channel": "doc:board", "data": document})
+
+    received = await events.next_publications(5)
+
+    assert [p.data for p in received] == documents
+    assert [p.delta for p in received] == [False, True, True, True, True]

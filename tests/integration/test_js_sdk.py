@@ -511,3 +511,25 @@ async def test_js_client_resubscribes_and_recovers_after_its_standard_lane_is_sh
     assert resubscribed["recovered"] is True
     assert resubscribed["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
     assert offsets(events) == list(range(1, 7)), client.describe()
+
+
+def board(version: int) -> dict[str, Any]:
+    """A 2 KiB JSON document of which each version changes one small part."""
+    items = [{"id": i, "title": f"card {i}", "done": i < version} for i in range(30)]
+    return {"board": "sprint", "version": version, "items": items}
+
+
+async def test_js_client_rebuilds_delta_publications_to_the_full_documents(
+    api: Api, js: Spawn
+) -> None:
+    channel = "doc:board"
+    client = await js("delta", token=token("alice"), channel=channel, delta="fossil", expect="6")
+    await client.expect("subscribed", channel=channel)
+    for version in range(1, 7):
+        await api("publish", channel=channel, data=board(version))
+    events = await client.finish()
+
+    assert [e["data"] for e in publications(events)] == [board(v) for v in range(1, 7)]
+    [stats] = [e for e in events if e["event"] == "delta_stats"]
+    assert (stats["numFullPayloads"], stats["numDeltaPayloads"]) == (1, 5)
+    assert stats["bytesReceived"] * 3 < stats["bytesDecoded"]

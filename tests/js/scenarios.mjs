@@ -33,6 +33,9 @@
 //   publish_unsubscribed   connect, publish one payload to TETHER_PUBLISH_CHANNEL without a
 //               subscription (client.publish), report the result or error, then exit
 //   read        connect, subscribe, then report presence, presence stats and history, exit
+//   delta       connect, subscribe with delta: 'fossil', report each publication (data as
+//               the SDK rebuilt it) until TETHER_EXPECT of them came, then report the
+//               subscription's deltaStats() as {"event":"delta_stats", ...} and exit
 //
 // Exit status: 0 scenario finished, 1 unexpected exception, 2 timeout.
 
@@ -256,6 +259,21 @@ const scenarios = {
       return {};
     });
     finish(0);
+  },
+
+  async delta(c) {
+    const expect = Number(required('TETHER_EXPECT'));
+    const sub = newSubscription(c, required('TETHER_CHANNEL'));
+    let seen = 0;
+    sub.on('publication', () => {
+      seen += 1;
+      if (seen === expect) {
+        emit('delta_stats', sub.deltaStats());
+        finish(0);
+      }
+    });
+    sub.subscribe();
+    c.connect();
   },
 
   async read(c) {

@@ -96,6 +96,8 @@ class Subscription:
     """Made by the server (token ``channels`` claim, API subscribe), not by the client."""
     joined: bool = False
     """A join was published for it, so leaving publishes a leave."""
+    delta: bool = False
+    """It negotiated delta compression (``delta: "fossil"``, allowed by the namespace)."""
 
     def on(self, event: SubscriptionEvent) -> None:
         """Move on by ``event``; raises LocalProtocolError if the table forbids it."""
@@ -522,7 +524,7 @@ class Client(OutboundQueue):
             return
         sub.on(SubscriptionEvent.REPLIED)
         lane = Lane.named(sub.namespace.lane)
-        self.node.hub.go_live(channel, self, after_offset=after_offset, lane=lane)
+        self.node.hub.go_live(channel, self, after_offset=after_offset, lane=lane, delta=sub.delta)
 
     def resubscribe(self, channel: str) -> None:
         """Leave ``channel`` and tell the client to subscribe again from its position

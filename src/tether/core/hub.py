@@ -20,6 +20,14 @@ them then costs each subscriber one append and one write per window, not per eve
 A channel's live subscribers are grouped by wire format into *audiences*; each audience
 holds its own tick batch and ephemeral window. With one format (the common case) a
 publication costs one more loop step than a flat member table, never anything per delivery.
+
+Subscribers that negotiated delta compression (``delta: "fossil"``) form audiences of their
+own, one per wire format. In a namespace with ``delta_publish``, a publication that follows
+the channel's previous one without a gap goes to them as a fossil delta against it, built
+once per publication and framed once per wire format; a member that has not had a
+publication since it went live (after subscribe, resubscribe or recovery) gets the full
+one instead, as does everyone after a gap. Those frames differ per member, so a delta
+audience enqueues per member instead of sharing a tick batch.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import TYPE_CHECKING
 from tether.core.lanes import Lane
 from tether.core.outbound import EphemeralBatch, QueueStats
 from tether.core.transport import WireFormat
+from tether.protocol.fossil import create_delta
 from tether.protocol.messages import Publication, Push
 
 if TYPE_CHECKING:
@@ -40,10 +49,15 @@ class _Audience:
     """The live subscribers of one channel that speak one wire format, and what they share
     right now: this tick's batch of frames and the open ephemeral window."""
 
-    __slots__ = ("batch", "members", "window", "wire_format")
+    __slots__ = ("batch", "delta", "fresh", "members", "window", "wire_format")
 
-    def __init__(self, wire_format: WireFormat) -> None:
+    def __init__(self, wire_format: WireFormat, delta: bool = False) -> None:
         self.wire_format = wire_format
+        self.delta = delta
+        """Its members negotiated delta compression."""
+        self.fresh: set[Client] = set()
+        """Delta members that have had no publication since they went live: the next one
+        they get is full (the SDK has no base to apply a delta to)."""
         self.members: dict[Client, None] = {}
         self.batch: list[bytes] | None = None
         """This tick's frames, one list shared by every member (None: no open batch)."""
@@ -51,11 +65,70 @@ class _Audience:
         """Coalescing key -> newest ephemeral frame of the open window (None: closed)."""
 
 
+_AudienceKey = tuple[WireFormat, bool]
+"""(wire format, delta negotiated)."""
+
+
+class _PublicationFrames:
+    """The frames of one publication for delta audiences, each built at most once: the
+    fossil delta against the channel's previous publication (once for every wire format),
+    and per wire format the delta frame and the full frame."""
+
+    __slots__ = ("_channel", "_delta", "_deltas", "_fulls", "_previous", "_publication")
+
+    def __init__(
+        self, channel: str, publication: Publication, previous: Publication | None
+    ) -> None:
+        self._channel = channel
+        self._publication = publication
+        self._previous = previous
+        self._delta: bytes | bool | None = False  # False: not computed yet
+        self._fulls: dict[WireFormat, bytes] = {}
+        self._deltas: dict[WireFormat, bytes | None] = {}
+
+    def _patch(self) -> bytes | None:
+        """The delta, or None when there is no base (first publication, a gap) or it
+        would not be smaller than the data."""
+        if self._delta is False:
+            previous, publication = self._previous, self._publication
+            patch = None
+            contiguous = previous is not None and (
+                publication.offset == 0 or publication.offset == previous.offset + 1
+            )
+            if previous is not None and contiguous:
+                data = bytes(publication.data)
+                patch = create_delta(bytes(previous.data), data)
+                if len(patch) >= len(data):
+                    patch = None
+            self._delta = patch
+        assert self._delta is not True
+        return self._delta
+
+    def full(self, wire_format: WireFormat) -> bytes:
+        frame = self._fulls.get(wire_format)
+        if frame is None:
+            publication = wire_format.codec.delta_publication(self._publication, None)
+            frame = self._fulls[wire_format] = wire_format.publication(self._channel, publication)
+        return frame
+
+    def delta(self, wire_format: WireFormat) -> bytes | None:
+        if wire_format not in self._deltas:
+            patch = self._patch()
+            frame = None
+            if patch is not None:
+                publication = wire_format.codec.delta_publication(self._publication, patch)
+                frame = wire_format.publication(self._channel, publication)
+            self._deltas[wire_format] = frame
+        return self._deltas[wire_format]
+
+
 class Hub:
     __slots__ = (
         "_batched",
         "_live",
         "_pending",
+        "_pending_delta",
+        "_previous",
         "_request_ephemeral_flush",
         "_windowed",
         "deliveries",
@@ -66,9 +139,14 @@ class Hub:
     def __init__(self, stats: QueueStats | None = None) -> None:
         self.stats = stats if stats is not None else QueueStats()
         """Shared with every client's queue (coalesced / dropped ephemeral frames)."""
-        # channel -> wire format -> its live subscribers
-        self._live: dict[str, dict[WireFormat, _Audience]] = {}
+        # channel -> (wire format, delta) -> its live subscribers
+        self._live: dict[str, dict[_AudienceKey, _Audience]] = {}
         self._pending: dict[str, dict[Client, list[tuple[int, bytes, Hashable]]]] = {}
+        self._pending_delta: dict[str, set[Client]] = {}
+        """Pending subscribers that negotiated delta (they buffer full delta-form frames)."""
+        self._previous: dict[str, Publication] = {}
+        """Channel -> its latest publication, kept while it has delta subscribers: the base
+        of the next delta."""
         self._batched: list[_Audience] = []
         """Audiences with an open tick batch (closed by :meth:`end_tick`)."""
         self._windowed: list[_Audience] = []
@@ -87,14 +165,19 @@ class Hub:
     def has_local(self, channel: str) -> bool:
         return channel in self._live or channel in self._pending
 
-    def add_pending(self, channel: str, client: Client) -> bool:
-        """Start buffering ``channel`` for ``client`` (in its ``wire_format``). True if it
-        is the channel's first local subscriber (the node must then subscribe the broker)."""
+    def add_pending(self, channel: str, client: Client, *, delta: bool = False) -> bool:
+        """Start buffering ``channel`` for ``client`` (in its ``wire_format``; ``delta``:
+        it negotiated delta compression). True if it is the channel's first local
+        subscriber (the node must then subscribe the broker)."""
         first = not self.has_local(channel)
         self._pending.setdefault(channel, {})[client] = []
+        if delta:
+            self._pending_delta.setdefault(channel, set()).add(client)
         return first
 
-    def go_live(self, channel: str, client: Client, *, after_offset: int, lane: Lane) -> None:
+    def go_live(
+        self, channel: str, client: Client, *, after_offset: int, lane: Lane, delta: bool = False
+    ) -> None:
         """Move ``client`` from pending to live, first enqueuing what was buffered with an
         offset above ``after_offset`` (publications of channels without history, offset 0,
         are all replayed)."""
@@ -102,13 +185,16 @@ class Hub:
         buffered = pending.pop(client, []) if pending is not None else []
         if pending is not None and not pending:
             del self._pending[channel]
+        self._forget_pending_delta(channel, client)
         wire_format = client.wire_format
         audiences = self._live.get(channel)
         if audiences is None:
             audiences = self._live[channel] = {}
-        audience = audiences.get(wire_format)
+        audience = audiences.get((wire_format, delta))
         if audience is None:
-            audience = audiences[wire_format] = _Audience(wire_format)
+            audience = audiences[wire_format, delta] = _Audience(wire_format, delta)
+        if delta:
+            audience.fresh.add(client)
         window = audience.window
         # Frames still in the open ephemeral window reach the client with the window.
         in_window = {id(f) for f in window.values()} if window else set()
@@ -124,19 +210,32 @@ class Hub:
         """Forget ``client`` on ``channel``. True if no local subscriber is left."""
         audiences = self._live.get(channel)
         if audiences is not None:
-            audience = audiences.get(client.wire_format)
-            if audience is not None and client in audience.members:
-                del audience.members[client]
-                if not audience.members:
-                    del audiences[client.wire_format]
-                    if not audiences:
-                        del self._live[channel]
+            for key in ((client.wire_format, False), (client.wire_format, True)):
+                audience = audiences.get(key)
+                if audience is not None and client in audience.members:
+                    del audience.members[client]
+                    audience.fresh.discard(client)
+                    if not audience.members:
+                        del audiences[key]
+                        if not audiences:
+                            del self._live[channel]
         pending = self._pending.get(channel)
         if pending is not None and client in pending:
             del pending[client]
             if not pending:
                 del self._pending[channel]
-        return not self.has_local(channel)
+        self._forget_pending_delta(channel, client)
+        gone = not self.has_local(channel)
+        if gone:
+            self._previous.pop(channel, None)
+        return gone
+
+    def _forget_pending_delta(self, channel: str, client: Client) -> None:
+        waiting = self._pending_delta.get(channel)
+        if waiting is not None:
+            waiting.discard(client)
+            if not waiting:
+                del self._pending_delta[channel]
 
     def channels(self) -> dict[str, int]:
         """Channel -> number of local subscribers (live and pending)."""
@@ -159,19 +258,33 @@ class Hub:
         self._batched.clear()
 
     def broadcast_publication(
-        self, channel: str, publication: Publication, lane: Lane, key: Hashable = None
+        self,
+        channel: str,
+        publication: Publication,
+        lane: Lane,
+        key: Hashable = None,
+        *,
+        delta: bool = False,
     ) -> None:
         """Deliver a publication to every local subscriber, in ``lane``. ``key`` coalesces
-        ephemeral frames (None: this frame coalesces with nothing)."""
-        self._broadcast(channel, publication, publication.offset, lane, key)
+        ephemeral frames (None: this frame coalesces with nothing). ``delta``: it may go
+        as a delta to the subscribers that negotiated one (the namespace's
+        ``delta_publish``)."""
+        self._broadcast(channel, publication, publication.offset, lane, key, delta)
         self.publications += 1
 
     def broadcast_push(self, channel: str, push: Push, lane: Lane) -> None:
         """A push that is not a publication (join, leave): offset 0, never deduplicated."""
-        self._broadcast(channel, push, 0, lane, None)
+        self._broadcast(channel, push, 0, lane, None, False)
 
     def _broadcast(
-        self, channel: str, message: Publication | Push, offset: int, lane: Lane, key: Hashable
+        self,
+        channel: str,
+        message: Publication | Push,
+        offset: int,
+        lane: Lane,
+        key: Hashable,
+        delta: bool,
     ) -> None:
         """Frame ``message`` once per wire format present on ``channel``; deliver it to the
         live subscribers (tick batch or ephemeral window) and buffer it for the pending
@@ -182,14 +295,33 @@ class Hub:
             return
         # Pending subscribers reuse the live subscribers' frames (the same object: that
         # is how go_live recognises a frame still in an open window).
-        built: dict[WireFormat, bytes] | None = {} if pending else None
+        built: dict[_AudienceKey, bytes] | None = {} if pending else None
+        frames: _PublicationFrames | None = None
+        if isinstance(message, Publication) and (
+            self._pending_delta.get(channel) or any(k[1] for k in audiences or ())
+        ):
+            previous = self._previous.get(channel) if delta else None
+            frames = _PublicationFrames(channel, message, previous)
+            self._previous[channel] = message
+        else:
+            self._previous.pop(channel, None)
         if audiences:
             for audience in audiences.values():
                 wire_format = audience.wire_format
+                if frames is not None and audience.delta:
+                    self._deliver_delta(audience, frames, lane, key, built)
+                    continue
                 frame = _frame(wire_format, channel, message)
                 if built is not None:
-                    built[wire_format] = frame
+                    built[wire_format, audience.delta] = frame
                 members = audience.members
+                if audience.delta and not lane.coalesced:
+                    # Its publications are enqueued per member: so are its other pushes,
+                    # or a shared batch would carry them past publications of this tick.
+                    self.deliveries += len(members)
+                    for client in members:
+                        _enqueue(client, frame, lane, key)
+                    continue
                 if lane.coalesced:
                     self._add_to_window(audience, frame, key, len(members))
                     continue
@@ -207,12 +339,42 @@ class Hub:
                     for client in members:
                         client.attach(batch)
         if pending and built is not None:
+            waiting_delta = self._pending_delta.get(channel, ())
             for client, buffer in pending.items():
                 wire_format = client.wire_format
-                frame = built.get(wire_format) or b""
+                with_delta = frames is not None and client in waiting_delta
+                frame = built.get((wire_format, with_delta)) or b""
                 if not frame:
-                    frame = built[wire_format] = _frame(wire_format, channel, message)
+                    if with_delta and frames is not None:
+                        frame = frames.full(wire_format)
+                    else:
+                        frame = _frame(wire_format, channel, message)
+                    built[wire_format, with_delta] = frame
                 buffer.append((offset, frame, key))
+
+    def _deliver_delta(
+        self,
+        audience: _Audience,
+        frames: _PublicationFrames,
+        lane: Lane,
+        key: Hashable,
+        built: dict[_AudienceKey, bytes] | None,
+    ) -> None:
+        """A publication to a delta audience: the delta frame to members that have had
+        the previous publication, the full one to fresh members (or to all, without a
+        delta). The config keeps delta out of coalesced lanes."""
+        wire_format = audience.wire_format
+        full = frames.full(wire_format)
+        if built is not None:
+            built[wire_format, True] = full
+        patch = frames.delta(wire_format)
+        fresh = audience.fresh
+        members = audience.members
+        self.deliveries += len(members)
+        for client in members:
+            frame = full if patch is None or client in fresh else patch
+            _enqueue(client, frame, lane, key)
+        fresh.clear()
 
     def _add_to_window(
         self, audience: _Audience, frame: bytes, key: Hashable, subscribers: int

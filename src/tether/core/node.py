@@ -308,7 +308,10 @@ class Node:
         result, then makes the subscription live with :meth:`Hub.go_live`.
         """
         channel, ns = sub.channel, sub.namespace
-        first = self.hub.add_pending(channel, client)
+        # Delta compression: granted when the namespace allows the type asked for; any
+        # other request subscribes without it (the SDK then applies no delta).
+        sub.delta = bool(request.delta) and request.delta in ns.allowed_delta_types
+        first = self.hub.add_pending(channel, client, delta=sub.delta)
         leaving = self._leaving.get((channel, client.id))
         if leaving is not None:
             # The same client left this channel a moment ago: its presence remove and
@@ -334,6 +337,9 @@ class Node:
                 )
                 if not recovered and request.flag & FLAG_REJECT_UNRECOVERED:
                     raise ClientError(ErrorCode.UNRECOVERABLE_POSITION)
+                if sub.delta:  # recovered publications are full, in the delta form
+                    codec = client.wire_format.codec
+                    pubs = [codec.delta_publication(p, None) for p in pubs]
                 result.publications = pubs
                 result.recovered = recovered
                 result.was_recovering = True
@@ -343,6 +349,7 @@ class Node:
             result.positioned = positioned
             result.offset, result.epoch = position.offset, position.epoch
             after = position.offset
+        result.delta = sub.delta
         if ns.presence:
             await self.presence_store.add(channel, client.id, sub.info)
         if ns.join_leave:
@@ -390,11 +397,13 @@ class Node:
 
     def on_publication(self, channel: str, publication: Publication) -> None:
         self.recovery.on_publication(channel, publication)
-        lane = self._lane(channel)
+        ns = self.config.namespace(namespace_of(channel))
+        lane = Lane.named(ns.lane) if ns is not None else Lane.STANDARD
         key = None
         if lane.coalesced and publication.tags:
             key = publication.tags.get(COALESCE_TAG)
-        self.hub.broadcast_publication(channel, publication, lane, key)
+        delta = ns is not None and ns.delta_publish
+        self.hub.broadcast_publication(channel, publication, lane, key, delta=delta)
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
         push = Push(channel=channel, join=Join(info=info))

@@ -65,6 +65,11 @@ class Codec(Protocol):
         """Several encoded messages (commands, replies or pushes) as one WebSocket
         message (JSON: separated by newlines)."""
 
+    def delta_publication(self, publication: Publication, delta: bytes | None) -> Publication:
+        """``publication`` as a subscriber that negotiated delta compression gets it in
+        this encoding: ``delta`` (a fossil delta of its data, ``delta: true``) or, with
+        None, the full data."""
+
 
 class JsonCodec:
     """The JSON encoding (text frames, newline-separated batches)."""
@@ -118,6 +123,15 @@ class JsonCodec:
     def join(self, messages: Sequence[bytes]) -> bytes:
         # An encoded JSON message never holds a raw newline (strings escape it).
         return b"\n".join(messages)
+
+    def delta_publication(self, publication: Publication, delta: bytes | None) -> Publication:
+        # In the JSON protocol a delta subscription's data is always a JSON string (the
+        # delta, or the document's JSON text): the SDKs apply the delta to the text's
+        # bytes, then parse it. Deltas of UTF-8 are UTF-8 (tether.protocol.fossil).
+        text = (delta if delta is not None else bytes(publication.data)).decode(errors="replace")
+        return msgspec.structs.replace(
+            publication, data=msgspec.Raw(self._encoder.encode(text)), delta=delta is not None
+        )
 
 
 JSON: Final[Codec] = JsonCodec()

@@ -188,6 +188,9 @@ class Publication(_Out):
     info: ClientInfo | None = None
     offset: int = 0
     tags: dict[str, str] | None = None
+    delta: bool = False
+    """``data`` is a fossil delta against the subscriber's previous publication of the
+    channel (only to subscribers that negotiated ``delta: "fossil"``)."""
     time: int = 0
 
 
@@ -208,6 +211,8 @@ class SubscribeResult(_Out):
     positioned: bool = False
     data: Raw | None = None
     was_recovering: bool = False
+    delta: bool = False
+    """The subscription gets fossil deltas (the client asked, the namespace allows it)."""
 
 
 class ConnectResult(_Out):

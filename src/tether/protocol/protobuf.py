@@ -319,6 +319,11 @@ class ProtobufCodec:
         """Several encoded messages as one WebSocket message (each is already delimited)."""
         return b"".join(messages)
 
+    def delta_publication(self, publication: Publication, delta: bytes | None) -> Publication:
+        if delta is None:
+            return publication  # full data: the bytes as published
+        return msgspec.structs.replace(publication, data=Raw(delta), delta=True)
+
 
 PROTOBUF: Final[Codec] = ProtobufCodec()
 """The Protobuf codec."""

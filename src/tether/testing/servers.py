@@ -29,13 +29,15 @@ OPEN = NamespaceConfig(
 
 def make_config(**overrides: Any) -> Config:
     """A config for tests: loopback, ephemeral ports, fixed secrets, namespaces
-    ``default`` (closed), ``chat`` (:data:`OPEN`), ``nohistory`` (open, no history) and
-    ``private`` (history, subscription token required)."""
+    ``default`` (closed), ``chat`` (:data:`OPEN`), ``nohistory`` (open, no history),
+    ``private`` (history, subscription token required) and ``doc`` (:data:`OPEN` with
+    fossil delta compression: ``allowed_delta_types``, ``delta_publish``)."""
     namespaces = {
         "default": NamespaceConfig(),
         "chat": OPEN,
         "nohistory": msgspec.structs.replace(OPEN, history_size=0, history_ttl=0, recover=False),
         "private": msgspec.structs.replace(OPEN, allow_subscribe=False),
+        "doc": msgspec.structs.replace(OPEN, allowed_delta_types=("fossil",), delta_publish=True),
     }
     base: dict[str, Any] = {
         "host": "127.0.0.1",
