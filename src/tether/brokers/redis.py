@@ -118,8 +118,6 @@ class RedisBroker(StreamCommands):
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closing = False
-        self.outages = 0
-        """How many times the subscriber connection was lost (for metrics and tests)."""
 
     # -- keys -------------------------------------------------------------------------
 
@@ -199,7 +197,6 @@ class RedisBroker(StreamCommands):
                 raise
             except (*_UNAVAILABLE, RedisError) as exc:
                 if self._connected.is_set() or first:
-                    self.outages += 1
                     log.error(
                         "redis subscriber connection lost; node is deaf until it is back",
                         url=self.url,

@@ -169,8 +169,6 @@ class RedisClusterBroker(StreamCommands):
         """True once a repair found nothing left to do (and until the next wake)."""
         self._repairer: asyncio.Task[None] | None = None
         self._closing = False
-        self.outages = 0
-        """How many times a link broke or Redis dropped our subscriptions (for tests)."""
 
     def _pubsub_channel(self, channel: str) -> str:
         return f"{self._prefix}.ch.{{{channel}}}"
@@ -265,8 +263,6 @@ class RedisClusterBroker(StreamCommands):
 
     def _link_lost(self, link: _Link) -> None:
         """The link can no longer be trusted: its channels are lost."""
-        if link.up:
-            self.outages += 1
         link.fail_pending()
         link.confirmed.clear()
         lost = {ch for ch, name in self._assigned.items() if name == link.name}
@@ -324,7 +320,6 @@ class RedisClusterBroker(StreamCommands):
                             channel=channel)  # fmt: skip
                 if self._assigned.get(channel) == link.name:
                     del self._assigned[channel]
-                    self.outages += 1
                     self._mark_lost({channel})
 
     def _on_error_reply(self, link: _Link, exc: ResponseError) -> None:

@@ -18,7 +18,8 @@ So:
 Why our own ring rather than a library (``uhashring``, ``hashring``): the placement must
 never change under us, because a channel that moves to another shard loses its stream (its
 subscribers are told ``recovered: false``) and its idempotency keys. A ring we own is
-~30 lines whose placement a golden test pins (``tests/unit/test_hash_ring.py``); a
+~30 lines whose placement a golden test pins (``tests/unit/test_sharded_broker.py``,
+``test_placement_of_channels_never_changes_between_releases``); a
 dependency's upgrade could re-place every channel silently.
 
 Health: :attr:`ShardedBroker.healthy` is true only while *every* shard is. The node's

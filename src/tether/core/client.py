@@ -388,7 +388,7 @@ class Client(OutboundQueue):
             for channel in channels:
                 sub_request = request.subs.get(channel) or SubscribeRequest(channel=channel)
                 result, after = await self._prepare_subscription(
-                    channel, sub_request, token_info=None, authorized=True
+                    channel, sub_request, authorized=True
                 )
                 prepared.append((channel, result, after))
         except BaseException:
@@ -461,16 +461,14 @@ class Client(OutboundQueue):
     # -- subscriptions ----------------------------------------------------------------
 
     async def _subscribe(self, request: SubscribeRequest, cid: int) -> None:
-        result, after = await self._prepare_subscription(
-            request.channel, request, token_info=None, authorized=False
-        )
+        result, after = await self._prepare_subscription(request.channel, request, authorized=False)
         self.send_reply(Reply(id=cid, subscribe=result))
         self.go_live(request.channel, after)
 
     async def prepare_server_subscription(self, channel: str) -> tuple[SubscribeResult, int]:
         """A subscription the server makes (API subscribe): no token needed."""
         return await self._prepare_subscription(
-            channel, SubscribeRequest(channel=channel), token_info=None, authorized=True
+            channel, SubscribeRequest(channel=channel), authorized=True
         )
 
     async def _prepare_subscription(
@@ -478,18 +476,18 @@ class Client(OutboundQueue):
         channel: str,
         request: SubscribeRequest,
         *,
-        token_info: bytes | None,
         authorized: bool,
     ) -> tuple[SubscribeResult, int]:
         """Check, join the hub as pending, read the stream. Returns the reply and the
         offset the reply brings the client to; the caller sends the reply, then calls
-        :meth:`_go_live` (with no await in between)."""
+        :meth:`go_live` (with no await in between)."""
         ns = self.node.namespace(channel)
         if channel in self.subs:
             raise ClientError(ErrorCode.ALREADY_SUBSCRIBED)
         if len(self.subs) >= self.node.config.max_subscriptions:
             raise ClientError(ErrorCode.LIMIT_EXCEEDED, "too many subscriptions")
         expire_at: float | None = None
+        token_info: bytes | None = None
         if request.token:
             expire_at, token_info = self._verify_sub_token(channel, request.token, subscribing=True)
         elif not (authorized or ns.allow_subscribe):

@@ -121,21 +121,6 @@ class RPCRequest(_Request):
     method: str = ""
 
 
-Request = (
-    ConnectRequest
-    | SubscribeRequest
-    | UnsubscribeRequest
-    | PublishRequest
-    | PresenceRequest
-    | PresenceStatsRequest
-    | HistoryRequest
-    | PingRequest
-    | SendRequest
-    | RPCRequest
-    | RefreshRequest
-    | SubRefreshRequest
-)
-
 REQUEST_FIELDS = (
     "connect",
     "subscribe",
