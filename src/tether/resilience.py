@@ -29,7 +29,7 @@ from typing import TypeVar
 import structlog
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception,
+    RetryCallState,
     stop_after_attempt,
     wait_random_exponential,
 )
@@ -196,9 +196,18 @@ async def call_with_retries(
     ``budget`` allows. Only for operations that are safe to repeat (reads, idempotent
     publishes, idempotent backend hooks)."""
     budget.record_call()
+
+    def should_retry(state: RetryCallState) -> bool:
+        # Retry only an unavailable dependency, and only while the budget allows. tenacity
+        # asks before it checks ``stop``: after the last attempt, spend no token.
+        outcome = state.outcome
+        if outcome is None or not outcome.failed or state.attempt_number >= attempts:
+            return False
+        exc = outcome.exception()
+        return exc is not None and retry_if(exc) and budget.try_spend()
+
     retrying = AsyncRetrying(
-        # Retry only an unavailable dependency, and only while the budget allows.
-        retry=retry_if_exception(lambda exc: retry_if(exc) and budget.try_spend()),
+        retry=should_retry,
         stop=stop_after_attempt(attempts),
         wait=wait_random_exponential(multiplier=base_delay, max=max_delay),
         reraise=True,

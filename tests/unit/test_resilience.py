@@ -217,9 +217,11 @@ def test_retry_budget_keeps_at_most_cap_tokens() -> None:
 
 
 def _budget(tokens: int) -> RetryBudget:
-    """A budget holding ``tokens`` retries and earning no more."""
-    budget = RetryBudget(0.0, min_per_second=0, clock=FakeClock())
-    budget._tokens = float(tokens)
+    """A budget holding ``tokens`` retries and earning no more (its clock stands still)."""
+    clock = FakeClock()
+    budget = RetryBudget(0.0, cap=tokens, min_per_second=1, clock=clock)
+    clock.advance(tokens)
+    budget.record_call()  # earns one token per second that passed
     return budget
 
 
@@ -259,6 +261,16 @@ async def test_call_with_retries_makes_at_most_attempts_calls() -> None:
     assert dep.calls == 3
 
 
+async def test_call_with_retries_spends_a_token_per_retry_and_none_after_the_last_attempt() -> None:
+    dep = Dependency()
+    dep.failing = True
+    budget = _budget(100)
+
+    with pytest.raises(BrokerUnavailable):
+        await _retries(budget, dep, attempts=3)
+    assert (dep.calls, budget.spent, budget.denied) == (3, 2, 0)
+
+
 async def test_call_with_retries_never_retries_other_errors() -> None:
     calls = 0
 
@@ -294,9 +306,8 @@ OPTIONS = PublishOptions(history_size=10, history_ttl=60)
 
 
 def _guarded(inner: FaultyBroker, clock: FakeClock, **breaker: Any) -> GuardedBroker:
-    clock.advance(10)  # the retry budget earns tokens over time: start with some
     budget = RetryBudget(clock=clock)
-    budget._stamp = clock() - 10
+    clock.advance(10)  # the retry budget earns tokens over time: start with some
     return GuardedBroker(
         inner, breaker=CircuitBreaker("broker", clock=clock, **breaker), budget=budget
     )

@@ -17,7 +17,21 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from tether import saturation
+from tether.brokers.base import Broker
+from tether.brokers.guarded import GuardedBroker
+from tether.brokers.sharded import ShardedBroker
 from tether.core.node import Node
+from tether.resilience import BreakerState
+
+
+def guarded_brokers(broker: Broker) -> list[GuardedBroker]:
+    """The circuit-breaker-guarded brokers behind ``broker``: itself, or each shard of a
+    sharded broker (one breaker per shard, see ``tether.server``)."""
+    if isinstance(broker, GuardedBroker):
+        return [broker]
+    if isinstance(broker, ShardedBroker):
+        return [guard for shard in broker.shards.values() for guard in guarded_brokers(shard)]
+    return []
 
 
 class NodeCollector(Collector):
@@ -116,6 +130,39 @@ class NodeCollector(Collector):
             "Recovery stream reads that reached the broker.",
             node.recovery.broker_reads,
         )
+        yield from _guard_metrics(guarded_brokers(node.broker))
+
+
+def _guard_metrics(guards: list[GuardedBroker]) -> Iterator[Metric]:
+    """The broker's circuit breakers (one per shard) and retry budget (shared)."""
+    state = GaugeMetricFamily(
+        "tether_circuit_breaker_state",
+        "1 for the state each broker circuit breaker is in, 0 for the others.",
+        labels=["breaker", "state"],
+    )
+    rejected = CounterMetricFamily(
+        "tether_circuit_breaker_rejected",
+        "Broker calls refused at once by an open (or probing) circuit breaker.",
+        labels=["breaker"],
+    )
+    for guard in guards:
+        breaker = guard.breaker
+        for each in BreakerState:
+            state.add_metric([breaker.name, each.value], float(breaker.state is each))
+        rejected.add_metric([breaker.name], breaker.rejected)
+    yield state
+    yield rejected
+    budgets = list({id(guard.budget): guard.budget for guard in guards}.values())
+    yield CounterMetricFamily(
+        "tether_broker_retries",
+        "Broker calls retried (the retry budget had a token).",
+        value=sum(budget.spent for budget in budgets),
+    )
+    yield CounterMetricFamily(
+        "tether_broker_retries_denied",
+        "Broker call retries refused because the retry budget was empty.",
+        value=sum(budget.denied for budget in budgets),
+    )
 
 
 def add_routes(app: web.Application, node: Node) -> None:
