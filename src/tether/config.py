@@ -47,6 +47,9 @@ class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Subscribers may publish from the client."""
     allow_subscribe: bool = False
     """Any connected client may subscribe without a subscription token."""
+    allow_user_limited_channels: bool = False
+    """A channel naming users after ``#`` (``dm:1#alice,bob``) may be subscribed by
+    those users without a token, and by nobody else without one."""
     allow_history: bool = False
     """Subscribers may call history, presence and presence_stats from the client."""
     lane: str = Lane.STANDARD.value
@@ -134,6 +137,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     token_secret: str = ""
     api_key: str = ""
     allow_anonymous: bool = False
+    user_personal_channel: bool = False
+    """Every connection of a user (not the anonymous one) joins its personal channel
+    ``#<user>`` at connect, server-side (Centrifugo's
+    ``subscribe_to_user_personal_channel``)."""
+    user_personal_channel_namespace: str = ""
+    """Namespace of the personal channels (``personal`` -> ``personal:#alice``; empty:
+    ``default``); it must be configured."""
     allowed_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
     node_name: str = ""
     ping_interval: int = 25
@@ -317,6 +327,10 @@ def _validate(config: Config) -> None:
                 f"{where}.allowed_delta_types",
                 "the ephemeral lane coalesces frames, so a delta could miss its base",
             )
+    if config.user_personal_channel:
+        ns_name = config.user_personal_channel_namespace or "default"
+        if ns_name not in config.namespaces:
+            raise bad("user_personal_channel_namespace", f"names {ns_name!r}, not in [namespaces]")
     _validate_proxies(config, bad)
     _validate_outboxes(config, bad)
 
@@ -545,6 +559,8 @@ http_port = 9000            # server API (/api/<method>), /health, /ready, /metr
 token_secret = ""           # HMAC secret (HS256) of JWTs, >= 32 bytes; empty: generated
 api_key = ""                # server API key (X-API-Key); empty: generated (development only)
 allow_anonymous = false     # connect without a token (user "")
+user_personal_channel = false  # every connection of a user joins "#<user>" at connect
+user_personal_channel_namespace = ""  # namespace of those channels (personal:#alice)
 allowed_origins = ["*"]     # browser Origin values accepted on the WebSocket ("*": any)
 node_name = ""              # shown in info and connect replies; empty: hostname-port
 
@@ -668,6 +684,7 @@ presence = false            # track subscribers (presence, presence_stats)
 join_leave = false          # join/leave pushes
 allow_publish = false       # subscribers may publish
 allow_subscribe = false     # any connected client may subscribe without a subscription token
+allow_user_limited_channels = false  # "dm:1#alice,bob": only alice and bob, no token needed
 allow_history = false       # subscribers may call history and presence
 lane = "standard"           # critical, standard or ephemeral (see docs/explanation/resilience.md)
 subscribe_proxy = ""        # a [proxies] name: /subscribe authorizes subscriptions

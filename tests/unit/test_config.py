@@ -341,3 +341,20 @@ def test_webhook_and_push_are_off_by_default() -> None:
     assert config.webhook.url == ""
     assert config.push.url == ""
     assert config.proxies == {}
+
+
+def test_personal_channels_need_their_namespace_configured(tmp_path: Path) -> None:
+    text = 'token_secret = "' + "s" * 40 + '"\nuser_personal_channel = true\n'
+    text += 'user_personal_channel_namespace = "personal"\n'
+    assert "user_personal_channel_namespace" in config_error(text, tmp_path)
+
+
+def test_unknown_delta_type_is_refused_by_name(tmp_path: Path) -> None:
+    text = 'token_secret = "' + "s" * 40 + '"\n[namespaces.doc]\nallowed_delta_types = ["zstd"]\n'
+    assert "allowed_delta_types" in config_error(text, tmp_path)
+
+
+def test_delta_is_refused_in_the_ephemeral_lane(tmp_path: Path) -> None:
+    text = 'token_secret = "' + "s" * 40 + '"\n[namespaces.typing]\nlane = "ephemeral"\n'
+    text += 'allowed_delta_types = ["fossil"]\n'
+    assert "allowed_delta_types" in config_error(text, tmp_path)

@@ -33,6 +33,7 @@ from tether.errors import (
     ProtocolViolation,
     TokenError,
 )
+from tether.protocol.channels import channel_users, personal_channel
 from tether.protocol.codec import request_of
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
 from tether.protocol.messages import (
@@ -379,6 +380,11 @@ class Client(OutboundQueue):
 
     async def _connect(self, request: ConnectRequest, cid: int) -> None:
         user, expire_at, info, channels = self._verify_connect_token(request.token)
+        config = self.node.config
+        if config.user_personal_channel and user:
+            personal = personal_channel(user, config.user_personal_channel_namespace)
+            if personal not in channels:
+                channels = (*channels, personal)
         self.node.claim_user(self, user)
         self.user = user
         self.expire_at = expire_at
@@ -399,7 +405,6 @@ class Client(OutboundQueue):
         self.state = advance(self.state, ConnectionState.CONNECTED)
         self.node.register(self)
         expires, ttl = self._ttl()
-        config = self.node.config
         connect = ConnectResult(
             client=self.id,
             version=__version__,
@@ -490,8 +495,14 @@ class Client(OutboundQueue):
         token_info: bytes | None = None
         if request.token:
             expire_at, token_info = self._verify_sub_token(channel, request.token, subscribing=True)
-        elif not (authorized or ns.allow_subscribe):
-            raise ClientError(ErrorCode.PERMISSION_DENIED)
+        elif not authorized:
+            users = channel_users(channel) if ns.allow_user_limited_channels else None
+            if users is not None:
+                # A user channel: its users may subscribe, nobody else without a token.
+                if not self.user or self.user not in users:
+                    raise ClientError(ErrorCode.PERMISSION_DENIED)
+            elif not ns.allow_subscribe:
+                raise ClientError(ErrorCode.PERMISSION_DENIED)
         info = ClientInfo(
             user=self.user,
             client=self.id,
