@@ -24,12 +24,13 @@ from tether.transports.websocket import wire
 from tether.transports.websocket.negotiation import WIRE_FORMATS, websocket_format
 from tether.transports.websocket.wire import (
     Close,
-    FrameParser,
+    Failure,
     HandshakeError,
     Message,
     Ping,
     Pong,
-    WebSocketError,
+    ServerConnection,
+    State,
 )
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -157,14 +158,32 @@ def test_close_frame_reason_is_cut_to_fit_a_control_frame() -> None:
 # -- client frames ------------------------------------------------------------------------
 
 
+def opened(max_size: int = 1024) -> ServerConnection:
+    """A connection past a valid upgrade (its 101 already taken)."""
+    conn = ServerConnection(max_size)
+    [request] = conn.receive_data(upgrade_request(headers={"Sec-WebSocket-Key": KEY}))
+    assert isinstance(request, wire.Request)
+    assert conn.accept(request.upgrade) == []
+    assert conn.data_to_send().startswith(b"HTTP/1.1 101 ")
+    return conn
+
+
 def parse(data: bytes, max_size: int = 1024) -> list[wire.Event]:
-    return FrameParser(max_size).feed(data)
+    """The events of ``data``, which must not break the protocol."""
+    events = opened(max_size).receive_data(data)
+    assert not any(isinstance(e, Failure) for e in events), events
+    return events
 
 
 def error_code(data: bytes, max_size: int = 1024) -> int:
-    with pytest.raises(WebSocketError) as info:
-        parse(data, max_size)
-    return info.value.code
+    """The close code ``data`` is answered with (a protocol error: a Failure event, a
+    close frame with that code, and the connection closing)."""
+    conn = opened(max_size)
+    failure = conn.receive_data(data)[-1]
+    assert isinstance(failure, Failure), failure
+    assert conn.state is State.CLOSING
+    assert conn.data_to_send().endswith(wire.close_frame(failure.code, failure.reason))
+    return failure.code
 
 
 def test_masked_text_frame_is_a_text_message() -> None:
@@ -311,9 +330,11 @@ def test_fragments_over_max_size_together_are_too_big() -> None:
 
 
 def test_a_new_message_after_a_fragmented_one_starts_from_zero_size() -> None:
-    parser = FrameParser(100)
-    parser.feed(client_frame(OP_TEXT, b"z" * 60, fin=False) + client_frame(OP_CONT, b"z" * 40))
-    assert parser.feed(client_frame(OP_TEXT, b"w" * 100)) == [Message(b"w" * 100, True)]
+    conn = opened(100)
+    conn.receive_data(
+        client_frame(OP_TEXT, b"z" * 60, fin=False) + client_frame(OP_CONT, b"z" * 40)
+    )
+    assert conn.receive_data(client_frame(OP_TEXT, b"w" * 100)) == [Message(b"w" * 100, True)]
 
 
 def test_byte_by_byte_feeding_gives_the_same_events() -> None:
@@ -325,16 +346,18 @@ def test_byte_by_byte_feeding_gives_the_same_events() -> None:
         + client_frame(OP_CLOSE, struct.pack("!H", 1000))
     )
     whole = parse(data, max_size=1 << 20)
-    parser = FrameParser(1 << 20)
-    pieces = [event for i in range(len(data)) for event in parser.feed(data[i : i + 1])]
+    conn = opened(1 << 20)
+    pieces = [event for i in range(len(data)) for event in conn.receive_data(data[i : i + 1])]
     assert pieces == whole
     assert len(whole) == 4
 
 
-def test_parser_holds_no_buffer_after_complete_frames() -> None:
-    parser = FrameParser(1024)
-    parser.feed(client_frame(OP_TEXT, b"hello"))
-    assert parser._buf == b""
+def test_connection_holds_no_buffer_after_complete_frames() -> None:
+    conn = opened(1024)
+    conn.receive_data(client_frame(OP_TEXT, b"hello")[:3])
+    assert conn.buffered == 3
+    conn.receive_data(client_frame(OP_TEXT, b"hello")[3:])
+    assert conn.buffered == 0
 
 
 frames = st.builds(
@@ -347,22 +370,16 @@ frames = st.builds(
 )
 
 
-def feed_once(data: bytes) -> list[wire.Event] | WebSocketError:
-    try:
-        return FrameParser(256).feed(data)
-    except WebSocketError as exc:
-        return exc
-
-
 @no_deadline
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_give_events_or_a_websocket_error(data: bytes) -> None:
-    outcome = feed_once(data)
-    if isinstance(outcome, WebSocketError):
+    events = opened(256).receive_data(data)
+    failures = [e for e in events if isinstance(e, Failure)]
+    if failures:
         codes = (wire.CLOSE_PROTOCOL_ERROR, wire.CLOSE_INVALID_DATA, wire.CLOSE_TOO_BIG)
-        assert outcome.code in codes
-    else:
-        assert all(isinstance(e, Message | Ping | Pong | Close) for e in outcome)
+        assert failures == [events[-1]]
+        assert events[-1].code in codes
+    assert all(isinstance(e, Message | Ping | Pong | Close | Failure) for e in events)
 
 
 @no_deadline
@@ -372,21 +389,14 @@ def test_frame_like_input_in_chunks_gives_the_same_outcome_as_in_one_piece(
 ) -> None:
     data = b"".join(chunks)
 
-    def outcome(pieces: list[bytes]) -> tuple[list[wire.Event], int | None]:
-        parser = FrameParser(256)
-        events: list[wire.Event] = []
-        try:
-            for piece in pieces:
-                events += parser.feed(piece)
-        except WebSocketError as exc:
-            return events, exc.code
-        return events, None
+    def outcome(pieces: list[bytes]) -> tuple[list[wire.Event], bytes]:
+        conn = opened(256)
+        events = [event for piece in pieces for event in conn.receive_data(piece)]
+        return events, conn.data_to_send()
 
     whole = outcome([data])
     chunked = outcome([data[i : i + step] for i in range(0, len(data), step)])
-    assert chunked[1] == whole[1]
-    if whole[1] is None:
-        assert chunked[0] == whole[0]
+    assert chunked == whole
 
 
 # -- wire formats: one per codec, framed by its kind -------------------------------------
@@ -407,3 +417,132 @@ def test_a_chosen_subprotocol_is_named_in_the_101_answer() -> None:
     assert b"\r\nSec-WebSocket-Protocol: centrifuge-protobuf\r\n" in response
     assert response.endswith(b"\r\n\r\n")
     assert b"Sec-WebSocket-Protocol" not in wire.accept_response(KEY)
+
+
+# -- the server connection: states, the automatic pong, the close echo --------------------
+
+
+def test_a_connection_starts_connecting_and_opens_when_accepted() -> None:
+    conn = ServerConnection(1024)
+    assert conn.state is State.CONNECTING
+    [event] = conn.receive_data(upgrade_request(headers={"Sec-WebSocket-Key": KEY}))
+    assert isinstance(event, wire.Request)
+    assert event.upgrade.path == "/connection/websocket"
+    conn.accept(event.upgrade)
+    assert conn.state is State.OPEN
+    assert conn.data_to_send() == wire.accept_response(KEY)
+    assert conn.data_to_send() == b""
+
+
+def test_frames_that_came_with_the_request_are_events_of_the_accept() -> None:
+    conn = ServerConnection(1024)
+    data = upgrade_request(headers={"Sec-WebSocket-Key": KEY}) + client_frame(OP_TEXT, b"hi")
+    [event] = conn.receive_data(data)
+    assert isinstance(event, wire.Request)
+    assert conn.accept(event.upgrade) == [Message(b"hi", True)]
+
+
+def test_a_request_split_over_reads_is_one_request() -> None:
+    conn = ServerConnection(1024)
+    data = upgrade_request(headers={"Sec-WebSocket-Key": KEY})
+    assert conn.receive_data(data[:10]) == []
+    assert conn.buffered == 10
+    [event] = conn.receive_data(data[10:])
+    assert isinstance(event, wire.Request)
+
+
+def test_a_rejected_upgrade_sends_the_status_and_closes() -> None:
+    conn = ServerConnection(1024)
+    [_request] = conn.receive_data(upgrade_request(headers={"Sec-WebSocket-Key": KEY}))
+    conn.reject(503, "Too Many Connections", retry_after=2)
+    assert conn.state is State.CLOSING
+    assert conn.data_to_send() == wire.reject_response(503, "Too Many Connections", 2)
+
+
+def test_a_malformed_request_is_refused_by_the_connection_itself() -> None:
+    conn = ServerConnection(1024)
+    assert conn.receive_data(upgrade_request(method="POST")) == []
+    assert conn.state is State.CLOSING
+    assert conn.data_to_send().startswith(b"HTTP/1.1 405 ")
+
+
+def test_a_request_head_over_the_limit_is_431_however_it_is_split() -> None:
+    conn = ServerConnection(1024)
+    for _ in range(wire.MAX_HANDSHAKE_BYTES // 1000 + 1):
+        conn.receive_data(b"x" * 1000)
+    assert conn.state is State.CLOSING
+    assert conn.data_to_send().startswith(b"HTTP/1.1 431 ")
+    assert conn.buffered == 0
+
+
+def test_a_ping_is_answered_with_a_pong_carrying_its_payload() -> None:
+    conn = opened()
+    assert conn.receive_data(client_frame(OP_PING, b"are you there")) == [Ping(b"are you there")]
+    assert conn.data_to_send() == wire.control_frame(OP_PONG, b"are you there")
+    assert conn.state is State.OPEN
+
+
+def test_a_close_is_echoed_with_its_code_and_nothing_is_read_after_it() -> None:
+    conn = opened()
+    events = conn.receive_data(client_frame(OP_CLOSE, struct.pack("!H", 4001) + b"bye"))
+    assert events == [Close(4001, "bye")]
+    assert conn.state is State.CLOSING
+    assert conn.data_to_send() == wire.close_frame(4001)
+    assert conn.receive_data(client_frame(OP_TEXT, b"late")) == []
+    assert conn.data_to_send() == b""
+
+
+def test_a_close_without_a_code_is_echoed_with_1000_never_1005() -> None:
+    conn = opened()
+    assert conn.receive_data(client_frame(OP_CLOSE, b"")) == [Close(1005, "")]
+    assert conn.data_to_send() == wire.close_frame(wire.CLOSE_NORMAL)
+
+
+def test_the_server_closing_sends_one_close_frame() -> None:
+    conn = opened()
+    conn.send_close(3501, "bad request")
+    conn.send_close(3000, "again")  # already closing: nothing more
+    assert conn.state is State.CLOSING
+    assert conn.data_to_send() == wire.close_frame(3501, "bad request")
+
+
+def test_a_lost_socket_is_closed_in_any_state() -> None:
+    for conn in (ServerConnection(1024), opened()):
+        conn.connection_lost()
+        assert conn.state is State.CLOSED
+        assert conn.receive_data(client_frame(OP_TEXT, b"x")) == []
+
+
+def test_accepting_twice_is_our_bug_not_the_peers() -> None:
+    conn = opened()
+    with pytest.raises(RuntimeError, match="open, not connecting"):
+        conn.reject(400, "late")
+
+
+# -- the client side: frames out masked, server frames in ----------------------------------
+
+
+def test_a_client_frame_is_masked_and_unmasks_to_its_payload() -> None:
+    frame = client_frame(OP_TEXT, b"hello", mask=b"\x01\x02\x03\x04")
+    assert frame[:2] == b"\x81\x85"
+    assert frame[2:6] == b"\x01\x02\x03\x04"
+    assert wire.apply_mask(frame[6:], b"\x01\x02\x03\x04") == b"hello"
+    assert opened().receive_data(frame) == [Message(b"hello", True)]
+
+
+def test_server_frames_are_read_back_as_frames_across_reads() -> None:
+    data = wire.text_frame(b"a" * 300) + wire.close_frame(3001, "shutdown")
+    reader = wire.ServerFrameReader()
+    assert reader.feed(data[:5]) == []
+    text, close = reader.feed(data[5:])
+    assert (text.opcode, text.fin, text.payload) == (OP_TEXT, True, b"a" * 300)
+    assert (close.close_code, close.close_reason) == (3001, "shutdown")
+
+
+def test_frame_head_reads_every_length_encoding_and_waits_for_the_rest() -> None:
+    for size, head in ((5, 2), (300, 4), (70000, 10)):
+        frame = wire.text_frame(b"z" * size)
+        assert wire.frame_head(frame, 0) == (0x81, frame[1], head, size)
+        assert wire.frame_head(frame[: head - 1], 0) is None
+    masked = client_frame(OP_TEXT, b"z" * 300)
+    assert wire.frame_head(masked, 0) == (0x81, 0xFE, 8, 300)

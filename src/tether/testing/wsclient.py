@@ -21,91 +21,52 @@ client.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
-import struct
 from collections import deque
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from tether.errors import TetherError
+from tether.transports.websocket import wire
+from tether.transports.websocket.wire import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Frame,
+    client_frame,
+)
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "Closed",
+    "Frame",
+    "HandshakeRejected",
+    "WSClient",
+    "client_frame",
+    "http_exchange",
+    "upgrade_request",
+]
 
 PATH = "/connection/websocket"
 TIMEOUT = 5.0
 """Default seconds any single wait of this module may take before TimeoutError."""
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-def client_frame(
-    opcode: int,
-    payload: bytes,
-    *,
-    fin: bool = True,
-    masked: bool = True,
-    rsv: int = 0,
-    mask: bytes | None = None,
-) -> bytes:
-    """Bytes of one client frame (RFC 6455 5.2). ``rsv`` is the 3 reserved bits (0-7);
-    ``masked=False`` leaves out the mask a client must send; ``mask`` fixes the key."""
-    b0 = (0x80 if fin else 0) | (rsv & 0x7) << 4 | opcode
-    mask_bit = 0x80 if masked else 0
-    n = len(payload)
-    if n < 126:
-        head = bytes((b0, mask_bit | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, mask_bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
-    if not masked:
-        return head + payload
-    key = mask if mask is not None else os.urandom(4)
-    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + body
+READ_SIZE = 65536
 
 
-def upgrade_request(
-    path: str = PATH,
-    *,
-    host: str = "127.0.0.1",
-    method: str = "GET",
-    version: str = "HTTP/1.1",
-    headers: dict[str, str | None] | None = None,
-) -> bytes:
-    """An upgrade request. ``headers`` add to or replace the standard ones; a None value
-    removes that header."""
-    standard: dict[str, str | None] = {
-        "Host": host,
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
-        "Sec-WebSocket-Version": "13",
-    }
-    standard.update(headers or {})
-    lines = [f"{method} {path} {version}"]
-    lines += [f"{name}: {value}" for name, value in standard.items() if value is not None]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    opcode: int
-    fin: bool
-    payload: bytes
-
-    @property
-    def close_code(self) -> int | None:
-        """The code of a close frame (None for another frame or an empty close)."""
-        if self.opcode != OP_CLOSE or len(self.payload) < 2:
-            return None
-        return int.from_bytes(self.payload[:2], "big")
-
-    @property
-    def close_reason(self) -> str:
-        return self.payload[2:].decode("utf-8", errors="replace")
+def upgrade_request(path: str = PATH, **options: Any) -> bytes:
+    """An upgrade request to Tether's endpoint; ``options`` as for
+    :func:`tether.transports.websocket.wire.upgrade_request` (``headers`` add to or
+    replace the standard ones; a None value removes one)."""
+    return wire.upgrade_request(path, **options)
 
 
 class HandshakeRejected(TetherError):
@@ -135,18 +96,11 @@ async def http_exchange(port: int, request: bytes, *, host: str = "127.0.0.1") -
         await writer.drain()
         async with asyncio.timeout(TIMEOUT):
             head = await reader.readuntil(b"\r\n\r\n")
-        return _status(head), head
+        return wire.response_status(head), head
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-
-
-def _status(head: bytes) -> int:
-    parts = head.split(b" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP response: {head[:80]!r}")
-    return int(parts[1])
 
 
 class WSClient:
@@ -162,6 +116,8 @@ class WSClient:
         """Pushes received while waiting for replies, oldest first."""
         self.close_frame: Frame | None = None
         """The server's close frame, once it came."""
+        self._reader = wire.ServerFrameReader()
+        self._frames: deque[Frame] = deque()
         self._replies: dict[int, dict[str, Any]] = {}
         self._next_id = 0
 
@@ -180,7 +136,7 @@ class WSClient:
             writer.write(upgrade_request(path, host=host, headers=headers))
             async with asyncio.timeout(TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-            status = _status(head)
+            status = wire.response_status(head)
             if status != 101:
                 raise HandshakeRejected(status, head)
         except BaseException:
@@ -228,22 +184,16 @@ class WSClient:
 
     async def recv_frame(self) -> Frame:
         """The next frame. Raises :class:`Closed` (code None) if the TCP stream ended."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                head = await self.reader.readexactly(2)
-                b0, b1 = head
-                n = b1 & 0x7F
-                if n == 126:
-                    n = int.from_bytes(await self.reader.readexactly(2), "big")
-                elif n == 127:
-                    n = int.from_bytes(await self.reader.readexactly(8), "big")
-                key = await self.reader.readexactly(4) if b1 & 0x80 else b""
-                payload = await self.reader.readexactly(n)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            raise Closed(None, "connection ended without a close frame") from None
-        if key:
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        return Frame(opcode=b0 & 0x0F, fin=bool(b0 & 0x80), payload=payload)
+        async with asyncio.timeout(self.timeout):
+            while not self._frames:
+                try:
+                    data = await self.reader.read(READ_SIZE)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    raise Closed(None, "connection ended without a close frame")
+                self._frames.extend(self._reader.feed(data))
+        return self._frames.popleft()
 
     async def recv_messages(self) -> list[dict[str, Any]]:
         """The JSON messages of the next data frame (a frame may batch several, one per
