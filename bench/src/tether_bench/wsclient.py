@@ -13,21 +13,22 @@ one of two receive paths:
   losses, duplicates and order violations per channel and to record latency.
 
 Frames sent by the client are masked with an all-zero key (RFC 6455 5.3 allows any key; a
-zero key leaves the payload as is, so frames are built once).
+zero key leaves the payload as is, so frames are built once). The frame format itself is
+Tether's one WebSocket codec, :mod:`tether.transports.websocket.wire` (client frames,
+the upgrade request, the frame header parser).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import random
 import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
+
+from tether.transports.websocket import wire
 
 if TYPE_CHECKING:
     from tether_bench.drivers import Driver
@@ -44,19 +45,15 @@ def now_us() -> int:
     return _now_us()
 
 
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One final, masked (zero key) client frame."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + b"\x00\x00\x00\x00" + payload
+ZERO_MASK = b"\x00\x00\x00\x00"
 
 
-_CLOSE_FRAME = client_frame(struct.pack("!H", 1000), 0x8)
+def client_frame(payload: bytes, opcode: int = wire.OP_TEXT) -> bytes:
+    """One final client frame, masked with the zero key (the same bytes every time)."""
+    return wire.client_frame(opcode, payload, mask=ZERO_MASK)
+
+
+_CLOSE_FRAME = client_frame(wire.close_payload(wire.CLOSE_NORMAL), wire.OP_CLOSE)
 
 
 class Stats:
@@ -176,13 +173,7 @@ class BenchConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = tr = cast(asyncio.Transport, transport)
         host = self.setup.get("host", "localhost")
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET {self._driver.path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        tr.write(request.encode())
+        tr.write(wire.upgrade_request(self._driver.path, host=host))
 
     def data_received(self, data: bytes) -> None:
         if self.live and not self.checked:
@@ -266,20 +257,8 @@ class BenchConnection(asyncio.Protocol):
         end = len(buf)
         control: list[tuple[int, bytes]] = []
         heartbeat = self._driver.ping_payload
-        while end - pos >= 2:
-            b0 = buf[pos]
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                head = 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
+        while (header := wire.frame_head(buf, pos)) is not None:
+            b0, _, head, length = header
             stop = pos + head + length
             if stop > end:
                 break
@@ -297,9 +276,9 @@ class BenchConnection(asyncio.Protocol):
     def _on_control(self, control: list[tuple[int, bytes]]) -> None:
         driver = self._driver
         for opcode, payload in control:
-            if opcode == 0x9:
-                self.send_raw(client_frame(payload, 0xA))
-            elif opcode == 0x8:
+            if opcode == wire.OP_PING:
+                self.send_raw(client_frame(payload, wire.OP_PONG))
+            elif opcode == wire.OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 self.error = f"server closed: {code} {payload[2:].decode(errors='replace')}"
                 self.close()
@@ -410,19 +389,13 @@ class BenchConnection(asyncio.Protocol):
         driver = self._driver
         pos = 0
         while pos < end:
-            b0 = buf[pos]
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                head = 4
-            elif length == 127:
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
+            header = wire.frame_head(buf, pos)
+            assert header is not None  # _frames cut complete frames up to end
+            b0, _, head, length = header
             payload = buf[pos + head : pos + head + length]
             frame_end = pos + head + length
             opcode = b0 & 0x0F
-            if opcode in (0x1, 0x2):
+            if opcode in (wire.OP_TEXT, wire.OP_BINARY):
                 driver.on_setup_message(self, payload)
                 if self.live:
                     # Anything after the last setup message goes the live way.
