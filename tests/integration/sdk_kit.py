@@ -50,8 +50,14 @@ ENCODINGS = ("json", "protobuf")
 
 def data_of(value: Any) -> Any:
     """A payload as an app that sends JSON documents reads it: the JSON protocol hands
-    it over decoded, the Protobuf protocol as the bytes that were published."""
-    return json.loads(value) if isinstance(value, bytes) else value
+    it over decoded, the Protobuf protocol as the bytes that were published (bytes that
+    are no JSON document stay bytes)."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 async def next_event(queue: asyncio.Queue[T]) -> T:

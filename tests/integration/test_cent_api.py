@@ -8,6 +8,8 @@ sends, are posted with raw aiohttp.
 
 from __future__ import annotations
 
+import base64
+
 import cent
 import pytest
 from centrifuge import ClientState, SubscriptionState
@@ -334,3 +336,47 @@ async def test_disconnect_with_a_code_outside_3000_4999_is_answered_107_and_clos
         "message": "disconnect code must be 3000-4999",
     }
     assert alice.state is ClientState.CONNECTED
+
+
+async def test_b64data_reaches_a_protobuf_client_as_its_bytes(
+    server: Server, api: cent.AsyncClient
+) -> None:
+    phone_clients = SdkClients("protobuf")
+    try:
+        phone, _ = await phone_clients.connect(server.port)
+        _, events, _ = await subscribe(phone, "chat:binary")
+        payload = bytes(range(256))  # not JSON, not UTF-8
+
+        await api.publish(
+            cent.PublishRequest(channel="chat:binary", data=None, b64data=b64(payload))
+        )
+        await api.broadcast(
+            cent.BroadcastRequest(channels=["chat:binary"], data=None, b64data=b64(b"\x00\x01"))
+        )
+
+        received = await events.next_publications(2)
+    finally:
+        await phone_clients.close()
+    assert [p.data for p in received] == [payload, b"\x00\x01"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"channel": "chat:x", "data": {"a": 1}, "b64data": "AAE="},
+        {"channel": "chat:x", "b64data": "not base64!"},
+        {"channel": "chat:x"},
+    ],
+    ids=["both", "bad-base64", "neither"],
+)
+async def test_publish_needs_exactly_one_of_data_and_b64data(
+    server: Server, http: HttpApi, body: dict[str, object]
+) -> None:
+    status, answer = await http.post("publish", body)
+    assert status == 400
+    assert answer["error"]["code"] == ErrorCode.BAD_REQUEST.code
+    assert (await server.node.history("chat:x")).publications == []
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
