@@ -63,3 +63,12 @@ def test_the_wheel_offers_no_bench_extra(wheel: Wheel) -> None:
     extras = [ln for ln in wheel.metadata.splitlines() if ln.startswith("Provides-Extra:")]
     assert "Provides-Extra: redis" in extras
     assert [e for e in extras if "bench" in e] == []
+
+
+def test_the_testing_extra_brings_what_the_shipped_contract_suites_run_under(
+    wheel: Wheel,
+) -> None:
+    requires = [ln for ln in wheel.metadata.splitlines() if ln.startswith("Requires-Dist:")]
+    testing = [ln for ln in requires if 'extra == "testing"' in ln]
+    assert any(ln.startswith("Requires-Dist: pytest==") for ln in testing), requires
+    assert any(ln.startswith("Requires-Dist: pytest-asyncio==") for ln in testing), requires

@@ -19,6 +19,7 @@ from tether_bench.verdicts import (
     redis_share_clause,
     resilience_verdicts,
     rooms_workers_finding,
+    shown_command,
     typing_frames_note,
     typing_rounds_note,
     verdicts,
@@ -261,3 +262,11 @@ def test_one_run_per_worker_count_tells_no_count_apart() -> None:
     runs = {1: [300e3], 2: [500e3], 3: [510e3]}
     assert "Too few runs per worker count" in workers_fanout_verdict(runs)
     assert workers_noise_clause(runs) == "single runs ranged 300k to 510k/s"
+
+
+def test_commands_recorded_before_the_move_are_shown_as_typed_today() -> None:
+    assert shown_command("bench fanout -n 10") == "tether-bench run fanout -n 10"
+    assert shown_command(".venv/bin/tether bench rooms --json") == (
+        ".venv/bin/tether-bench run rooms --json"
+    )
+    assert shown_command("tether-bench run idle -n 5") == "tether-bench run idle -n 5"

@@ -40,6 +40,7 @@ from tether_bench.verdicts import (
     fmt,
     resilience_notes,
     resilience_verdicts,
+    shown_command,
     verdicts,
 )
 
@@ -718,7 +719,7 @@ def resilience_markdown(by: ByRow, meta: dict[str, Any]) -> list[str]:
     for scenario in RESILIENCE:
         r = by.get((scenario, "tether-resilience"))
         if r and r.get("command"):
-            w(("" if r["command"].startswith("tether") else "tether ") + r["command"])
+            w(shown_command(r["command"]))
     w("```")
     w("")
     w(

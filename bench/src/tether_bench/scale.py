@@ -80,6 +80,7 @@ from tether_bench.verdicts import (
     node_crash_finding,
     redis_share_clause,
     rooms_workers_finding,
+    shown_command,
     workers_fanout_verdict,
     workers_noise_clause,
 )
@@ -1089,7 +1090,7 @@ def _render_workers(part: dict[str, Any]) -> list[str]:
         )
         seen = []
         for r in runs:
-            cmd = re.sub(r":\d+", ":PORT", r.get("command", ""))
+            cmd = re.sub(r":\d+", ":PORT", shown_command(r.get("command", "")))
             cmd = re.sub(r"PORT/api", "HTTP_PORT/api", cmd)
             if cmd and cmd not in seen:
                 seen.append(cmd)
@@ -1140,7 +1141,7 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
                 f"{_load(r)} | {correctness(r)} |"
             )
         w("")
-        w(f"`{rooms[0].get('command', '')}` (and the same with `--rate 2000`)")
+        w(f"`{shown_command(rooms[0].get('command', ''))}` (and the same with `--rate 2000`)")
         w("")
     c = part.get("client_storm", {})
     if c:
@@ -1171,7 +1172,7 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
                 "The scenario's server-side counters (`connects_refused_server`, "
                 "`recovery_broker_reads`) come from `/metrics`, which through the balancer "
                 "answers for one node at a time, so they are left out here. "
-                f"`{c.get('command', '')}`"
+                f"`{shown_command(c.get('command', ''))}`"
             )
         w("")
     s = part.get("storm", {})
@@ -1298,7 +1299,7 @@ def _render_fifty(f: dict[str, Any]) -> list[str]:
     w("")
     w("```sh")
     w("tether serve --config scale.toml --workers 3")
-    cmd = re.sub(r":\d+", ":PORT", f.get("command", ""))
+    cmd = re.sub(r":\d+", ":PORT", shown_command(f.get("command", "")))
     w(re.sub(r"PORT/api", "HTTP_PORT/api", cmd))
     w("```")
     w("")

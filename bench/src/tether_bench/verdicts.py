@@ -33,6 +33,21 @@ def fmt(n: float | None, unit: str = "") -> str:
     return f"{n:g}{unit}"
 
 
+LEGACY_COMMANDS = (".venv/bin/tether bench ", "tether bench ", "bench ")
+"""How runs recorded before the bench left the product CLI name the load generator."""
+
+
+def shown_command(recorded: str) -> str:
+    """A recorded bench command as it is typed today. Runs recorded before the bench had
+    its own distribution say ``tether bench SCENARIO ...``: the same options now go to
+    ``tether-bench run SCENARIO ...``."""
+    for old in LEGACY_COMMANDS:
+        if recorded.startswith(old):
+            venv = ".venv/bin/" if old.startswith(".venv/") else ""
+            return f"{venv}tether-bench run {recorded[len(old) :]}"
+    return recorded
+
+
 def correctness(r: Mapping[str, Any]) -> str:
     """``losses / duplicates / order violations``, or ``error`` for a failed run."""
     if "error" in r:

@@ -17,7 +17,8 @@ For anyone who implements an extension point or tests an application against Tet
   ephemeral ports; :class:`WSClient` speaks to it over a real WebSocket.
 
 The names load on first use, so ``import tether.testing.wsclient`` does not need pytest;
-the contract suites do (``pytest`` and ``pytest-asyncio`` with ``asyncio_mode = "auto"``).
+the contract suites do (``pytest`` and ``pytest-asyncio`` with ``asyncio_mode = "auto"``;
+``pip install 'tether[testing]'`` brings both).
 See ``docs/reference/extension-points.md``.
 """
 
