@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from msgspec import Raw
+from test_ephemeral_windows import NeverOverflows
 
 from tether.core.hub import Hub
 from tether.core.lanes import Lane
@@ -68,19 +69,6 @@ class Recorder:
 
     def close(self, code: int, reason: str) -> None:
         raise AssertionError(f"closed {code} {reason}")
-
-
-class NeverOverflows:
-    """The owner of a queue that must never reach its bound here."""
-
-    def can_recover_standard(self) -> bool:
-        raise AssertionError("over the bound")
-
-    def resubscribe_standard(self) -> None:
-        raise AssertionError("shed")
-
-    def close_slow(self) -> None:
-        raise AssertionError("slow")
 
 
 class Subscriber(OutboundQueue):
