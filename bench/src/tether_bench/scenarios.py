@@ -166,7 +166,7 @@ class ServerMonitor:
     def __init__(self, pid: int) -> None:
         self.process: Any = None
         if pid:
-            import psutil  # only with --server-pid: `pip install -e bench`
+            import psutil  # a dependency of tether-bench, needed only with --server-pid
 
             self._psutil = psutil
             self.process = psutil.Process(pid)
