@@ -533,3 +533,47 @@ async def test_js_client_rebuilds_delta_publications_to_the_full_documents(
     [stats] = [e for e in events if e["event"] == "delta_stats"]
     assert (stats["numFullPayloads"], stats["numDeltaPayloads"]) == (1, 5)
     assert stats["bytesReceived"] * 3 < stats["bytesDecoded"]
+
+
+async def test_js_client_reads_history_since_a_position_and_in_reverse(api: Api, js: Spawn) -> None:
+    channel = "chat:since"
+    await publish_many(api, channel, range(1, 6))
+    client = await js("read", token=token("carol"), channel=channel, since="3")
+    by_name = {e["event"]: e for e in await client.finish()}
+
+    since = by_name["history_since"]
+    assert since["ok"] is True, client.describe()
+    assert [p["offset"] for p in since["publications"]] == [4, 5]
+    reverse = by_name["history_reverse"]
+    assert [p["data"] for p in reverse["publications"]] == [{"n": 5}, {"n": 4}]
+
+
+async def test_js_client_get_state_flow_with_a_zero_position_gets_what_was_published(
+    api: Api, js: Spawn
+) -> None:
+    # getState returns offset 0 and an empty epoch: the SDK subscribes with recover and
+    # the reject-unrecovered flag; an empty epoch means any epoch (Centrifugo v6).
+    channel = "chat:state"
+    await publish_many(api, channel, range(1, 4))
+    client = await js("subscribe", token=token("dora"), channel=channel, get_state="zero")
+    await client.expect("get_state")
+    subscribed = await client.expect("subscribed", channel=channel)
+    for _ in range(3):
+        await client.expect("publication", channel=channel)
+    events = await client.stop()
+
+    assert subscribed["recovered"] is True, client.describe()
+    assert offsets(events) == [1, 2, 3]
+    assert not [e for e in events if e["event"] == "sub_error"], client.describe()
+
+
+async def test_js_clients_see_each_other_join_and_leave(js: Spawn) -> None:
+    channel = "chat:joins"
+    watcher = await js("subscribe", token=token("erin"), channel=channel)
+    await watcher.expect("subscribed", channel=channel)
+    visitor = await js("subscribe", token=token("fred"), channel=channel)
+    await visitor.expect("subscribed", channel=channel)
+    await watcher.expect("join", channel=channel, user="fred")
+    await visitor.stop()
+    await watcher.expect("leave", channel=channel, user="fred")
+    await watcher.stop()

@@ -9,6 +9,8 @@ Recovery across reconnects is in ``test_python_sdk_recovery.py``.
 
 from __future__ import annotations
 
+import asyncio
+
 import cent
 import msgspec
 import pytest
@@ -18,9 +20,9 @@ from centrifuge import (
     SubscriptionState,
     SubscriptionUnsubscribedError,
 )
-from sdk_kit import HttpApi, SdkClients, SubEvents, data_of, next_event, subscribe
+from sdk_kit import WAIT, HttpApi, SdkClients, SubEvents, data_of, next_event, subscribe
 
-from tether.auth import mint_subscription_token
+from tether.auth import mint_connection_token, mint_subscription_token
 from tether.protocol.codes import ErrorCode
 from tether.server import Server
 from tether.testing.servers import OPEN, TEST_SECRET, make_config, running_server
@@ -200,3 +202,34 @@ async def test_private_channel_subscription_with_token_succeeds(
     assert pub.data == {"secret": 42}
     presence = await sub.presence()
     assert data_of(presence.clients[client.client_id].chan_info) == {"role": "me"}
+
+
+async def test_client_refreshes_its_expiring_token_and_stays_connected(
+    server: Server, sdk: SdkClients
+) -> None:
+    refreshed = asyncio.Event()
+    calls = 0
+
+    async def get_token() -> str:
+        nonlocal calls
+        calls += 1
+        if calls >= 2:
+            refreshed.set()
+        return mint_connection_token(TEST_SECRET, "alice", ttl=2)
+
+    client, events = await sdk.connect(
+        server.port, token=mint_connection_token(TEST_SECRET, "alice", ttl=2), get_token=get_token
+    )
+    first_expiry = server.node.clients[client.client_id].expire_at
+    assert first_expiry is not None
+
+    async with asyncio.timeout(WAIT):
+        # The SDK asks again only once its first refresh was answered: by then the
+        # connection lives past the first token's exp.
+        await refreshed.wait()
+
+    later_expiry = server.node.clients[client.client_id].expire_at
+    assert later_expiry is not None
+    assert later_expiry > first_expiry
+    assert events.disconnected.empty()
+    assert client.client_id in server.node.clients  # the same connection all along

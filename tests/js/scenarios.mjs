@@ -18,6 +18,10 @@
 //                      way: with Protobuf they travel as their UTF-8 bytes, and are decoded
 //                      back before they are reported, as an app sending JSON would do.
 //   TETHER_DELTA       "fossil": subscribe with delta compression
+//   TETHER_GET_STATE   "zero": subscribe with a getState callback that returns the zero
+//                      position (offset 0, empty epoch), as an app that has no state yet
+//   TETHER_SINCE       `read`: also read history since this offset (with the epoch of the
+//                      stream's top), forwards, and the newest two in reverse
 //
 // Output: one JSON object per line on stdout, {"event": NAME, ...}: what the SDK reported.
 // Input: one JSON object per line on stdin, from the test:
@@ -175,6 +179,12 @@ function newClient() {
 
 function newSubscription(c, name) {
   const options = env.TETHER_DELTA ? { delta: env.TETHER_DELTA } : {};
+  if (env.TETHER_GET_STATE === 'zero') {
+    options.getState = async () => {
+      emit('get_state');
+      return { offset: 0, epoch: '' };
+    };
+  }
   const sub = c.newSubscription(name, options);
   sub.on('subscribing', (ctx) =>
     emit('subscribing', { channel: ctx.channel, code: ctx.code, reason: ctx.reason }),
@@ -298,6 +308,18 @@ const scenarios = {
         epoch: result.epoch,
       };
     });
+    if (env.TETHER_SINCE) {
+      await attempt('history_since', async () => {
+        const top = await sub.history({ limit: 0 });
+        const since = { offset: Number(env.TETHER_SINCE), epoch: top.epoch };
+        const result = await sub.history({ limit: 100, since });
+        return { publications: result.publications.map(publicationFields) };
+      });
+      await attempt('history_reverse', async () => {
+        const result = await sub.history({ limit: 2, reverse: true });
+        return { publications: result.publications.map(publicationFields) };
+      });
+    }
     finish(0);
   },
 };
