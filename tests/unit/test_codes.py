@@ -21,6 +21,7 @@ from tether.protocol.codes import (
     ErrorCode,
     UnsubscribeCode,
     UnsubscribeInfo,
+    is_disconnect_code,
     should_reconnect,
 )
 
@@ -43,12 +44,14 @@ PROTOCOL_MD = Path(__file__).parents[2] / "docs" / "reference" / "protocol.md"
 def test_the_range_of_a_disconnect_code_decides_whether_the_client_reconnects(
     code: int, reconnect: bool
 ) -> None:
+    assert is_disconnect_code(code)
     assert should_reconnect(code) is reconnect
     assert DisconnectInfo(code, "why").reconnect is reconnect
 
 
 @pytest.mark.parametrize("code", [0, 1000, 1009, 2999, 5000, 65535])
 def test_a_code_outside_3000_4999_is_not_a_disconnect_code(code: int) -> None:
+    assert not is_disconnect_code(code)
     with pytest.raises(ValueError, match="3000-4999"):
         should_reconnect(code)
     with pytest.raises(ValueError, match="3000-4999"):

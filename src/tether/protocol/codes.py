@@ -43,6 +43,11 @@ _DISCONNECT_RANGES: Final = (
 )
 
 
+def is_disconnect_code(code: int) -> bool:
+    """Whether a server may close a connection with ``code`` (3000-4999)."""
+    return any(first <= code <= last for first, last, _ in _DISCONNECT_RANGES)
+
+
 def should_reconnect(code: int) -> bool:
     """Whether a client closed with disconnect ``code`` reconnects (the protocol's range
     rule, see the module docstring).

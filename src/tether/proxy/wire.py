@@ -20,11 +20,11 @@ from typing import TypeVar
 import msgspec
 from msgspec import Raw
 
+from tether.protocol.codes import is_disconnect_code
+
 ERROR_CODES = range(100, 2000)
 """Error codes a backend may send to a client: the protocol's 100-399 and the
 applications' 400-1999."""
-DISCONNECT_CODES = range(3000, 5000)
-"""Disconnect codes a backend may close a connection with (4000-4999 are the apps')."""
 
 
 class BadAnswer(ValueError):
@@ -179,7 +179,7 @@ def decode(body: bytes, result_type: type[R]) -> R | Error | Disconnect:
             raise BadAnswer(f"error code {answer.error.code} is not in 100-1999")
         return answer.error
     if answer.disconnect is not None:
-        if answer.disconnect.code not in DISCONNECT_CODES:
+        if not is_disconnect_code(answer.disconnect.code):
             raise BadAnswer(f"disconnect code {answer.disconnect.code} is not in 3000-4999")
         return answer.disconnect
     try:
