@@ -54,6 +54,14 @@ BREAKER_TRANSITIONS: dict[BreakerState, frozenset[BreakerState]] = {
 }
 
 
+def advance_breaker(name: str, current: BreakerState, new: BreakerState) -> BreakerState:
+    """Return ``new`` if :data:`BREAKER_TRANSITIONS` allows ``current -> new``; raise
+    InternalError otherwise (the breaker's own code asked for it: a bug)."""
+    if new not in BREAKER_TRANSITIONS[current]:
+        raise InternalError(f"breaker {name}: illegal {current.value} -> {new.value}")
+    return new
+
+
 class CircuitBreaker:
     """Opens after ``failure_threshold`` consecutive failures; probes after
     ``reset_timeout`` seconds. ``clock`` is monotonic seconds."""
@@ -81,10 +89,8 @@ class CircuitBreaker:
         self.rejected = 0
 
     def _move(self, new: BreakerState) -> None:
-        if new not in BREAKER_TRANSITIONS[self.state]:
-            raise InternalError(f"breaker {self.name}: illegal {self.state.value} -> {new.value}")
+        self.state = advance_breaker(self.name, self.state, new)
         log.warning("circuit breaker", name=self.name, state=new.value)
-        self.state = new
 
     @property
     def allows_calls(self) -> bool:

@@ -30,6 +30,7 @@ from tether.resilience import (
     BreakerState,
     CircuitBreaker,
     RetryBudget,
+    advance_breaker,
     call_with_retries,
 )
 from tether.testing.brokers import FaultyBroker
@@ -174,12 +175,8 @@ async def test_breaker_ignores_errors_that_are_not_the_dependencys_fault() -> No
     ],
 )
 def test_illegal_breaker_transition_raises(start: BreakerState, illegal: BreakerState) -> None:
-    breaker = CircuitBreaker("redis", clock=FakeClock())
-    breaker.state = start
-
-    with pytest.raises(InternalError, match="illegal"):
-        breaker._move(illegal)
-    assert breaker.state is start
+    with pytest.raises(InternalError, match="breaker redis: illegal"):
+        advance_breaker("redis", start, illegal)
 
 
 # -- RetryBudget and call_with_retries ------------------------------------------------------
