@@ -87,10 +87,13 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         self.rejected = 0
+        self.transitions = dict.fromkeys(BreakerState, 0)
+        """How many times the breaker entered each state (for /metrics)."""
 
     def _move(self, new: BreakerState) -> None:
         self.state = advance_breaker(self.name, self.state, new)
         log.warning("circuit breaker", name=self.name, state=new.value)
+        self.transitions[new] += 1
 
     @property
     def allows_calls(self) -> bool:

@@ -13,15 +13,28 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tether.server import Server
 from tether.testing.servers import make_config, running_server
 from tether_bench.redisserver import RedisServer, free_port
 
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("_sum", "_count"),
+}
+
 
 def exposed_metric_names(text: str) -> set[str]:
-    """Sample names of a /metrics text (histograms: the _bucket/_sum/_count series too)."""
-    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1].isalpha()}
+    """Every series name a /metrics text declares (a family with no sample yet too:
+    a counter as ``_total``, a histogram as ``_bucket``/``_sum``/``_count``)."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
 
 
 async def scrape(server: Server) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_kit import exposed_metric_names, scrape
+from ops_kit import exposed_metric_names, redis_nodes, scrape
 
-from tether.server import Server
+from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,12 @@ def test_dashboard_panels_have_unique_ids_and_queries() -> None:
             assert len(refs) == len(set(refs))
 
 
-async def test_every_dashboard_expression_names_metrics_a_node_exposes(server: Server) -> None:
-    exposed = exposed_metric_names(await scrape(server))
+async def test_every_dashboard_expression_names_metrics_a_node_exposes(
+    redis_server: RedisServer,
+) -> None:
+    # A node on Redis, so that the broker's series (breaker, call latency) exist.
+    async with redis_nodes(redis_server, "ops") as (node,):
+        exposed = exposed_metric_names(await scrape(node))
     dashboard = json.loads(DASHBOARD.read_text())
     seen: set[str] = set()
     for expr in _expressions(dashboard):
@@ -49,4 +53,10 @@ async def test_every_dashboard_expression_names_metrics_a_node_exposes(server: S
         assert names <= exposed, f"{expr!r} names {sorted(names - exposed)}, not exposed"
         seen |= names
     # The dashboard covers the saturation signal and the breaker-facing health gauge.
-    assert {"tether_saturation", "tether_saturation_part", "tether_broker_healthy"} <= seen
+    assert {
+        "tether_saturation",
+        "tether_saturation_part",
+        "tether_broker_healthy",
+        "tether_circuit_breaker_state",
+        "tether_broker_call_seconds_bucket",
+    } <= seen

@@ -15,9 +15,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from ops_kit import exposed_metric_names, scrape
+from ops_kit import exposed_metric_names, redis_nodes, scrape
 
-from tether.server import Server
+from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -150,8 +150,12 @@ def test_both_autoscalers_keep_the_same_floor_and_ceiling() -> None:
     assert metric["pods"]["target"]["averageValue"] == "600m"
 
 
-async def test_every_metric_the_autoscalers_read_is_exposed_by_a_node(server: Server) -> None:
-    exposed = exposed_metric_names(await scrape(server))
+async def test_every_metric_the_autoscalers_read_is_exposed_by_a_node(
+    redis_server: RedisServer,
+) -> None:
+    # A node on Redis, so that the broker's series (breaker, call latency) exist.
+    async with redis_nodes(redis_server, "ops") as (node,):
+        exposed = exposed_metric_names(await scrape(node))
     keda = _one("autoscale-keda.yaml", "ScaledObject")
     adapter = yaml.safe_load(_one("autoscale-hpa.yaml", "ConfigMap")["data"]["config.yaml"])
     hpa = _one("autoscale-hpa.yaml", "HorizontalPodAutoscaler")

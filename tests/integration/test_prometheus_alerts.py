@@ -1,5 +1,5 @@
 """A real Prometheus server scrapes a real node and evaluates the shipped alert rules: when
-the node's Redis stops, the broker alert fires. The rules are the file in
+the node's Redis stops, the broker and breaker alerts fire. The rules are the file in
 deploy/prometheus/ with every ``for:`` cut to a few seconds (the durations themselves are
 covered by `promtool test rules`, test_alert_rules.py); expressions and labels are as
 shipped."""
@@ -41,7 +41,9 @@ async def wait_for(prometheus: PrometheusServer, alert: str, state: str = "firin
     await poll_until(reached, within=60)
 
 
-async def test_the_broker_alert_fires_when_the_nodes_redis_stops(tmp_path: Path) -> None:
+async def test_the_broker_and_breaker_alerts_fire_when_the_nodes_redis_stops(
+    tmp_path: Path,
+) -> None:
     with RedisServer() as redis:
         config = make_config(broker="redis", redis_url=redis.url, redis_prefix=f"prom{os.getpid()}")
         async with running_server(config) as node:
@@ -67,13 +69,17 @@ async def test_the_broker_alert_fires_when_the_nodes_redis_stops(tmp_path: Path)
                         ) as resp:
                             assert resp.status == 503
                 await wait_for(prometheus, "TetherBrokerUnhealthy")
+                await wait_for(prometheus, "TetherBreakerOpen")
                 await wait_for(prometheus, "TetherNodeNotReady")
                 assert await prometheus.value("tether_broker_healthy") == 0
+                opened = 'tether_circuit_breaker_transitions_total{state="open"}'
+                assert (await prometheus.value(opened) or 0) >= 1
 
                 # Redis back: the node resyncs, the alerts resolve.
                 await asyncio.to_thread(redis.start)
 
                 async def resolved() -> bool:
-                    return "TetherBrokerUnhealthy" not in await prometheus.alerts()
+                    firing = await prometheus.alerts()
+                    return not {"TetherBrokerUnhealthy", "TetherBreakerOpen"} & set(firing)
 
                 await poll_until(resolved, within=60)

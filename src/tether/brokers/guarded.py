@@ -13,11 +13,21 @@ While the breaker is open every call fails at once with BrokerUnavailable and
 When the inner broker reconnects and asks for a resync, the breaker closes first: the
 reconnect proved the server answers, and the resync sends every client to resubscribe,
 which must not meet a breaker still waiting out its ``reset_timeout``.
+
+Every call that reaches the inner broker is timed into :attr:`GuardedBroker.latency`
+(``tether_broker_call_seconds`` on ``/metrics``), by operation and outcome: ``ok`` when
+the broker answered (an unrecoverable position is an answer), ``error`` when it raised
+BrokerUnavailable. Calls an open breaker refused never reach it and are not timed (the
+breaker counts them).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
+from typing import TypeVar
+
+from prometheus_client import Histogram
 
 from tether.brokers.base import (
     Broker,
@@ -27,8 +37,32 @@ from tether.brokers.base import (
     PublishResult,
     StreamPosition,
 )
+from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
 from tether.resilience import CircuitBreaker, RetryBudget, call_with_retries
+
+T = TypeVar("T")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Seconds: a Redis round trip on a LAN is ~0.2-1 ms; past the breaker's failure the
+client's own timeout (seconds) ends the call."""
+
+
+BROKER_CALL_DOC = (
+    "Duration of broker calls that reached the broker, by breaker, operation, outcome."
+)
+
+
+def latency_histogram() -> Histogram:
+    """An unregistered histogram of broker call durations (the node's /metrics collects
+    every guard's into one family)."""
+    return Histogram(
+        "tether_broker_call_seconds",
+        BROKER_CALL_DOC,
+        ["breaker", "op", "outcome"],
+        registry=None,
+        buckets=LATENCY_BUCKETS,
+    )
 
 
 class GuardedBroker:
@@ -44,6 +78,21 @@ class GuardedBroker:
         self.inner = inner
         self.breaker = breaker or CircuitBreaker("broker")
         self.budget = budget or RetryBudget()
+        self.latency = latency_histogram()
+
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await call
+        except UnrecoverablePosition:
+            raise  # the broker answered: "ok"
+        except BrokerUnavailable:
+            outcome = "error"
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            self.latency.labels(self.breaker.name, op, outcome).observe(elapsed)
 
     @property
     def healthy(self) -> bool:
@@ -56,27 +105,31 @@ class GuardedBroker:
         await self.inner.close()
 
     async def subscribe(self, channel: str) -> None:
-        await self.breaker.call(lambda: self.inner.subscribe(channel))
+        await self.breaker.call(lambda: self._timed("subscribe", self.inner.subscribe(channel)))
 
     async def unsubscribe(self, channel: str) -> None:
         # Not through the breaker: giving up interest must never be refused.
-        await self.inner.unsubscribe(channel)
+        await self._timed("unsubscribe", self.inner.unsubscribe(channel))
 
     async def publish(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> PublishResult:
         def once() -> Awaitable[PublishResult]:
-            return self.breaker.call(lambda: self.inner.publish(channel, publication, options))
+            return self.breaker.call(
+                lambda: self._timed("publish", self.inner.publish(channel, publication, options))
+            )
 
         if options.idempotency_key:
             return await call_with_retries(once, budget=self.budget)
         return await once()
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self.breaker.call(lambda: self.inner.publish_join(channel, info))
+        await self.breaker.call(lambda: self._timed("join", self.inner.publish_join(channel, info)))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self.breaker.call(lambda: self.inner.publish_leave(channel, info))
+        await self.breaker.call(
+            lambda: self._timed("leave", self.inner.publish_leave(channel, info))
+        )
 
     async def history(
         self,
@@ -88,17 +141,23 @@ class GuardedBroker:
     ) -> HistoryPage:
         return await call_with_retries(
             lambda: self.breaker.call(
-                lambda: self.inner.history(channel, since=since, limit=limit, reverse=reverse)
+                lambda: self._timed(
+                    "history",
+                    self.inner.history(channel, since=since, limit=limit, reverse=reverse),
+                )
             ),
             budget=self.budget,
         )
 
     async def remove_history(self, channel: str) -> None:
-        await self.breaker.call(lambda: self.inner.remove_history(channel))
+        await self.breaker.call(
+            lambda: self._timed("remove_history", self.inner.remove_history(channel))
+        )
 
     async def channels(self) -> set[str]:
         return await call_with_retries(
-            lambda: self.breaker.call(self.inner.channels), budget=self.budget
+            lambda: self.breaker.call(lambda: self._timed("channels", self.inner.channels())),
+            budget=self.budget,
         )
 
 

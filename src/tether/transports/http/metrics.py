@@ -12,13 +12,18 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from tether import saturation
 from tether.brokers.base import Broker
-from tether.brokers.guarded import GuardedBroker
+from tether.brokers.guarded import BROKER_CALL_DOC, GuardedBroker
 from tether.brokers.sharded import ShardedBroker
 from tether.core.node import Node
 from tether.resilience import BreakerState
@@ -145,13 +150,28 @@ def _guard_metrics(guards: list[GuardedBroker]) -> Iterator[Metric]:
         "Broker calls refused at once by an open (or probing) circuit breaker.",
         labels=["breaker"],
     )
+    transitions = CounterMetricFamily(
+        "tether_circuit_breaker_transitions",
+        "Times each broker circuit breaker entered each state.",
+        labels=["breaker", "state"],
+    )
+    latency: Metric | None = None  # one family, every guard's samples
     for guard in guards:
         breaker = guard.breaker
         for each in BreakerState:
             state.add_metric([breaker.name, each.value], float(breaker.state is each))
+            transitions.add_metric([breaker.name, each.value], breaker.transitions[each])
         rejected.add_metric([breaker.name], breaker.rejected)
+        for metric in guard.latency.collect():
+            if latency is None:
+                latency = metric
+            else:
+                latency.samples.extend(metric.samples)
     yield state
     yield rejected
+    yield transitions
+    # The family is there without a guard too (the memory broker), like the others.
+    yield latency or HistogramMetricFamily("tether_broker_call_seconds", BROKER_CALL_DOC)
     budgets = list({id(guard.budget): guard.budget for guard in guards}.values())
     yield CounterMetricFamily(
         "tether_broker_retries",
