@@ -59,10 +59,10 @@ class Subscriber(OutboundQueue):
         self.wire_format = JSON_LINES
 
 
-def setup(subscribers: int = 3) -> tuple[Hub, FakeLoop, list[Subscriber]]:
+def setup(subscribers: int = 3) -> tuple[Hub[Subscriber], FakeLoop, list[Subscriber]]:
     loop = FakeLoop()
     stats = QueueStats()
-    hub = Hub(stats)
+    hub: Hub[Subscriber] = Hub(stats)
     flusher = Flusher(loop.call_soon)
     flusher.on_tick_end(hub.end_tick)
     cadence = Cadence(
@@ -78,12 +78,12 @@ def setup(subscribers: int = 3) -> tuple[Hub, FakeLoop, list[Subscriber]]:
     subs = [Subscriber(limits) for _ in range(subscribers)]
     for sub in subs:
         for channel, lane in ((CHANNEL, Lane.EPHEMERAL), ("chat:room", Lane.CRITICAL)):
-            hub.add_pending(channel, sub)  # type: ignore[arg-type]
-            hub.go_live(channel, sub, after_offset=0, lane=lane)  # type: ignore[arg-type]
+            hub.add_pending(channel, sub)
+            hub.go_live(channel, sub, after_offset=0, lane=lane)
     return hub, loop, subs
 
 
-def typing(hub: Hub, user: str, n: int) -> None:
+def typing(hub: Hub[Subscriber], user: str, n: int) -> None:
     publication = Publication(data=Raw(f'"{user}{n}"'.encode()))
     hub.broadcast_publication(CHANNEL, publication, Lane.EPHEMERAL, key=user)
 
@@ -151,9 +151,9 @@ def test_a_subscriber_that_goes_live_during_a_window_gets_each_frame_once() -> N
     typing(hub, "ann", 0)
     loop.settle()
     newcomer = Subscriber(subs[0].limits)
-    hub.add_pending(CHANNEL, newcomer)  # type: ignore[arg-type]
+    hub.add_pending(CHANNEL, newcomer)
     typing(hub, "bob", 1)  # buffered for the newcomer, and in the open window
-    hub.go_live(CHANNEL, newcomer, after_offset=0, lane=Lane.EPHEMERAL)  # type: ignore[arg-type]
+    hub.go_live(CHANNEL, newcomer, after_offset=0, lane=Lane.EPHEMERAL)
     loop.advance(WINDOW)
     assert sent(newcomer) == ["bob1"]
     assert sent(subs[0]) == ["ann0", "bob1"]

@@ -37,10 +37,8 @@ class Doc:
 
     def subscriber(self, *, delta: bool) -> Subscriber:
         sub = Subscriber(self.setup.limits, JSON_LINES)
-        self.setup.hub.add_pending(CHANNEL, sub, delta=delta)  # type: ignore[arg-type]
-        self.setup.hub.go_live(  # type: ignore[arg-type]
-            CHANNEL, sub, after_offset=0, lane=Lane.STANDARD, delta=delta
-        )
+        self.setup.hub.add_pending(CHANNEL, sub, delta=delta)
+        self.setup.hub.go_live(CHANNEL, sub, after_offset=0, lane=Lane.STANDARD, delta=delta)
         return sub
 
     def publish(self, data: bytes, offset: int, *, delta: bool = True) -> None:

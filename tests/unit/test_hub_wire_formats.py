@@ -88,7 +88,7 @@ class Setup:
     def __init__(self) -> None:
         self.loop = FakeLoop()
         stats = QueueStats()
-        self.hub = Hub(stats)
+        self.hub: Hub[Subscriber] = Hub(stats)
         flusher = Flusher(self.loop.call_soon)
         flusher.on_tick_end(self.hub.end_tick)
         cadence = Cadence(
@@ -111,8 +111,8 @@ class Setup:
 
     def subscriber(self, wire_format: WireFormat, channel: str, lane: Lane) -> Subscriber:
         sub = Subscriber(self.limits, wire_format)
-        self.hub.add_pending(channel, sub)  # type: ignore[arg-type]
-        self.hub.go_live(channel, sub, after_offset=0, lane=lane)  # type: ignore[arg-type]
+        self.hub.add_pending(channel, sub)
+        self.hub.go_live(channel, sub, after_offset=0, lane=lane)
         return sub
 
     def mixed(self, channel: str, lane: Lane) -> tuple[list[Subscriber], list[Subscriber]]:
@@ -193,10 +193,10 @@ def test_a_pending_subscriber_of_another_encoding_gets_the_buffered_frame_in_its
     s = Setup()
     [live] = [s.subscriber(s.format_a, CHAT, Lane.CRITICAL)]
     newcomer = Subscriber(s.limits, s.format_b)
-    s.hub.add_pending(CHAT, newcomer)  # type: ignore[arg-type]
+    s.hub.add_pending(CHAT, newcomer)
     s.publish(CHAT, "before", Lane.CRITICAL, offset=1)  # live for A, buffered for B
     s.publish(CHAT, "recovered", Lane.CRITICAL, offset=2)
-    s.hub.go_live(CHAT, newcomer, after_offset=1, lane=Lane.CRITICAL)  # type: ignore[arg-type]
+    s.hub.go_live(CHAT, newcomer, after_offset=1, lane=Lane.CRITICAL)
     s.loop.settle()
     assert [data(f) for f in live.frames()] == ["before", "recovered"]
     assert [(f[:1], data(f)) for f in newcomer.frames()] == [(b"B", "recovered")]
@@ -217,11 +217,11 @@ def test_when_the_last_subscriber_of_an_encoding_leaves_it_is_no_longer_encoded(
     s = Setup()
     in_a, in_b = s.mixed(CHAT, Lane.STANDARD)
     for sub in in_b:
-        assert not s.hub.remove(CHAT, sub)  # type: ignore[arg-type]
+        assert not s.hub.remove(CHAT, sub)
     s.publish(CHAT, "hello", Lane.STANDARD, offset=1)
     s.loop.settle()
     assert (s.a.publications, s.b.publications) == (1, 0)
     assert s.hub.channels() == {CHAT: 3}
     for sub in in_a:
-        s.hub.remove(CHAT, sub)  # type: ignore[arg-type]
+        s.hub.remove(CHAT, sub)
     assert not s.hub.has_local(CHAT)

@@ -15,7 +15,6 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -24,7 +23,8 @@ import structlog
 from tether import __version__
 from tether.auth import verify_connection_token, verify_subscription_token
 from tether.config import NamespaceConfig
-from tether.core.lanes import Lane, may_shed_standard
+from tether.core.channels import Subscription
+from tether.core.lanes import may_shed_standard
 from tether.core.outbound import OutboundQueue
 from tether.errors import (
     BrokerUnavailable,
@@ -66,10 +66,8 @@ from tether.protocol.messages import (
 from tether.protocol.session import (
     ConnectionState,
     SubscriptionEvent,
-    SubscriptionState,
     advance,
     check_command_allowed,
-    next_subscription_state,
 )
 
 if TYPE_CHECKING:
@@ -77,41 +75,6 @@ if TYPE_CHECKING:
     from tether.core.transport import ClientTransport, WireFormat
 
 log = structlog.get_logger("tether.client")
-
-# Subscribe flag bits of the protocol (SubscribeRequest.flag).
-FLAG_REJECT_UNRECOVERED = 2
-
-
-@dataclass(slots=True)
-class Subscription:
-    """One channel of one connection. Its life is the table in
-    :mod:`tether.protocol.session`: PENDING (in the hub, buffering, while its stream is
-    read) -> LIVE (reply sent) -> GONE."""
-
-    channel: str
-    namespace: NamespaceConfig
-    info: ClientInfo
-    expire_at: float | None = None
-    state: SubscriptionState = SubscriptionState.PENDING
-    server_side: bool = False
-    """Made by the server (token ``channels`` claim, API subscribe), not by the client."""
-    joined: bool = False
-    """A join was published for it, so leaving publishes a leave."""
-    delta: bool = False
-    """It negotiated delta compression (``delta: "fossil"``, allowed by the namespace)."""
-
-    def on(self, event: SubscriptionEvent) -> None:
-        """Move on by ``event``; raises LocalProtocolError if the table forbids it."""
-        self.state = next_subscription_state(self.state, event)
-
-    @property
-    def live(self) -> bool:
-        return self.state is SubscriptionState.LIVE
-
-
-def _resubscribable(sub: Subscription) -> bool:
-    """The client can resubscribe it and recover what it missed."""
-    return not sub.server_side and sub.namespace.recover
 
 
 class Client(OutboundQueue):
@@ -193,12 +156,10 @@ class Client(OutboundQueue):
         client's own with recovery. After a shed each standard subscription gets an
         ``unsubscribe`` push 2500 and the SDK resubscribes from its position, recovering
         exactly what was dropped."""
-        return may_shed_standard(
-            (Lane.named(s.namespace.lane), _resubscribable(s)) for s in self.subs.values() if s.live
-        )
+        return may_shed_standard((s.lane, s.resubscribable) for s in self.subs.values() if s.live)
 
     def _standard_subs(self) -> list[Subscription]:
-        return [s for s in self.subs.values() if s.live and Lane.named(s.namespace.lane).sheddable]
+        return [s for s in self.subs.values() if s.live and s.lane.sheddable]
 
     def resubscribe_standard(self) -> None:
         """The tick after a shed: every live standard subscription is resubscribed (2500),
@@ -207,7 +168,7 @@ class Client(OutboundQueue):
         if self.state is ConnectionState.CLOSED:
             return
         subs = self._standard_subs()
-        if not all(_resubscribable(sub) for sub in subs):
+        if not all(sub.resubscribable for sub in subs):
             self.close(DisconnectCode.SLOW)
             return
         for sub in subs:
@@ -531,9 +492,7 @@ class Client(OutboundQueue):
         sub = self.subs.get(channel)
         if sub is None or self.state is ConnectionState.CLOSED:
             return
-        sub.on(SubscriptionEvent.REPLIED)
-        lane = Lane.named(sub.namespace.lane)
-        self.node.hub.go_live(channel, self, after_offset=after_offset, lane=lane, delta=sub.delta)
+        self.node.channels.go_live(self, sub, after_offset)
 
     def resubscribe(self, channel: str) -> None:
         """Leave ``channel`` and tell the client to subscribe again from its position

@@ -33,19 +33,27 @@ audience enqueues per member instead of sharing a tick batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from tether.core.lanes import Lane
-from tether.core.outbound import EphemeralBatch, QueueStats
+from tether.core.outbound import EphemeralBatch, QueueStats, Subscriber
 from tether.core.transport import WireFormat
 from tether.protocol.fossil import create_delta
 from tether.protocol.messages import Publication, Push
 
-if TYPE_CHECKING:
-    from tether.core.client import Client
+
+class Member(Subscriber, Protocol):
+    """A local subscriber as the hub sees it: the subscriber side of an outbound queue
+    (:class:`~tether.core.outbound.Subscriber`), speaking one wire format."""
+
+    @property
+    def wire_format(self) -> WireFormat: ...
 
 
-class _Audience:
+M = TypeVar("M", bound=Member)
+
+
+class _Audience(Generic[M]):
     """The live subscribers of one channel that speak one wire format, and what they share
     right now: this tick's batch of frames and the open ephemeral window."""
 
@@ -55,10 +63,10 @@ class _Audience:
         self.wire_format = wire_format
         self.delta = delta
         """Its members negotiated delta compression."""
-        self.fresh: set[Client] = set()
+        self.fresh: set[M] = set()
         """Delta members that have had no publication since they went live: the next one
         they get is full (the SDK has no base to apply a delta to)."""
-        self.members: dict[Client, None] = {}
+        self.members: dict[M, None] = {}
         self.batch: list[bytes] | None = None
         """This tick's frames, one list shared by every member (None: no open batch)."""
         self.window: dict[Hashable, bytes] | None = None
@@ -122,7 +130,11 @@ class _PublicationFrames:
         return self._deltas[wire_format]
 
 
-class Hub:
+class Hub(Generic[M]):
+    """Channel -> local subscribers (members of type ``M``), and the fan-out (see the
+    module docstring). It calls nothing of a member but its queue's subscriber side and
+    its wire format."""
+
     __slots__ = (
         "_batched",
         "_live",
@@ -140,16 +152,16 @@ class Hub:
         self.stats = stats if stats is not None else QueueStats()
         """Shared with every client's queue (coalesced / dropped ephemeral frames)."""
         # channel -> (wire format, delta) -> its live subscribers
-        self._live: dict[str, dict[_AudienceKey, _Audience]] = {}
-        self._pending: dict[str, dict[Client, list[tuple[int, bytes, Hashable]]]] = {}
-        self._pending_delta: dict[str, set[Client]] = {}
+        self._live: dict[str, dict[_AudienceKey, _Audience[M]]] = {}
+        self._pending: dict[str, dict[M, list[tuple[int, bytes, Hashable]]]] = {}
+        self._pending_delta: dict[str, set[M]] = {}
         """Pending subscribers that negotiated delta (they buffer full delta-form frames)."""
         self._previous: dict[str, Publication] = {}
         """Channel -> its latest publication, kept while it has delta subscribers: the base
         of the next delta."""
-        self._batched: list[_Audience] = []
+        self._batched: list[_Audience[M]] = []
         """Audiences with an open tick batch (closed by :meth:`end_tick`)."""
-        self._windowed: list[_Audience] = []
+        self._windowed: list[_Audience[M]] = []
         """Audiences with an open ephemeral window (closed by :meth:`flush_ephemeral`)."""
         self._request_ephemeral_flush: Callable[[], object] = self.flush_ephemeral
         self.publications = 0
@@ -165,7 +177,7 @@ class Hub:
     def has_local(self, channel: str) -> bool:
         return channel in self._live or channel in self._pending
 
-    def add_pending(self, channel: str, client: Client, *, delta: bool = False) -> bool:
+    def add_pending(self, channel: str, client: M, *, delta: bool = False) -> bool:
         """Start buffering ``channel`` for ``client`` (in its ``wire_format``; ``delta``:
         it negotiated delta compression). True if it is the channel's first local
         subscriber (the node must then subscribe the broker)."""
@@ -176,7 +188,7 @@ class Hub:
         return first
 
     def go_live(
-        self, channel: str, client: Client, *, after_offset: int, lane: Lane, delta: bool = False
+        self, channel: str, client: M, *, after_offset: int, lane: Lane, delta: bool = False
     ) -> None:
         """Move ``client`` from pending to live, first enqueuing what was buffered with an
         offset above ``after_offset`` (publications of channels without history, offset 0,
@@ -206,7 +218,7 @@ class Hub:
         audience.batch = None
         audience.members[client] = None
 
-    def remove(self, channel: str, client: Client) -> bool:
+    def remove(self, channel: str, client: M) -> bool:
         """Forget ``client`` on ``channel``. True if no local subscriber is left."""
         audiences = self._live.get(channel)
         if audiences is not None:
@@ -230,7 +242,7 @@ class Hub:
             self._previous.pop(channel, None)
         return gone
 
-    def _forget_pending_delta(self, channel: str, client: Client) -> None:
+    def _forget_pending_delta(self, channel: str, client: M) -> None:
         waiting = self._pending_delta.get(channel)
         if waiting is not None:
             waiting.discard(client)
@@ -244,7 +256,7 @@ class Hub:
             out[ch] = out.get(ch, 0) + len(m)
         return out
 
-    def subscribers(self, channel: str) -> list[Client]:
+    def subscribers(self, channel: str) -> list[M]:
         live = [c for a in self._live.get(channel, {}).values() for c in a.members]
         return [*live, *self._pending.get(channel, ())]
 
@@ -354,7 +366,7 @@ class Hub:
 
     def _deliver_delta(
         self,
-        audience: _Audience,
+        audience: _Audience[M],
         frames: _PublicationFrames,
         lane: Lane,
         key: Hashable,
@@ -377,7 +389,7 @@ class Hub:
         fresh.clear()
 
     def _add_to_window(
-        self, audience: _Audience, frame: bytes, key: Hashable, subscribers: int
+        self, audience: _Audience[M], frame: bytes, key: Hashable, subscribers: int
     ) -> None:
         opened = not self._windowed
         window = audience.window
@@ -415,7 +427,7 @@ def _frame(wire_format: WireFormat, channel: str, message: Publication | Push) -
     return wire_format.frame(codec.encode_push(message))
 
 
-def _enqueue(client: Client, frame: bytes, lane: Lane, key: Hashable) -> None:
+def _enqueue(client: Subscriber, frame: bytes, lane: Lane, key: Hashable) -> None:
     if lane.urgent:
         client.enqueue_urgent(frame)
     elif lane.coalesced:

@@ -14,18 +14,18 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import msgspec
 import structlog
 
 from tether import __version__
-from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishResult, StreamPosition
+from tether.brokers.base import Broker, PresenceStore, PublishResult
 from tether.config import Config, NamespaceConfig
 from tether.core.admission import Admission
-from tether.core.client import FLAG_REJECT_UNRECOVERED, Client, Subscription
+from tether.core.channels import Channels, Subscription
+from tether.core.client import Client
 from tether.core.hub import Hub
-from tether.core.lanes import Lane, LaneGate
+from tether.core.lanes import LaneGate
 from tether.core.outbound import OverflowPolicy, QueueLimits
-from tether.core.recovery import RecoveryCache, recover
+from tether.core.recovery import RecoveryCache
 from tether.core.registry import Registry
 from tether.core.transport import (
     Cadence,
@@ -34,14 +34,11 @@ from tether.core.transport import (
     TransportLimits,
     WireFormat,
 )
-from tether.errors import BrokerUnavailable, ClientError
-from tether.protocol.channels import check_channel_name, namespace_of
-from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
+from tether.errors import BrokerUnavailable
+from tether.protocol.codes import DisconnectCode, DisconnectInfo, UnsubscribeCode
 from tether.protocol.messages import (
     ClientInfo,
     HistoryResult,
-    Join,
-    Leave,
     PresenceResult,
     PresenceStatsResult,
     Publication,
@@ -55,9 +52,6 @@ from tether.protocol.messages import StreamPosition as WirePosition
 from tether.protocol.session import ConnectionState, SubscriptionEvent
 
 log = structlog.get_logger("tether.node")
-
-COALESCE_TAG = "coalesce_key"
-"""Publication tag carrying an ephemeral publication's coalescing key."""
 
 
 class Node:
@@ -74,7 +68,7 @@ class Node:
         self.presence_store = presence
         self.clock = clock
         self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.hub = Hub()
+        self.hub: Hub[Client] = Hub()
         self.recovery = RecoveryCache(broker, clock)
         self.registry: Registry[Client] = Registry(
             ping_interval=config.ping_interval,
@@ -95,12 +89,12 @@ class Node:
             max_per_ip=config.max_connections_per_ip,
             clock=clock,
         )
-        self.lanes = LaneGate(config.lane_publish_limits)
-        """Publishes in flight per lane; ``lanes.shed``: refused because it was full."""
+        self.channels: Channels[Client] = Channels(
+            config, broker, presence, self.hub, self.recovery, self.spawn
+        )
+        """The channel operations (namespaces, join/leave, recovery, publish, history,
+        presence) the client sessions and the server API share."""
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._subscribing: dict[str, asyncio.Future[None]] = {}
-        self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
-        """(channel, client id) -> the task finishing that subscription's leave."""
         self.closing = False
         self.started = False
         self._transport_limits = TransportLimits(
@@ -267,151 +261,40 @@ class Node:
         failed round is logged and retried next interval (entries may lapse meanwhile)."""
         while True:
             await asyncio.sleep(interval)
+            entries = (
+                (client.id, sub)
+                for client in list(self.clients.values())
+                for sub in list(client.subs.values())
+                if client.state is ConnectionState.CONNECTED
+            )
             try:
-                for client in list(self.clients.values()):
-                    for sub in list(client.subs.values()):
-                        if sub.namespace.presence and client.state is ConnectionState.CONNECTED:
-                            await self.presence_store.add(sub.channel, client.id, sub.info)
+                await self.channels.refresh_presence(entries)
             except BrokerUnavailable as exc:
                 log.warning("presence refresh failed", error=str(exc))
 
-    # -- channels ---------------------------------------------------------------------
+    # -- channels (the client sessions' way to them, until they hold Channels) --------
 
     def namespace(self, channel: str) -> NamespaceConfig:
-        """Options of the channel's namespace. Raises ClientError (102, 107)."""
-        check_channel_name(channel, max_length=self.config.max_channel_length)
-        ns = self.config.namespace(namespace_of(channel))
-        if ns is None:
-            raise ClientError(ErrorCode.UNKNOWN_CHANNEL)
-        return ns
-
-    async def _ensure_broker_subscribed(self, channel: str, first: bool) -> None:
-        if first:
-            waiter = self.loop.create_future()
-            self._subscribing[channel] = waiter
-            try:
-                await self.broker.subscribe(channel)
-            finally:
-                del self._subscribing[channel]
-                waiter.set_result(None)
-        elif channel in self._subscribing:
-            # Another subscriber is making the broker subscription: reading the stream
-            # before it is active could miss a publication.
-            await asyncio.shield(self._subscribing[channel])
+        return self.channels.namespace(channel)
 
     async def join_channel(
         self, client: Client, sub: Subscription, request: SubscribeRequest
     ) -> tuple[SubscribeResult, int]:
-        """Join ``client`` to ``sub.channel`` as pending and build its subscribe result.
-
-        Returns the result and the offset it brings the client to. The caller sends the
-        result, then makes the subscription live with :meth:`Hub.go_live`.
-        """
-        channel, ns = sub.channel, sub.namespace
-        # Delta compression: granted when the namespace allows the type asked for; any
-        # other request subscribes without it (the SDK then applies no delta).
-        sub.delta = bool(request.delta) and request.delta in ns.allowed_delta_types
-        first = self.hub.add_pending(channel, client, delta=sub.delta)
-        leaving = self._leaving.get((channel, client.id))
-        if leaving is not None:
-            # The same client left this channel a moment ago: its presence remove and
-            # leave push must land before this join's add and join push, or the late
-            # remove deletes the new entry and the old leave follows the new join.
-            await asyncio.wait([leaving])
-        await self._ensure_broker_subscribed(channel, first)
-        has_history = ns.history_size > 0
-        recoverable = has_history and (ns.recover or request.recoverable)
-        positioned = has_history and (recoverable or request.positioned)
-        result = SubscribeResult()
-        after = 0
-        if positioned:
-            if recoverable and request.recover:
-                since = StreamPosition(request.offset, request.epoch)
-                pubs, position, recovered = await recover(
-                    self.recovery,
-                    channel,
-                    since,
-                    cap=self.config.recovery_max_publications,
-                    size=ns.history_size,
-                    ttl=ns.history_ttl,
-                )
-                if not recovered and request.flag & FLAG_REJECT_UNRECOVERED:
-                    raise ClientError(ErrorCode.UNRECOVERABLE_POSITION)
-                if sub.delta:  # recovered publications are full, in the delta form
-                    codec = client.wire_format.codec
-                    pubs = [codec.delta_publication(p, None) for p in pubs]
-                result.publications = pubs
-                result.recovered = recovered
-                result.was_recovering = True
-            else:
-                position = (await self.broker.history(channel, limit=0)).position
-            result.recoverable = recoverable
-            result.positioned = positioned
-            result.offset, result.epoch = position.offset, position.epoch
-            after = position.offset
-        result.delta = sub.delta
-        if ns.presence:
-            await self.presence_store.add(channel, client.id, sub.info)
-        if ns.join_leave:
-            await self.broker.publish_join(channel, sub.info)
-            sub.joined = True
-        return result, after
+        return await self.channels.join(client, sub, request)
 
     def leave_channel(self, client: Client, sub: Subscription) -> None:
-        """Remove ``client`` from the channel now; presence, leave push and broker
-        unsubscribe follow in a node-owned task."""
-        self.hub.remove(sub.channel, client)
-        key = (sub.channel, client.id)
-        task = self.spawn(self._after_leave(sub, client.id), "leave")
-        self._leaving[key] = task
-        task.add_done_callback(lambda done: self._leave_done(key, done))
-
-    def _leave_done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
-        if self._leaving.get(key) is task:
-            del self._leaving[key]
-
-    async def _after_leave(self, sub: Subscription, client_id: str) -> None:
-        channel, ns = sub.channel, sub.namespace
-        try:
-            if ns.presence:
-                await self.presence_store.remove(channel, client_id)
-            if sub.joined:  # never a leave for a subscribe that failed before its join
-                await self.broker.publish_leave(channel, sub.info)
-        except BrokerUnavailable as exc:
-            # Expected while the broker is away (no traceback: a storm of them would starve
-            # the loop). The presence entry lapses after presence_ttl, since nobody
-            # refreshes it; the leave push is lost (pushes are not recoverable). The broker
-            # unsubscribe below must still happen.
-            log.warning("leave not propagated", channel=channel, error=str(exc))
-        # Checked right before the call (same tick): a subscriber that arrived meanwhile
-        # keeps the broker subscription.
-        if not self.hub.has_local(channel):
-            self.recovery.drop(channel)
-            await self.broker.unsubscribe(channel)
+        self.channels.leave(client, sub)
 
     # -- broker events (BrokerEventHandler) -------------------------------------------
 
-    def _lane(self, channel: str) -> Lane:
-        ns = self.config.namespace(namespace_of(channel))
-        return Lane.named(ns.lane) if ns is not None else Lane.STANDARD
-
     def on_publication(self, channel: str, publication: Publication) -> None:
-        self.recovery.on_publication(channel, publication)
-        ns = self.config.namespace(namespace_of(channel))
-        lane = Lane.named(ns.lane) if ns is not None else Lane.STANDARD
-        key = None
-        if lane.coalesced and publication.tags:
-            key = publication.tags.get(COALESCE_TAG)
-        delta = ns is not None and ns.delta_publish
-        self.hub.broadcast_publication(channel, publication, lane, key, delta=delta)
+        self.channels.deliver(channel, publication)
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
-        push = Push(channel=channel, join=Join(info=info))
-        self.hub.broadcast_push(channel, push, self._lane(channel))
+        self.channels.deliver_join(channel, info)
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
-        push = Push(channel=channel, leave=Leave(info=info))
-        self.hub.broadcast_push(channel, push, self._lane(channel))
+        self.channels.deliver_leave(channel, info)
 
     def on_resync(self, channels: set[str]) -> None:
         """The broker may have missed publications of ``channels``: every local subscriber
@@ -420,8 +303,7 @@ class Node:
         server-side one cannot be resubscribed by the client, so that connection is closed
         with 3010 (insufficient state) and recovers on reconnect."""
         for channel in channels:
-            self.recovery.drop(channel)
-            for client in self.hub.subscribers(channel):
+            for client in self.channels.resync(channel):
                 sub = client.subs.get(channel)
                 if sub is None:
                     continue
@@ -436,7 +318,12 @@ class Node:
         """Accepting clients and able to deliver: started, not draining, broker healthy."""
         return self.started and not self.closing and self.broker.healthy
 
-    # -- operations shared by the client protocol and the server API ------------------
+    # -- the server API's facade (and the client sessions' channel operations) -------
+
+    @property
+    def lanes(self) -> LaneGate:
+        """Publishes in flight per lane; ``lanes.shed``: refused because it was full."""
+        return self.channels.lanes
 
     async def publish(
         self,
@@ -449,30 +336,16 @@ class Node:
         skip_history: bool = False,
         coalesce_key: str = "",
     ) -> PublishResult:
-        """Publish raw JSON ``data``. Raises ClientError, BrokerUnavailable.
-
-        ``skip_history`` delivers without storing (offset 0, not recoverable).
-        ``coalesce_key`` (ephemeral lane only): frames with the same key replace each
-        other within an ephemeral window and in a slow client's queue (newest wins).
-        Refused with error 111 (temporary) before any work when the channel's lane
-        already has its limit of publishes in flight (load shedding)."""
-        ns = self.namespace(channel)
-        lane = Lane.named(ns.lane)
-        if not self.lanes.enter(lane):
-            raise ClientError(ErrorCode.TOO_MANY_REQUESTS, f"{lane} lane is saturated")
-        if coalesce_key and lane.coalesced:
-            tags = {**(tags or {}), COALESCE_TAG: coalesce_key}
-        publication = Publication(data=msgspec.Raw(data), info=info, tags=tags or None)
-        options = PublishOptions(
-            history_size=0 if skip_history else ns.history_size,
-            history_ttl=ns.history_ttl,
+        """:meth:`Channels.publish <tether.core.channels.Channels.publish>`."""
+        return await self.channels.publish(
+            channel,
+            data,
+            info=info,
             idempotency_key=idempotency_key,
-            idempotency_ttl=self.config.idempotency_ttl,
+            tags=tags,
+            skip_history=skip_history,
+            coalesce_key=coalesce_key,
         )
-        try:
-            return await self.broker.publish(channel, publication, options)
-        finally:
-            self.lanes.leave(lane)
 
     async def history(
         self,
@@ -482,44 +355,21 @@ class Node:
         since: WirePosition | None = None,
         reverse: bool = False,
     ) -> HistoryResult:
-        ns = self.namespace(channel)
-        if ns.history_size == 0:
-            raise ClientError(ErrorCode.NOT_AVAILABLE, "history is off in this namespace")
-        max_limit = self.config.history_max_limit
-        limit = max_limit if limit < 0 or limit > max_limit else limit
-        position = StreamPosition(since.offset, since.epoch) if since is not None else None
-        page = await self.broker.history(channel, since=position, limit=limit, reverse=reverse)
-        return HistoryResult(
-            publications=page.publications,
-            epoch=page.position.epoch,
-            offset=page.position.offset,
-        )
+        return await self.channels.history(channel, limit=limit, since=since, reverse=reverse)
 
     async def remove_history(self, channel: str) -> None:
-        self.namespace(channel)
-        self.recovery.drop(channel)
-        await self.broker.remove_history(channel)
-
-    def _check_presence(self, channel: str) -> None:
-        if not self.namespace(channel).presence:
-            raise ClientError(ErrorCode.NOT_AVAILABLE, "presence is off in this namespace")
+        await self.channels.remove_history(channel)
 
     async def presence(self, channel: str) -> PresenceResult:
-        self._check_presence(channel)
-        entries = await self.presence_store.get(channel)
-        if len(entries) > self.config.max_presence_entries:
-            raise ClientError(ErrorCode.LIMIT_EXCEEDED, "too many presence entries")
-        return PresenceResult(presence=entries)
+        return await self.channels.presence(channel)
 
     async def presence_stats(self, channel: str) -> PresenceStatsResult:
-        self._check_presence(channel)
-        clients, users = await self.presence_store.stats(channel)
-        return PresenceStatsResult(num_clients=clients, num_users=users)
+        return await self.channels.presence_stats(channel)
 
     async def subscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
         """Server-side subscribe every connection of ``user`` (or one client) to
         ``channel``: the client gets a ``subscribe`` push, then the channel's pushes."""
-        self.namespace(channel)
+        self.channels.namespace(channel)
         for client in self.registry.targets(user, client_id):
             if channel in client.subs or client.state is not ConnectionState.CONNECTED:
                 continue
@@ -535,7 +385,7 @@ class Node:
 
     async def unsubscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
         """Server-side unsubscribe: the client gets an ``unsubscribe`` push (code 2000)."""
-        self.namespace(channel)
+        self.channels.namespace(channel)
         why = UnsubscribeCode.SERVER
         push = Push(channel=channel, unsubscribe=Unsubscribe(code=why.code, reason=why.reason))
         for client in self.registry.targets(user, client_id):

@@ -74,6 +74,23 @@ class QueueStats:
     standard_resubscribes: int = 0
 
 
+class Subscriber(Protocol):
+    """The side of an outbound queue that fan-out uses (the hub): append, never wait.
+    :class:`OutboundQueue` is the implementation."""
+
+    def attach(self, batch: list[bytes]) -> None: ...
+
+    def attach_urgent(self, batch: list[bytes]) -> None: ...
+
+    def attach_ephemeral(self, batch: EphemeralBatch) -> None: ...
+
+    def enqueue(self, frame: bytes) -> None: ...
+
+    def enqueue_urgent(self, frame: bytes) -> None: ...
+
+    def enqueue_ephemeral(self, frame: bytes, key: Hashable) -> None: ...
+
+
 class QueueOwner(Protocol):
     """The connection a queue belongs to, as the overflow rule sees it."""
 
