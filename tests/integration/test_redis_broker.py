@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 
 import msgspec
@@ -16,8 +17,14 @@ from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishRe
 from tether.brokers.redis import RedisBroker, RedisPresenceStore
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
-from tether.testing.broker_contract import BrokerContract, RecordingHandler, publication
+from tether.testing.broker_contract import (
+    BrokerContract,
+    Failover,
+    RecordingHandler,
+    publication,
+)
 from tether.testing.clock import FakeClock
+from tether_bench.failover import RelayedFailover, ReplicatedRedis
 from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -44,6 +51,15 @@ class TestRedisBroker(BrokerContract):
 
     async def create_presence_store(self) -> PresenceStore:
         return RedisPresenceStore(self.url, prefix=self.prefix, ttl=60)
+
+    @asynccontextmanager
+    async def failover(self, handler: RecordingHandler) -> AsyncIterator[Failover]:
+        async with ReplicatedRedis() as redis:
+            broker = await _started(redis.url, self.prefix, handler)
+            try:
+                yield RelayedFailover(broker, [redis], handler)
+            finally:
+                await broker.close()
 
     async def elapse(self, clock: FakeClock, seconds: float) -> None:
         clock.advance(seconds)

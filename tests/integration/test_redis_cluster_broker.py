@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
@@ -17,9 +18,15 @@ from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishRe
 from tether.brokers.guarded import GuardedBroker
 from tether.brokers.redis_cluster import RedisClusterBroker, RedisClusterPresenceStore
 from tether.errors import BrokerUnavailable
-from tether.testing.broker_contract import BrokerContract, RecordingHandler, publication
+from tether.testing.broker_contract import (
+    BrokerContract,
+    Failover,
+    RecordingHandler,
+    publication,
+)
 from tether.testing.clock import FakeClock
 from tether.testing.servers import make_config, running_server
+from tether_bench.failover import ClusterFailover
 from tether_bench.redisserver import RedisClusterNodes
 
 pytestmark = pytest.mark.integration
@@ -30,6 +37,13 @@ def cluster() -> Iterator[RedisClusterNodes]:
     """A 3-master cluster of this module; tests keep apart by key prefix and never kill
     its nodes (a test that does starts its own)."""
     with RedisClusterNodes() as nodes:
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster() -> Iterator[RedisClusterNodes]:
+    """A 3-master cluster with a replica per master, for the failover tests."""
+    with RedisClusterNodes(replicas=1) as nodes:
         yield nodes
 
 
@@ -57,15 +71,29 @@ class TestRedisClusterBroker(BrokerContract):
     margin = 0.4
 
     @pytest.fixture(autouse=True)
-    def _cluster(self, cluster: RedisClusterNodes) -> None:
+    def _cluster(self, cluster: RedisClusterNodes, request: pytest.FixtureRequest) -> None:
         self.url = cluster.url
         self.prefix = _prefix()
+        if "failover" in request.node.name:
+            self.ha_cluster: RedisClusterNodes = request.getfixturevalue("replicated_cluster")
 
     async def create_broker(self, clock: FakeClock, meta_ttl: float) -> Broker:
         return RedisClusterBroker(self.url, prefix=self.prefix, meta_ttl=meta_ttl)
 
     async def create_presence_store(self) -> PresenceStore:
         return RedisClusterPresenceStore(self.url, prefix=self.prefix, ttl=60)
+
+    @asynccontextmanager
+    async def failover(self, handler: RecordingHandler) -> AsyncIterator[Failover]:
+        # A cluster of its own with a replica per master (the module's has none); the
+        # fencing points share it, each failing over every master once.
+        cluster = self.ha_cluster
+        broker = RedisClusterBroker(cluster.url, prefix=self.prefix, meta_ttl=60)
+        await broker.start(handler)
+        try:
+            yield ClusterFailover(broker, cluster)
+        finally:
+            await broker.close()
 
     async def elapse(self, clock: FakeClock, seconds: float) -> None:
         clock.advance(seconds)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
@@ -17,9 +18,15 @@ from tether.brokers.base import Broker, PresenceStore, PublishOptions, StreamPos
 from tether.brokers.redis import RedisBroker, RedisPresenceStore
 from tether.brokers.sharded import HashRing, ShardedBroker, ShardedPresenceStore, shard_address
 from tether.errors import UnrecoverablePosition
-from tether.testing.broker_contract import BrokerContract, RecordingHandler, publication
+from tether.testing.broker_contract import (
+    BrokerContract,
+    Failover,
+    RecordingHandler,
+    publication,
+)
 from tether.testing.clock import FakeClock
 from tether.testing.servers import make_config, running_server
+from tether_bench.failover import RelayedFailover, ReplicatedRedis
 from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -88,6 +95,17 @@ class TestShardedRedisBroker(BrokerContract):
                 for url in self.urls
             }
         )
+
+    @asynccontextmanager
+    async def failover(self, handler: RecordingHandler) -> AsyncIterator[Failover]:
+        async with ReplicatedRedis() as one, ReplicatedRedis() as two:
+            broker = _sharded([one.url, two.url], self.prefix, meta_ttl=60,
+                              command_timeout=1.0, connect_timeout=0.5)  # fmt: skip
+            await broker.start(handler)
+            try:
+                yield RelayedFailover(broker, [one, two], handler)
+            finally:
+                await broker.close()
 
     async def elapse(self, clock: FakeClock, seconds: float) -> None:
         clock.advance(seconds)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+
 from tether.brokers.base import Broker, PresenceStore
 from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
-from tether.testing.broker_contract import BrokerContract
+from tether.testing.broker_contract import BrokerContract, Failover, RecordingHandler, restarted
 from tether.testing.clock import FakeClock
 
 
@@ -14,3 +16,8 @@ class TestMemoryBroker(BrokerContract):
 
     async def create_presence_store(self) -> PresenceStore:
         return MemoryPresenceStore()
+
+    def failover(self, handler: RecordingHandler) -> AbstractAsyncContextManager[Failover]:
+        # The memory broker loses acknowledged writes only with its process: the fence
+        # is the random epoch every stream of a new process draws.
+        return restarted(MemoryBroker, handler)

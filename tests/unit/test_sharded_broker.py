@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tether.brokers.sharded import HashRing, ShardedBroker, ShardedPresenceStore
 from tether.config import Config, load_config
 from tether.errors import BrokerUnavailable, ConfigError
 from tether.server import make_broker
-from tether.testing.broker_contract import BrokerContract, RecordingHandler
+from tether.testing.broker_contract import BrokerContract, Failover, RecordingHandler, restarted
 from tether.testing.brokers import FaultyBroker
 from tether.testing.clock import FakeClock
 
@@ -100,6 +101,9 @@ class TestShardedMemoryBroker(BrokerContract):
 
     async def create_presence_store(self) -> PresenceStore:
         return ShardedPresenceStore({name: MemoryPresenceStore() for name in SHARDS})
+
+    def failover(self, handler: RecordingHandler) -> AbstractAsyncContextManager[Failover]:
+        return restarted(lambda: ShardedBroker({n: MemoryBroker() for n in SHARDS}), handler)
 
 
 def _faulty_shards() -> tuple[ShardedBroker, dict[str, FaultyBroker]]:

@@ -154,13 +154,20 @@ class RedisClusterNodes:
     """
 
     def __init__(
-        self, masters: int = 3, *, host: str = "127.0.0.1", node_timeout_ms: int = 5000
+        self,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        host: str = "127.0.0.1",
+        node_timeout_ms: int = 5000,
     ) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.host = host
         self.node_timeout_ms = node_timeout_ms
-        self._count = masters
+        self.replicas = replicas
+        """Replicas per master (``redis-cli --cluster create --cluster-replicas``)."""
+        self._count = masters * (1 + replicas)
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.nodes: list[RedisServer] = []
 
@@ -195,8 +202,8 @@ class RedisClusterNodes:
                 self.nodes.append(node)
             addresses = [f"{self.host}:{node.port}" for node in self.nodes]
             created = subprocess.run(
-                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
-                 "--cluster-yes"],
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas",
+                 str(self.replicas), "--cluster-yes"],
                 capture_output=True,
                 timeout=timeout,
                 check=False,
@@ -210,11 +217,35 @@ class RedisClusterNodes:
             self.kill()
             raise
 
+    def roles(self) -> list[tuple[RedisServer, RedisServer | None]]:
+        """``(master, replica)`` of every master now (its first replica, or None), as the
+        first node that answers ``CLUSTER NODES`` sees them."""
+        by_port = {node.port: node for node in self.nodes}
+        lines = _cluster_nodes(self.host, [node.port for node in self.nodes])
+        ids: dict[str, int] = {}
+        masters: list[str] = []
+        replica_of: dict[str, int] = {}
+        for line in lines:
+            fields = line.split()
+            node_id, address, flags, master_id = fields[0], fields[1], fields[2], fields[3]
+            port = int(address.split("@")[0].rsplit(":", 1)[1])
+            ids[node_id] = port
+            if "master" in flags.split(",") and len(fields) > 8:  # a master with slots
+                masters.append(node_id)
+            elif master_id != "-":
+                replica_of.setdefault(master_id, port)
+        return [
+            (by_port[ids[m]], by_port[replica_of[m]] if m in replica_of else None) for m in masters
+        ]
+
     def wait_ok(self, timeout: float = 30) -> None:
-        """Wait until every node answers ``cluster_state:ok`` with every slot assigned."""
+        """Wait until every node answers ``cluster_state:ok`` with every slot assigned,
+        and every master has its replica (with ``replicas``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(_cluster_ok(self.host, node.port) for node in self.nodes):
+            if all(_cluster_ok(self.host, node.port) for node in self.nodes) and (
+                not self.replicas or all(r is not None for _, r in self.roles())
+            ):
                 return
             time.sleep(0.05)
         raise RedisServerError("the redis cluster did not reach cluster_state:ok")
@@ -254,6 +285,31 @@ def _cluster_port(host: str) -> int:
             continue
         return port
     raise RedisServerError("found no free port pair for a cluster node")
+
+
+def _cluster_nodes(host: str, ports: Sequence[int]) -> list[str]:
+    """The lines of ``CLUSTER NODES`` from the first of ``ports`` that answers."""
+    for port in ports:
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as sock:
+                sock.sendall(b"CLUSTER NODES\r\n")
+                reply = b""
+                while b"\r\n" not in reply:  # the bulk string's "$<length>" header
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise OSError("connection closed")
+                    reply += chunk
+                header, body = reply.split(b"\r\n", 1)
+                length = int(header[1:])
+                while len(body) < length:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise OSError("connection closed")
+                    body += chunk
+        except (OSError, ValueError):
+            continue
+        return [line for line in body[:length].decode().splitlines() if line.strip()]
+    raise RedisServerError("no cluster node answered CLUSTER NODES")
 
 
 def _cluster_ok(host: str, port: int) -> bool:

@@ -11,6 +11,15 @@ whenever the stream's continuity is lost (the stream expired, was removed, or th
 lost its memory, as an in-memory broker does on restart). A position ``(offset, epoch)``
 names a point in one stream; a position whose epoch differs from the stream's is in no
 stream at all. Channels without history have no stream: their publications carry offset 0.
+
+Fencing. A broker that may have lost acknowledged writes (a Redis failover to a replica
+that lagged, a restart without persistence) gives every affected stream a new epoch
+before it stores any publication under an offset it may have handed out already, so that
+a position names one publication, ever. A stream fenced that way remembers where its
+previous epoch ended on the surviving store (:attr:`HistoryPage.fence`): the publications
+up to that offset are the same in both epochs, so a position of the previous epoch at or
+below it continues in the new one; a position above it saw writes that are gone
+(:class:`FencedPosition`). The rule and why it is race-free: docs/explanation/recovery.md.
 """
 
 from __future__ import annotations
@@ -48,6 +57,20 @@ class HistoryPage(NamedTuple):
     publications: list[Publication]
     position: StreamPosition
     """The stream's top: offset of its latest publication, and its epoch."""
+    fence: StreamPosition | None = None
+    """Set when the stream was fenced: the previous epoch and the top offset it had on the
+    store that survived. Positions of that epoch up to that offset continue in this one."""
+
+
+class FencedPosition(UnrecoverablePosition):
+    """The position is in the stream's previous epoch, past what survived a possible loss
+    of writes: the client saw publications the stream no longer has. ``resume`` is the
+    position in the current epoch from which everything stored since the fence follows
+    (what the client must still be given, with ``recovered: false``)."""
+
+    def __init__(self, resume: StreamPosition) -> None:
+        super().__init__("position is past what survived a broker failover")
+        self.resume = resume
 
 
 def select_history(
@@ -57,14 +80,22 @@ def select_history(
     since: StreamPosition | None,
     limit: int,
     reverse: bool,
+    fence: StreamPosition | None = None,
 ) -> HistoryPage:
     """The history rules every stream store shares, applied to the publications it still
     holds (oldest first, contiguous up to ``top``). Raises UnrecoverablePosition when
-    ``since`` is in another epoch, ahead of the stream, or older than what is held.
+    ``since`` is in another epoch, ahead of the stream, or older than what is held;
+    :class:`FencedPosition` when it is in the ``fence``'s epoch past the fence. A
+    position of the fence's epoch at or below it is read as the same offset of ``top``'s
+    epoch (see the module docstring, "Fencing").
 
     An empty ``since.epoch`` means any epoch (Centrifugo v6): the SDKs' ``getState`` flow
     subscribes with ``recover``, offset 0 and no epoch to get everything the stream holds."""
     selected: list[Publication]
+    if since is not None and fence is not None and since.epoch == fence.epoch != top.epoch:
+        if since.offset > fence.offset:
+            raise FencedPosition(StreamPosition(fence.offset, top.epoch))
+        since = StreamPosition(since.offset, top.epoch)
     if since is not None:
         if (since.epoch and since.epoch != top.epoch) or since.offset > top.offset:
             raise UnrecoverablePosition("position is not in the stream (other epoch)")
@@ -78,7 +109,7 @@ def select_history(
         selected.reverse()
     if limit >= 0:
         selected = selected[:limit]
-    return HistoryPage(selected, top)
+    return HistoryPage(selected, top, fence)
 
 
 class BrokerEventHandler(Protocol):
@@ -122,6 +153,9 @@ class Broker(Protocol):
     * A stream's publications expire ``history_ttl`` seconds after its latest publish; the
       stream's offset and epoch are kept for ``meta_ttl`` seconds; after that the stream
       restarts at offset 1 with a new epoch.
+    * Fencing: when the store loses acknowledged writes (failover, restart), no
+      publication stored afterwards gets a position handed out before, whichever node
+      publishes first; a position past what survived raises ``UnrecoverablePosition``.
     """
 
     @property

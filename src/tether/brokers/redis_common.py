@@ -35,7 +35,38 @@ log = structlog.get_logger("tether.redis")
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors that mean "Redis cannot be reached now" (raised as BrokerUnavailable)."""
 
-_PUBLISH = """
+_STREAM_EPOCH = """
+-- The fence (docs/explanation/recovery.md, "Fencing"). A stream's meta hash records in
+-- "r" the replication ID of the server that wrote it. Redis draws a new replication ID
+-- whenever a server may have a history its replicas never had, or lack one they had: a
+-- replica promoted to primary (REPLICAOF NO ONE, Sentinel, CLUSTER FAILOVER) and a
+-- restart both change it, before the server takes its first write. A stream last written
+-- under another ID may have lost acknowledged publications, so before anything is stored
+-- it gets a new epoch ("e"), and keeps the epoch it had ("pe") with the top offset this
+-- server holds of it ("pb"): up to there both epochs hold the same publications.
+-- Every script that reads or writes a stream runs this first, so the first touch of a
+-- stream on a promoted server fences it, whichever node sends it.
+local function stream_epoch(meta, new_epoch)
+  local info = redis.call("info", "replication")
+  local run = string.match(info, "master_replid:(%x+)")
+  local stored = redis.call("hmget", meta, "e", "r")
+  local epoch = stored[1]
+  if not epoch then
+    redis.call("hset", meta, "e", new_epoch, "r", run)
+    return new_epoch, true
+  end
+  if stored[2] ~= run then
+    local top = redis.call("hget", meta, "s") or "0"
+    redis.call("hset", meta, "e", new_epoch, "r", run, "pe", epoch, "pb", top)
+    return new_epoch, false
+  end
+  return epoch, false
+end
+"""
+
+_PUBLISH = (
+    _STREAM_EPOCH
+    + """
 -- KEYS: 1 history list, 2 meta hash, 3 idempotency key (or the meta key when unused)
 -- ARGV: 1 pubsub channel, 2 publication json, 3 history size, 4 history ttl ms,
 --       5 meta ttl ms, 6 epoch for a new stream, 7 idempotency ttl ms, 8 "1" if idempotent
@@ -47,11 +78,7 @@ local size = tonumber(ARGV[3])
 local offset = 0
 local epoch = ""
 if size > 0 then
-  epoch = redis.call("hget", KEYS[2], "e")
-  if not epoch then
-    epoch = ARGV[6]
-    redis.call("hset", KEYS[2], "e", epoch)
-  end
+  epoch = stream_epoch(KEYS[2], ARGV[6])
   offset = redis.call("hincrby", KEYS[2], "s", 1)
   redis.call("rpush", KEYS[1], offset .. " " .. ARGV[2])
   redis.call("ltrim", KEYS[1], -size, -1)
@@ -63,6 +90,7 @@ local result = offset .. " " .. epoch
 if ARGV[8] == "1" then redis.call("set", KEYS[3], result, "px", ARGV[7]) end
 return {result, 0}
 """
+)
 
 
 def publish_script(command: Literal["publish", "spublish"]) -> str:
@@ -72,17 +100,16 @@ def publish_script(command: Literal["publish", "spublish"]) -> str:
     return _PUBLISH.replace('redis.call("publish",', f'redis.call("{command}",')
 
 
-HISTORY_SCRIPT = """
+HISTORY_SCRIPT = (
+    _STREAM_EPOCH
+    + """
 -- KEYS: 1 history list, 2 meta hash.  ARGV: 1 epoch for a new stream, 2 meta ttl ms
-local epoch = redis.call("hget", KEYS[2], "e")
-if not epoch then
-  epoch = ARGV[1]
-  redis.call("hset", KEYS[2], "e", epoch)
-  redis.call("pexpire", KEYS[2], ARGV[2])
-end
-local top = redis.call("hget", KEYS[2], "s") or "0"
-return {top, epoch, redis.call("lrange", KEYS[1], 0, -1)}
+local epoch, created = stream_epoch(KEYS[2], ARGV[1])
+if created then redis.call("pexpire", KEYS[2], ARGV[2]) end
+local meta = redis.call("hmget", KEYS[2], "s", "pe", "pb")
+return {meta[1] or "0", epoch, redis.call("lrange", KEYS[1], 0, -1), meta[2] or "", meta[3] or "0"}
 """
+)
 
 encoder = msgspec.json.Encoder()
 
@@ -162,13 +189,14 @@ def history_page(
 ) -> HistoryPage:
     """The history script's reply, with the history rules applied (may raise
     UnrecoverablePosition)."""
-    top_raw, epoch_raw, items = reply
+    top_raw, epoch_raw, items, fence_epoch, fence_top = reply
     top = StreamPosition(int(top_raw), epoch_raw.decode())
+    fence = StreamPosition(int(fence_top), fence_epoch.decode()) if fence_epoch else None
     publications = []
     for item in items:
         space = item.index(b" ")
         publications.append(decode_publication(item[space + 1 :], int(item[:space])))
-    return select_history(publications, top, since=since, limit=limit, reverse=reverse)
+    return select_history(publications, top, since=since, limit=limit, reverse=reverse, fence=fence)
 
 
 # msgspec cannot decode into ``Raw | None`` (ClientInfo.conn_info/chan_info), so what comes

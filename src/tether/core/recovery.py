@@ -7,6 +7,9 @@ Rules (protocol v2, and docs/explanation/recovery.md):
   there are at most ``cap`` of them, the client gets them and ``recovered: true``.
 * Otherwise (trimmed, expired, another epoch, or too many missed) it gets no publications,
   ``recovered: false`` and the stream's current position: the loss is reported, never silent.
+* A position past what survived a broker failover (:class:`FencedPosition`) gets
+  ``recovered: false`` too, with every publication stored since the fence (at most
+  ``cap``), so the client misses nothing that the stream still has.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from tether.brokers.base import Broker, HistoryPage, StreamPosition, select_history
+from tether.brokers.base import (
+    Broker,
+    FencedPosition,
+    HistoryPage,
+    StreamPosition,
+    select_history,
+)
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import Publication
 
@@ -49,6 +58,16 @@ async def recover(
     namespace's history options."""
     try:
         page = await cache.history(channel, size=size, ttl=ttl, since=since, limit=cap + 1)
+    except FencedPosition as fenced:
+        try:
+            page = await cache.history(
+                channel, size=size, ttl=ttl, since=fenced.resume, limit=cap + 1
+            )
+        except UnrecoverablePosition:
+            return [], await cache.position(channel, size=size, ttl=ttl), False
+        if len(page.publications) > cap:
+            return [], page.position, False
+        return page.publications, page.position, False
     except UnrecoverablePosition:
         return [], await cache.position(channel, size=size, ttl=ttl), False
     if len(page.publications) > cap:
@@ -57,10 +76,11 @@ async def recover(
 
 
 class _Tail:
-    __slots__ = ("epoch", "expire_at", "publications", "top", "ttl")
+    __slots__ = ("epoch", "expire_at", "fence", "publications", "top", "ttl")
 
     def __init__(self, page: HistoryPage, size: int, ttl: float, now: float) -> None:
         self.epoch = page.position.epoch
+        self.fence = page.fence
         self.top = page.position.offset
         self.publications: deque[Publication] = deque(page.publications, maxlen=size)
         self.ttl = ttl
@@ -168,4 +188,6 @@ class RecoveryCache:
         if self._clock() >= tail.expire_at:
             tail.publications.clear()  # the broker expired them too (history_ttl)
         top = StreamPosition(tail.top, tail.epoch)
-        return select_history(tail.publications, top, since=since, limit=limit, reverse=False)
+        return select_history(
+            tail.publications, top, since=since, limit=limit, reverse=False, fence=tail.fence
+        )

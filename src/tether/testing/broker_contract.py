@@ -30,6 +30,11 @@ enough for a stray message to arrive.
 Channels. Every test uses channel names unique to the test (the ``channel`` fixture), so a
 shared backend needs no cleanup between tests.
 
+Fencing. The points under "fencing" need a broker whose store can lose acknowledged
+writes: :meth:`BrokerContract.failover` yields a :class:`Failover` (for Redis: a primary
+with a replica that stops replicating, then is promoted; for the memory broker: a restart,
+which loses everything).
+
 Not covered here: a presence store's TTL (entries that are not refreshed disappear). The
 embedded store has none (``ttl is None``); a store with one tests it on its own clock.
 """
@@ -39,7 +44,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
 
 import msgspec
 import pytest
@@ -62,7 +68,15 @@ from tether.testing.recovery import (
     RecoveryScenario,
 )
 
-__all__ = ["BrokerContract", "RecordingHandler", "payloads", "publication"]
+__all__ = [
+    "BrokerContract",
+    "Failover",
+    "RecordingHandler",
+    "Restart",
+    "payloads",
+    "publication",
+    "restarted",
+]
 
 
 class RecordingHandler:
@@ -102,6 +116,54 @@ class RecordingHandler:
             await self._changed.wait()
 
 
+class Failover(Protocol):
+    """A started broker whose store can lose acknowledged writes, as a Redis failover to
+    a lagging replica (or a restart without persistence) does."""
+
+    broker: Broker
+
+    async def lose_next_writes(self) -> None:
+        """From now on, what the store acknowledges is lost at :meth:`fail_over` (the
+        replica stopped replicating)."""
+
+    async def fail_over(self) -> Broker:
+        """The store loses what it acknowledged since :meth:`lose_next_writes`. Returns
+        the broker to go on with (started with the same handler), once it can serve."""
+
+
+class Restart:
+    """The :class:`Failover` of a broker that keeps its streams in the process (the
+    memory broker): the only way it loses acknowledged writes is a restart, which loses
+    everything. ``factory`` builds the broker (again, at each restart)."""
+
+    def __init__(self, factory: Callable[[], Broker], handler: RecordingHandler) -> None:
+        self._factory = factory
+        self._handler = handler
+        self.broker = factory()
+
+    async def lose_next_writes(self) -> None:
+        """Nothing to do: a restart loses these writes with all the others."""
+
+    async def fail_over(self) -> Broker:
+        await self.broker.close()
+        self.broker = self._factory()
+        await self.broker.start(self._handler)
+        return self.broker
+
+
+@asynccontextmanager
+async def restarted(
+    factory: Callable[[], Broker], handler: RecordingHandler
+) -> AsyncIterator[Restart]:
+    """A started :class:`Restart` (for :meth:`BrokerContract.failover`)."""
+    store = Restart(factory, handler)
+    await store.broker.start(handler)
+    try:
+        yield store
+    finally:
+        await store.broker.close()
+
+
 def publication(data: Any, *, user: str = "", tags: dict[str, str] | None = None) -> Publication:
     """A fresh publication (brokers assign its offset, so never reuse one)."""
     info = ClientInfo(user=user, client=f"client-{user}") if user else None
@@ -135,6 +197,10 @@ class BrokerContract:
         raise NotImplementedError
 
     async def create_presence_store(self) -> PresenceStore:
+        raise NotImplementedError
+
+    def failover(self, handler: RecordingHandler) -> AbstractAsyncContextManager[Failover]:
+        """A :class:`Failover` whose broker is started with ``handler``."""
         raise NotImplementedError
 
     async def elapse(self, clock: FakeClock, seconds: float) -> None:
@@ -778,6 +844,53 @@ class BrokerContract:
         assert (recovered, [p.offset for p in pubs]) == (scenario.recovered, list(scenario.missed))
         assert payloads(pubs) == ["before"] * len(scenario.missed)
         assert position == (await broker.history(ch, limit=0)).position
+
+    # -- fencing: a store that lost acknowledged writes ----------------------------------
+
+    async def _fail_over_losing_writes(
+        self, store: Failover, ch: str
+    ) -> tuple[list[PublishResult], list[PublishResult], Broker]:
+        kept = await self.publish_many(store.broker, ch, 3)
+        await store.lose_next_writes()
+        lost = await self.publish_many(store.broker, ch, 2)
+        return kept, lost, await store.fail_over()
+
+    async def test_after_a_failover_that_lost_writes_no_position_is_handed_out_twice(
+        self, handler: RecordingHandler, channel: Callable[[str], str]
+    ) -> None:
+        # A position must name one publication, ever: a client that saw a lost one must
+        # never find another under the same (offset, epoch).
+        ch = channel("a")
+        async with self.failover(handler) as store:
+            kept, lost, broker = await self._fail_over_losing_writes(store, ch)
+            after = await self.publish_many(broker, ch, 3)
+        handed_out = {r.position for r in kept + lost}
+        assert not handed_out & {r.position for r in after}
+        assert len({r.position.epoch for r in after}) == 1
+        first = after[0].position.offset
+        assert [r.position.offset for r in after] == [first, first + 1, first + 2]
+
+    async def test_after_a_failover_a_position_in_the_lost_writes_is_unrecoverable(
+        self, handler: RecordingHandler, channel: Callable[[str], str]
+    ) -> None:
+        ch = channel("a")
+        async with self.failover(handler) as store:
+            _, lost, broker = await self._fail_over_losing_writes(store, ch)
+            await self.publish_many(broker, ch, 3)
+            with pytest.raises(UnrecoverablePosition):
+                await broker.history(ch, since=lost[-1].position, limit=-1)
+
+    async def test_after_a_failover_the_first_read_reports_the_epoch_the_next_publish_gets(
+        self, handler: RecordingHandler, channel: Callable[[str], str]
+    ) -> None:
+        # A subscriber positioned by a read right after the failover holds the new epoch.
+        ch = channel("a")
+        async with self.failover(handler) as store:
+            kept, lost, broker = await self._fail_over_losing_writes(store, ch)
+            read = await broker.history(ch, limit=0)
+            following = await broker.publish(ch, publication("x"), self.options())
+        assert read.position not in {r.position for r in kept + lost}
+        assert following.position == StreamPosition(read.position.offset + 1, read.position.epoch)
 
     # -- presence -------------------------------------------------------------------------
 
