@@ -101,12 +101,21 @@ class ReplicatedRedis:
     """Redis A (primary) and B (its replica), reached through :attr:`relay`, a
     :class:`TcpProxy` standing for a virtual IP: point a broker at :attr:`url`.
 
-    ``extra_args`` go to both servers (persistence options, for instance)."""
+    ``extra_args`` go to both servers (persistence options, for instance). Each server
+    works in a temporary directory of its own (a full resync writes an RDB file there)."""
 
     def __init__(self, *, host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> None:
         self.host = host
-        self.primary = RedisServer(host=host, extra_args=extra_args)
-        self.replica = RedisServer(host=host, extra_args=extra_args)
+        self._dir = tempfile.TemporaryDirectory(prefix="tether-replicated-")
+        dirs = [Path(self._dir.name) / name for name in ("a", "b")]
+        for path in dirs:
+            path.mkdir()
+        self.primary = RedisServer(
+            host=host, cwd=str(dirs[0]), extra_args=["--dir", str(dirs[0]), *extra_args]
+        )
+        self.replica = RedisServer(
+            host=host, cwd=str(dirs[1]), extra_args=["--dir", str(dirs[1]), *extra_args]
+        )
         self.relay = TcpProxy(0, host)
         self.failed_over = False
 
@@ -163,6 +172,7 @@ class ReplicatedRedis:
         await self.relay.close()
         await asyncio.to_thread(self.primary.kill)
         await asyncio.to_thread(self.replica.kill)
+        self._dir.cleanup()
 
     async def __aenter__(self) -> ReplicatedRedis:
         try:
