@@ -121,6 +121,9 @@ class SubEvents(SubscriptionEventHandler):
 
     :attr:`received` keeps every publication delivered, in delivery order, over the whole
     life of the subscription (across reconnects): the list a user's app would have seen.
+
+    Clear :attr:`resubscribe_gate` to hold a resubscribe back (after an ``unsubscribe``
+    push 2500): the SDK awaits ``on_subscribing`` before it sends the subscribe again.
     """
 
     def __init__(self) -> None:
@@ -132,12 +135,15 @@ class SubEvents(SubscriptionEventHandler):
         self.leaves: asyncio.Queue[LeaveContext] = asyncio.Queue()
         self.received: list[Publication] = []
         self.errors: list[SubscriptionErrorContext] = []
+        self.resubscribe_gate = asyncio.Event()
+        self.resubscribe_gate.set()
 
     async def on_subscribed(self, ctx: SubscribedContext) -> None:
         self.subscribed.put_nowait(ctx)
 
     async def on_subscribing(self, ctx: SubscribingContext) -> None:
         self.subscribing.put_nowait(ctx)
+        await self.resubscribe_gate.wait()
 
     async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
         self.unsubscribed.put_nowait(ctx)

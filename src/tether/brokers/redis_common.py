@@ -12,11 +12,13 @@ slot's master.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tether.brokers.base import (
@@ -32,8 +34,23 @@ from tether.protocol.messages import ClientInfo, Publication
 
 log = structlog.get_logger("tether.redis")
 
+_T = TypeVar("_T")
+
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors that mean "Redis cannot be reached now" (raised as BrokerUnavailable)."""
+
+_REFUSALS = ("READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING")
+
+
+def refused_for_now(exc: ResponseError) -> bool:
+    """A reply meaning "this server cannot take the command now", so unavailable rather
+    than a bug: a server that became a replica in a failover (``READONLY``), too few
+    replicas for ``min-replicas-to-write`` (``NOREPLICAS``), a replica cut off from its
+    primary (``MASTERDOWN``), a restart still loading its data (``LOADING``). Nothing
+    was written: a script stops at its first refused write, before it changed anything
+    (the fence and the stream's writes come after the first write is allowed)."""
+    return isinstance(exc, ReadOnlyError) or str(exc).startswith(_REFUSALS)
+
 
 _STREAM_EPOCH = """
 -- The fence (docs/explanation/recovery.md, "Fencing"). A stream's meta hash records in
@@ -291,6 +308,18 @@ class StreamCommands:
     def _unavailable_error(self, what: str, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"{self._label} {what}: {exc}")
 
+    async def _run(self, what: str, command: Awaitable[_T]) -> _T:
+        """Await a command; what means "unavailable" (a lost connection, a refusal for
+        now, see :func:`refused_for_now`) raises BrokerUnavailable."""
+        try:
+            return await command
+        except self._unavailable as exc:
+            raise self._unavailable_error(what, exc) from None
+        except ResponseError as exc:
+            if refused_for_now(exc):
+                raise self._unavailable_error(what, exc) from None
+            raise
+
     async def publish(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> PublishResult:
@@ -302,17 +331,14 @@ class StreamCommands:
             options,
             self._meta_ttl_ms,
         )
-        try:
-            reply = await self._publish_script(keys=keys, args=args)
-        except self._unavailable as exc:
-            raise self._unavailable_error("publish", exc) from None
+        reply = await self._run("publish", self._publish_script(keys=keys, args=args))
         return publish_result(reply)
 
     async def _publish_control(self, channel: str, kind: bytes, info: ClientInfo) -> None:
-        try:
-            await self._send_control(self._pubsub_channel(channel), kind + encoder.encode(info))
-        except self._unavailable as exc:
-            raise self._unavailable_error("publish", exc) from None
+        await self._run(
+            "publish",
+            self._send_control(self._pubsub_channel(channel), kind + encoder.encode(info)),
+        )
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self._publish_control(channel, b"j", info)
@@ -329,19 +355,13 @@ class StreamCommands:
         reverse: bool = False,
     ) -> HistoryPage:
         keys, args = history_call(self._keys, channel, self._meta_ttl_ms)
-        try:
-            reply = await self._history_script(keys=keys, args=args)
-        except self._unavailable as exc:
-            raise self._unavailable_error("history", exc) from None
+        reply = await self._run("history", self._history_script(keys=keys, args=args))
         if channel in self._channels:
             await self._delivery_barrier(channel)  # never run ahead of delivery
         return history_page(reply, since=since, limit=limit, reverse=reverse)
 
     async def remove_history(self, channel: str) -> None:
-        try:
-            await self._redis.delete(self._keys.history(channel))
-        except self._unavailable as exc:
-            raise self._unavailable_error("history_remove", exc) from None
+        await self._run("history_remove", self._redis.delete(self._keys.history(channel)))
 
 
 class PresenceCommands:
@@ -402,7 +422,14 @@ class PresenceCommands:
         self._remove_script = self._redis.register_script(self._REMOVE)
         self._get_script = self._redis.register_script(self._GET)
 
-    def _unavailable_presence(self, exc: BaseException) -> BrokerUnavailable:
+    @property
+    def _failures(self) -> tuple[type[BaseException], ...]:
+        return (*self._unavailable, ResponseError)
+
+    def _unavailable_presence(self, exc: BaseException) -> BaseException:
+        """BrokerUnavailable for what means unavailable; any other error reply as is."""
+        if isinstance(exc, ResponseError) and not refused_for_now(exc):
+            return exc
         return BrokerUnavailable(f"{self._label} presence: {exc}")
 
     async def add(self, channel: str, client_id: str, info: ClientInfo) -> None:
@@ -411,19 +438,19 @@ class PresenceCommands:
                 keys=self._presence_keys.presence(channel),
                 args=[client_id, encoder.encode(info), self._ttl_ms],
             )
-        except self._unavailable as exc:
+        except self._failures as exc:
             raise self._unavailable_presence(exc) from None
 
     async def remove(self, channel: str, client_id: str) -> None:
         try:
             await self._remove_script(keys=self._presence_keys.presence(channel), args=[client_id])
-        except self._unavailable as exc:
+        except self._failures as exc:
             raise self._unavailable_presence(exc) from None
 
     async def get(self, channel: str) -> dict[str, ClientInfo]:
         try:
             raw = await self._get_script(keys=self._presence_keys.presence(channel), args=[])
-        except self._unavailable as exc:
+        except self._failures as exc:
             raise self._unavailable_presence(exc) from None
         pairs = iter(raw)
         return {k.decode(): decode_info(v) for k, v in zip(pairs, pairs, strict=True)}
