@@ -28,10 +28,10 @@ from tether.errors import BrokerUnavailable
 from tether.protocol.messages import ClientInfo
 from tether.server import Server
 from tether.testing.broker_contract import RecordingHandler, payloads, publication
-from tether.testing.cluster import CLUSTER_API_KEY
-from tether.testing.failover import ReplicatedRedis
-from tether.testing.redisserver import RedisServer
 from tether.testing.servers import make_config, running_server
+from tether_bench.cluster import CLUSTER_API_KEY
+from tether_bench.failover import ReplicatedRedis
+from tether_bench.redisserver import RedisServer
 
 pytestmark = pytest.mark.integration
 
