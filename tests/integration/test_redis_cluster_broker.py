@@ -240,8 +240,14 @@ async def test_a_channel_whose_slot_moves_is_resubscribed_on_the_new_master_and_
                 lambda: publisher.publish(moved, publication("after"), _options())
             )
             await handler.wait_until(lambda: handler.offsets(moved) == [1, 2])
-        # The stream moved with its slot: same epoch, the offsets go on.
-        assert after.position == before.position._replace(offset=2)
+        continued = await publisher.history(moved, since=before.position, limit=-1)
+        # The stream moved with its slot and its offsets go on. Its new master cannot tell
+        # a move from a failover (it has another replication ID), so it fenced the stream:
+        # a new epoch, which a position from before the move continues into.
+        assert after.position.offset == 2
+        assert after.position.epoch != before.position.epoch
+        assert [p.offset for p in continued.publications] == [2]
+        assert continued.position == after.position
     finally:
         await broker.close()
         await publisher.close()
