@@ -54,6 +54,12 @@ bench/js/node_modules/.installed: bench/js/package.json bench/js/package-lock.js
 bench: $(STAMP) bench/js/node_modules/.installed
 	timeout 900 $(BIN)/tether-bench compare --out docs/benchmarks.md
 
+## Bytes on the wire with and without fossil delta compression, JSON and Protobuf: a
+## 2 KiB JSON document published 100 times, each version changing one card (seconds).
+.PHONY: bench-delta
+bench-delta: $(STAMP)
+	$(BIN)/python -m tether_bench.deltabytes --updates 100
+
 ## Only the resilience section of docs/benchmarks.md (slow consumers, typing storm,
 ## reconnect storm, publish burst; Tether on a private redis-server, about 5 minutes);
 ## the other sections are kept from docs/benchmarks.json. `make bench` runs it too.

@@ -15,6 +15,7 @@ from tether.config import NamespaceConfig
 from tether.server import Server
 from tether.testing.servers import TEST_API_KEY, TEST_SECRET, make_config, running_server
 from tether_bench import BenchOptions, run_bench
+from tether_bench.deltabytes import measure as measure_delta_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +67,22 @@ def _assert_exact(report: dict[str, Any]) -> None:
     assert report["alive_at_end"] == report["connections"]
 
 
-async def test_fanout_delivers_every_publication_to_every_subscriber(server: Server) -> None:
+@pytest.mark.parametrize("protocol", ["tether", "tether-protobuf", "tether-mixed"])
+async def test_fanout_delivers_every_publication_to_every_subscriber(
+    server: Server, protocol: str
+) -> None:
+    # Checked connections parse offsets out of every frame: in Protobuf, and in a mixed
+    # run whose connections alternate JSON and Protobuf.
     report = await run_bench(
-        _options(server, "fanout", connections=12, duration=0.6, bursts=2, check_sample=4)
+        _options(
+            server,
+            "fanout",
+            connections=12,
+            duration=0.6,
+            bursts=2,
+            check_sample=4,
+            protocol=protocol,
+        )
     )
 
     assert report.keys() >= COMMON_FIELDS
@@ -239,3 +253,12 @@ async def test_publish_burst_delivers_every_accepted_publication_exactly_once(
     assert report["accepted"] + report["shed_429"] + report["publish_errors"] == report["offered"]
     assert report["offsets_match_accepted"]
     assert report["deliveries"] == report["expected_deliveries"] == report["accepted"] * 5
+
+
+async def test_delta_bytes_counts_every_update_for_all_four_subscribers() -> None:
+    report = await measure_delta_bytes(updates=12)
+
+    assert report["updates"] == 12
+    assert set(report["bytes"]) == {"json", "json_delta", "protobuf", "protobuf_delta"}
+    assert report["bytes"]["json_delta"] < report["bytes"]["json"]
+    assert report["bytes"]["protobuf_delta"] < report["bytes"]["protobuf"]

@@ -53,7 +53,10 @@ def run(
     ] = "",
     protocol: Annotated[
         str,
-        typer.Option(help="tether (Centrifugo v2 JSON), socketio, or plain (bench peers)."),
+        typer.Option(
+            help="tether (Centrifugo v2 JSON), tether-protobuf, tether-mixed (half JSON, "
+            "half Protobuf), socketio, or plain (bench peers)."
+        ),
     ] = "tether",
     namespace: Annotated[
         str, typer.Option(help="Namespace of the bench channels (Tether).")

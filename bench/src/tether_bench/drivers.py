@@ -8,6 +8,9 @@ publication (the checking path).
 
 * :class:`TetherDriver`: the Centrifugo client protocol v2, JSON (Tether, Centrifugo).
   Offsets are the server's stream offsets; the subscribe reply says where each stream is.
+* :class:`TetherProtobufDriver`: the same protocol in Protobuf (``?format=protobuf``,
+  binary frames, what the native mobile SDKs speak); :class:`MixedDriver` alternates JSON
+  and Protobuf connections in one run.
 * :class:`SocketIODriver`: Socket.IO v5 over Engine.IO v4, WebSocket transport only (the
   python-socketio and Node.js peers): ``0{..}`` open, ``40`` connect, ``421["join",[..]]``
   with an ack, ``42["msg",{..}]`` deliveries, ping ``2`` answered with ``3``.
@@ -25,6 +28,8 @@ import json
 import re
 from typing import ClassVar
 
+from tether.protocol import protobuf
+from tether.transports.websocket import wire
 from tether_bench.wsclient import BenchConnection, client_frame
 
 
@@ -77,6 +82,14 @@ class Driver:
 
     def on_open(self, conn: BenchConnection) -> None:
         """The upgrade is done: start the setup exchange."""
+
+    def for_connection(self, index: int) -> Driver:
+        """The driver of connection ``index`` (a mixed run alternates two)."""
+        return self
+
+    def offset_of(self, value: bytes) -> int:
+        """The offset a ``pattern`` match captured."""
+        return int(value)
 
     def on_setup_message(self, conn: BenchConnection, payload: bytes) -> None:
         """One message before the connection is live."""
@@ -156,6 +169,98 @@ class TetherDriver(Driver):
                 return
 
 
+def _varint(data: bytes) -> int:
+    value = 0
+    for shift, byte in enumerate(data):
+        value |= (byte & 0x7F) << (7 * shift)
+    return value
+
+
+class TetherProtobufDriver(TetherDriver):
+    """The Protobuf encoding: varint-delimited ``Command``s and ``Reply``s in binary frames.
+    The published JSON travels as the ``data`` bytes, so ``{"t":`` marks one publication."""
+
+    name = "tether-protobuf"
+    default_path = "/connection/websocket?format=protobuf"
+    marker = b'{"t":'
+    ping_frame = b"\x82\x01\x00"
+    ping_payload = b"\x00"
+    pong_frame = client_frame(b"\x00", wire.OP_BINARY)
+    # Reply{push(4){channel(2) C, pub(4){data(4) D, offset(6) varint}}}; channels are ASCII.
+    pattern = re.compile(
+        rb"\x12[\x01-\x7f]([\x20-\x7e]+?)\x22[\x80-\xff]*[\x00-\x7f]"
+        rb'\x22[\x80-\xff]*[\x00-\x7f]\{"t":(\d+),"p":"[^"]*"\}\x30([\x80-\xff]*[\x00-\x7f])'
+    )
+    groups = (0, 2, 1)
+
+    def __init__(self, path: str, namespace: str = "bench") -> None:
+        super().__init__(path, namespace)
+        if "format=" not in self.path:  # the URL's path: ask for Protobuf in its query
+            self.path += ("&" if "?" in self.path else "?") + "format=protobuf"
+
+    def offset_of(self, value: bytes) -> int:
+        return _varint(value)
+
+    def on_open(self, conn: BenchConnection) -> None:
+        schema = protobuf.schema
+        commands = [
+            schema.Command(id=1, connect=schema.ConnectRequest(token=conn.setup.get("token", "")))
+        ]
+        recover: dict[str, tuple[int, str]] = conn.setup.get("recover") or {}
+        for i, channel in enumerate(conn.channels):
+            subscribe = schema.SubscribeRequest(channel=channel)
+            if channel in recover:
+                subscribe.recover = True
+                subscribe.offset, subscribe.epoch = recover[channel]
+            commands.append(schema.Command(id=i + 2, subscribe=subscribe))
+        conn.setup["pending"] = len(commands)
+        conn.setup["offsets"] = {}
+        conn.setup["epochs"] = {}
+        conn.setup["recovered"] = {}
+        frame = b"".join(protobuf.delimit(c.SerializeToString()) for c in commands)
+        conn.send_raw(client_frame(frame, wire.OP_BINARY))
+
+    def on_setup_message(self, conn: BenchConnection, payload: bytes) -> None:
+        for message in protobuf.split_messages(payload, max_messages=1 << 20):
+            reply = protobuf.schema.Reply()
+            reply.ParseFromString(message)
+            if not reply.id:
+                continue  # a ping or a push before the setup ends
+            if reply.HasField("error"):
+                conn.fail(f"command {reply.id} refused: {reply.error.code} {reply.error.message}")
+                return
+            if reply.id >= 2:
+                channel = conn.channels[reply.id - 2]
+                result = reply.subscribe
+                conn.setup["offsets"][channel] = result.offset
+                conn.setup["epochs"][channel] = result.epoch
+                if result.was_recovering:
+                    conn.setup["recovered"][channel] = result.recovered
+                    for pub in result.publications:
+                        conn.record(channel.encode(), pub.offset)
+                elif conn.checked:
+                    conn.expect_from(channel, result.offset)
+            conn.setup["pending"] -= 1
+            if conn.setup["pending"] == 0:
+                conn.go_live()
+                return
+
+
+class MixedDriver(TetherDriver):
+    """Half the connections JSON, half Protobuf (alternating), on the same channels: the
+    hub then builds every publication's frame once per encoding."""
+
+    name = "tether-mixed"
+
+    def __init__(self, path: str, namespace: str = "bench") -> None:
+        super().__init__(path, namespace)
+        self.protobuf = TetherProtobufDriver(path, namespace)
+        self.json = TetherDriver(path, namespace)
+
+    def for_connection(self, index: int) -> Driver:
+        return self.protobuf if index % 2 else self.json
+
+
 class SocketIODriver(Driver):
     name = "socketio"
     default_path = "/socket.io/?EIO=4&transport=websocket"
@@ -209,12 +314,16 @@ class PlainDriver(Driver):
         return client_frame(body)
 
 
-PROTOCOLS = ("tether", "socketio", "plain")
+PROTOCOLS = ("tether", "tether-protobuf", "tether-mixed", "socketio", "plain")
 
 
 def make_driver(protocol: str, path: str, namespace: str) -> Driver:
     if protocol == "tether":
         return TetherDriver(path, namespace)
+    if protocol == "tether-protobuf":
+        return TetherProtobufDriver(path, namespace)
+    if protocol == "tether-mixed":
+        return MixedDriver(path, namespace)
     if protocol == "socketio":
         return SocketIODriver(path)
     if protocol == "plain":

@@ -247,7 +247,7 @@ class Run:
     # -- the fleet --------------------------------------------------------------------
 
     def _token(self, index: int) -> str:
-        if not self.o.token_secret or self.o.protocol != "tether":
+        if not self.o.token_secret or not self.o.protocol.startswith("tether"):
             return ""
         from tether.auth import mint_connection_token
 
@@ -273,11 +273,15 @@ class Run:
                 bool(check_every) and i % check_every == 0 and (i // check_every) < check_sample
             )
             setup = {"host": f"{self.host}:{self.port}", "token": self._token(i)}
+            driver = self.driver.for_connection(i)
 
             def factory(
-                chans: Sequence[str] = chans, checked: bool = checked, setup: dict[str, Any] = setup
+                chans: Sequence[str] = chans,
+                checked: bool = checked,
+                setup: dict[str, Any] = setup,
+                driver: Driver = driver,
             ) -> BenchConnection:
-                return BenchConnection(self.driver, self.stats, chans, checked=checked, setup=setup)
+                return BenchConnection(driver, self.stats, chans, checked=checked, setup=setup)
 
             factories.append(factory)
         t0 = time.perf_counter()
@@ -311,7 +315,7 @@ class Run:
         return [c for c in self.conns if c.checked]
 
     async def make_publisher(self, concurrency: int) -> Publisher:
-        if self.o.protocol == "tether":
+        if self.o.protocol.startswith("tether"):
             self.publisher = HttpApiPublisher(
                 self.driver, self.o.api_url, self.o.api_key, concurrency
             )

@@ -304,7 +304,7 @@ class BenchConnection(asyncio.Protocol):
         checks = self.checks
         for record in records:
             channel = record[ci]
-            offset = int(record[oi])
+            offset = driver.offset_of(record[oi])
             check = checks.get(channel)
             if check is None:
                 check = checks[channel] = ChannelCheck(0)

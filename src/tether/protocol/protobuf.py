@@ -325,5 +325,9 @@ class ProtobufCodec:
         return msgspec.structs.replace(publication, data=Raw(delta), delta=True)
 
 
+schema = pb
+"""The generated message classes of ``client.proto``, for clients of the protocol (the
+bench's Protobuf driver): ``schema.Command``, ``schema.Reply``, ..."""
+
 PROTOBUF: Final[Codec] = ProtobufCodec()
 """The Protobuf codec."""
