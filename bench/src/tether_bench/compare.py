@@ -132,10 +132,25 @@ def targets(port: int) -> dict[str, Target]:
         },
     }
     out["tether-resilience-10k"] = out["tether-resilience"]
+    # The same Tether, with Protobuf subscribers (what the native mobile SDKs speak), and
+    # with half JSON, half Protobuf on one channel (one frame per encoding and publication).
+    out["tether-protobuf"] = {
+        **out["tether"],
+        "label": "Tether, Protobuf",
+        "protocol": "tether-protobuf",
+    }
+    out["tether-mixed"] = {
+        **out["tether"],
+        "label": "Tether, half JSON half Protobuf",
+        "protocol": "tether-mixed",
+    }
     return out
 
 
 PEERS = ["ceiling", "tether", "websockets", "python-socketio", "node-socketio"]
+ENCODING_ROWS = ["tether-protobuf", "tether-mixed"]
+"""Tether's fan-out again with Protobuf subscribers, and half JSON, half Protobuf (issue 10:
+within 10% of JSON deliveries/s)."""
 LATENCY_RUNS = 3
 """Latency runs per target (interleaved rounds); the page shows each target's median."""
 
@@ -157,6 +172,8 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
     for name in PEERS:
         out.append(("fanout", name, fan))
     out.append(("fanout", "tether-batch1", [*fan, "--batch", "1", "--concurrency", "8"]))
+    for name in ENCODING_ROWS:
+        out.append(("fanout", name, fan))
     for _ in range(1 if quick else LATENCY_RUNS):  # rounds, targets interleaved
         for name in PEERS:
             out.append(("latency", name, lat))
@@ -164,6 +181,7 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
         out.append(("rooms", name, rooms))
     for name in PEERS:
         out.append(("idle", name, idle))
+    out.append(("idle", "tether-protobuf", idle))
     return out
 
 
@@ -468,6 +486,7 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
         "ceiling",
         "tether",
         "tether-batch1",
+        *ENCODING_ROWS,
         "websockets",
         "python-socketio",
         "node-socketio",
@@ -565,7 +584,7 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
         "| upgrades refused (503), retried | alive at end |"
     )
     w("|---|---|---|---|---|---|")
-    for row in PEERS:
+    for row in [*PEERS, "tether-protobuf"]:
         r = by.get(("idle", row))
         if r is None:
             continue
