@@ -7,6 +7,10 @@ never await and never change hub membership. What a queue over its bound does is
 overflow rule (:class:`~tether.core.outbound.OverflowPolicy`); the client is its
 :class:`~tether.core.outbound.QueueOwner`: it says whether its standard lane can be
 recovered, resubscribes it after a shed, and closes itself with 3008 when slow.
+
+A client never sees the node: it is handed a :class:`SessionContext` (the registry that
+counts and pings it, the channel operations, the queue limits, the config), so this
+module imports nothing that imports it back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,10 +28,11 @@ import structlog
 
 from tether import __version__
 from tether.auth import verify_connection_token, verify_subscription_token
-from tether.config import NamespaceConfig
-from tether.core.channels import Subscription
+from tether.config import Config, NamespaceConfig
+from tether.core.channels import Channels, Subscription
 from tether.core.lanes import may_shed_standard
-from tether.core.outbound import OutboundQueue
+from tether.core.outbound import OutboundQueue, QueueLimits
+from tether.core.registry import Registry
 from tether.errors import (
     BrokerUnavailable,
     ClientError,
@@ -71,10 +78,26 @@ from tether.protocol.session import (
 )
 
 if TYPE_CHECKING:
-    from tether.core.node import Node
     from tether.core.transport import ClientTransport, WireFormat
 
 log = structlog.get_logger("tether.client")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What a client session may use of its node, and nothing else: one per node, shared
+    by every client (the node builds it when it starts)."""
+
+    config: Config
+    registry: Registry[Client]
+    """Where the connection is counted, pinged and its expiries watched."""
+    channels: Channels[Client]
+    """The channel operations: namespaces, join/leave, publish, history, presence."""
+    queue_limits: QueueLimits
+    """What every outbound queue of the node shares (bounds, flusher, counters)."""
+    loop: asyncio.AbstractEventLoop
+    clock: Callable[[], float]
+    node_name: str
 
 
 class Client(OutboundQueue):
@@ -87,18 +110,20 @@ class Client(OutboundQueue):
         "awaiting_pong",
         "conn_info",
         "connected_at",
+        "ctx",
         "expire_at",
         "id",
-        "node",
         "state",
         "subs",
         "user",
         "wire_format",
     )
 
-    def __init__(self, node: Node, transport: ClientTransport, wire_format: WireFormat) -> None:
-        super().__init__(node.queue_limits, transport, owner=self)
-        self.node = node
+    def __init__(
+        self, ctx: SessionContext, transport: ClientTransport, wire_format: WireFormat
+    ) -> None:
+        super().__init__(ctx.queue_limits, transport, owner=self)
+        self.ctx = ctx
         self.wire_format = wire_format
         """The codec this connection speaks and its framing, chosen by the transport at
         the handshake: every reply and push to it is encoded and framed with it."""
@@ -108,9 +133,9 @@ class Client(OutboundQueue):
         self.state = ConnectionState.CONNECTING
         self.subs: dict[str, Subscription] = {}
         self.expire_at: float | None = None
-        self.connected_at = node.clock()
+        self.connected_at = ctx.clock()
         self.awaiting_pong = False
-        self._pub_tokens = float(node.config.client_publish_burst)
+        self._pub_tokens = float(ctx.config.client_publish_burst)
         self._pub_stamp = 0.0
         self._inbox: deque[Command] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -202,7 +227,11 @@ class Client(OutboundQueue):
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
         self._inbox = None
-        self.node.forget(self)
+        self.ctx.registry.forget(self)
+        subs, self.subs = self.subs, {}
+        for sub in subs.values():
+            sub.on(SubscriptionEvent.LEFT)
+            self.ctx.channels.leave(self, sub)
 
     # -- inbound ----------------------------------------------------------------------
 
@@ -213,7 +242,7 @@ class Client(OutboundQueue):
             return
         try:
             commands = self.wire_format.codec.decode_commands(
-                data, max_commands=self.node.config.max_commands_per_frame
+                data, max_commands=self.ctx.config.max_commands_per_frame
             )
         except ProtocolViolation as exc:
             self._violation(exc)
@@ -224,7 +253,7 @@ class Client(OutboundQueue):
             self._inbox = deque()
         self._inbox.extend(commands)
         if self._worker is None:
-            self._worker = self.node.loop.create_task(self._work())
+            self._worker = self.ctx.loop.create_task(self._work())
 
     async def _work(self) -> None:
         try:
@@ -321,7 +350,7 @@ class Client(OutboundQueue):
     def _verify_connect_token(
         self, token: str
     ) -> tuple[str, float | None, bytes | None, tuple[str, ...]]:
-        config = self.node.config
+        config = self.ctx.config
         if not token:
             if config.allow_anonymous:
                 return "", None, None, ()
@@ -341,12 +370,12 @@ class Client(OutboundQueue):
 
     async def _connect(self, request: ConnectRequest, cid: int) -> None:
         user, expire_at, info, channels = self._verify_connect_token(request.token)
-        config = self.node.config
+        config = self.ctx.config
         if config.user_personal_channel and user:
             personal = personal_channel(user, config.user_personal_channel_namespace)
             if personal not in channels:
                 channels = (*channels, personal)
-        self.node.claim_user(self, user)
+        self.ctx.registry.claim_user(self, user)
         self.user = user
         self.expire_at = expire_at
         self.conn_info = msgspec.Raw(info) if info is not None else None
@@ -361,10 +390,10 @@ class Client(OutboundQueue):
         except BaseException:
             for channel, _, _ in prepared:
                 self.unsubscribe(channel)
-            self.node.release_user(self)
+            self.ctx.registry.release_user(self)
             raise
         self.state = advance(self.state, ConnectionState.CONNECTED)
-        self.node.register(self)
+        self.ctx.registry.register(self)
         expires, ttl = self._ttl()
         connect = ConnectResult(
             client=self.id,
@@ -374,7 +403,7 @@ class Client(OutboundQueue):
             subs={ch: r for ch, r, _ in prepared} or None,
             ping=config.ping_interval,
             pong=True,
-            node=self.node.name,
+            node=self.ctx.node_name,
             time=int(time.time() * 1000),
         )
         self.send_reply(Reply(id=cid, connect=connect))
@@ -388,7 +417,7 @@ class Client(OutboundQueue):
         self.expire_at = expire_at
         if info is not None:
             self.conn_info = msgspec.Raw(info)
-        self.node.track_expiry(self)
+        self.ctx.registry.track_expiry(self)
         expires, ttl = self._ttl()
         return RefreshResult(client=self.id, version=__version__, expires=expires, ttl=ttl)
 
@@ -400,7 +429,7 @@ class Client(OutboundQueue):
         callbacks fire, the connection stays) and disconnect 3500 on sub_refresh; a valid
         token for another channel or user is disconnect 3500."""
         try:
-            claims = verify_subscription_token(token, self.node.config.token_secret)
+            claims = verify_subscription_token(token, self.ctx.config.token_secret)
         except TokenError as exc:
             if exc.expired:
                 raise ClientError(ErrorCode.TOKEN_EXPIRED) from None
@@ -419,7 +448,7 @@ class Client(OutboundQueue):
             raise ClientError(ErrorCode.PERMISSION_DENIED, "not subscribed")
         expire_at, _ = self._verify_sub_token(request.channel, request.token, subscribing=False)
         sub.expire_at = expire_at
-        self.node.track_sub_expiry(self, request.channel, expire_at)
+        self.ctx.registry.track_sub_expiry(self, request.channel, expire_at)
         if expire_at is None:
             return SubRefreshResult()
         return SubRefreshResult(expires=True, ttl=max(0, int(expire_at - time.time())))
@@ -447,10 +476,10 @@ class Client(OutboundQueue):
         """Check, join the hub as pending, read the stream. Returns the reply and the
         offset the reply brings the client to; the caller sends the reply, then calls
         :meth:`go_live` (with no await in between)."""
-        ns = self.node.namespace(channel)
+        ns = self.ctx.channels.namespace(channel)
         if channel in self.subs:
             raise ClientError(ErrorCode.ALREADY_SUBSCRIBED)
-        if len(self.subs) >= self.node.config.max_subscriptions:
+        if len(self.subs) >= self.ctx.config.max_subscriptions:
             raise ClientError(ErrorCode.LIMIT_EXCEEDED, "too many subscriptions")
         expire_at: float | None = None
         token_info: bytes | None = None
@@ -475,15 +504,15 @@ class Client(OutboundQueue):
         )
         self.subs[channel] = sub
         try:
-            result, after = await self.node.join_channel(self, sub, request)
+            result, after = await self.ctx.channels.join(self, sub, request)
         except BaseException:
             if self.subs.get(channel) is sub:
                 del self.subs[channel]
                 sub.on(SubscriptionEvent.FAILED)
-                self.node.leave_channel(self, sub)
+                self.ctx.channels.leave(self, sub)
             raise
         if expire_at is not None:
-            self.node.track_sub_expiry(self, channel, expire_at)
+            self.ctx.registry.track_sub_expiry(self, channel, expire_at)
             result.expires = True
             result.ttl = max(0, int(expire_at - time.time()))
         return result, after
@@ -492,7 +521,7 @@ class Client(OutboundQueue):
         sub = self.subs.get(channel)
         if sub is None or self.state is ConnectionState.CLOSED:
             return
-        self.node.channels.go_live(self, sub, after_offset)
+        self.ctx.channels.go_live(self, sub, after_offset)
 
     def resubscribe(self, channel: str) -> None:
         """Leave ``channel`` and tell the client to subscribe again from its position
@@ -508,19 +537,19 @@ class Client(OutboundQueue):
         sub = self.subs.pop(channel, None)
         if sub is not None:
             sub.on(SubscriptionEvent.LEFT)
-            self.node.leave_channel(self, sub)
+            self.ctx.channels.leave(self, sub)
 
     def _subscribed(self, channel: str) -> Subscription:
         sub = self.subs.get(channel)
         if sub is None:
-            self.node.namespace(channel)  # unknown channel is reported before permission
+            self.ctx.channels.namespace(channel)  # unknown channel is reported before permission
             raise ClientError(ErrorCode.PERMISSION_DENIED, "not subscribed")
         return sub
 
     # -- channel operations -----------------------------------------------------------
 
     async def _publish(self, request: PublishRequest) -> None:
-        ns = self.node.namespace(request.channel)
+        ns = self.ctx.channels.namespace(request.channel)
         if not request.data:
             raise ClientError(ErrorCode.BAD_REQUEST, "data required")
         sub = self.subs.get(request.channel)
@@ -529,14 +558,14 @@ class Client(OutboundQueue):
         self._take_publish_token()
         # An ephemeral publication (a cursor, a typing flag) from one client replaces
         # that client's previous one in a slow reader's queue.
-        await self.node.publish(
+        await self.ctx.channels.publish(
             request.channel, bytes(request.data), info=sub.info, coalesce_key=self.id
         )
 
     def _take_publish_token(self) -> None:
         """Per-connection publish rate limit (token bucket): error 111 beyond it."""
-        config = self.node.config
-        now = self.node.clock()
+        config = self.ctx.config
+        now = self.ctx.clock()
         tokens = min(
             float(config.client_publish_burst),
             self._pub_tokens + (now - self._pub_stamp) * config.client_publish_rate,
@@ -548,7 +577,7 @@ class Client(OutboundQueue):
         self._pub_tokens = tokens - 1
 
     def _check_read_access(self, channel: str) -> NamespaceConfig:
-        ns = self.node.namespace(channel)
+        ns = self.ctx.channels.namespace(channel)
         sub = self._subscribed(channel)
         if not ns.allow_history:
             raise ClientError(ErrorCode.PERMISSION_DENIED)
@@ -556,15 +585,15 @@ class Client(OutboundQueue):
 
     async def _presence(self, channel: str) -> PresenceResult:
         self._check_read_access(channel)
-        return await self.node.presence(channel)
+        return await self.ctx.channels.presence(channel)
 
     async def _presence_stats(self, channel: str) -> PresenceStatsResult:
         self._check_read_access(channel)
-        return await self.node.presence_stats(channel)
+        return await self.ctx.channels.presence_stats(channel)
 
     async def _history(self, request: HistoryRequest) -> HistoryResult:
         self._check_read_access(request.channel)
-        return await self.node.history(
+        return await self.ctx.channels.history(
             request.channel, limit=request.limit, since=request.since, reverse=request.reverse
         )
 

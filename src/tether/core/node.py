@@ -18,10 +18,10 @@ import structlog
 
 from tether import __version__
 from tether.brokers.base import Broker, PresenceStore, PublishResult
-from tether.config import Config, NamespaceConfig
+from tether.config import Config
 from tether.core.admission import Admission
-from tether.core.channels import Channels, Subscription
-from tether.core.client import Client
+from tether.core.channels import Channels
+from tether.core.client import Client, SessionContext
 from tether.core.hub import Hub
 from tether.core.lanes import LaneGate
 from tether.core.outbound import OverflowPolicy, QueueLimits
@@ -44,12 +44,10 @@ from tether.protocol.messages import (
     Publication,
     Push,
     Subscribe,
-    SubscribeRequest,
-    SubscribeResult,
     Unsubscribe,
 )
 from tether.protocol.messages import StreamPosition as WirePosition
-from tether.protocol.session import ConnectionState, SubscriptionEvent
+from tether.protocol.session import ConnectionState
 
 log = structlog.get_logger("tether.node")
 
@@ -82,6 +80,8 @@ class Node:
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue_limits: QueueLimits | None = None
+        self._session: SessionContext
+        """What every client session gets of this node (built by :meth:`start`)."""
         self.admission = Admission(
             max_connections=config.max_connections,
             connects_per_second=config.max_connects_per_second,
@@ -145,6 +145,15 @@ class Node:
             flusher=flusher,
             call_soon=loop.call_soon,
             stats=self.hub.stats,
+        )
+        self._session = SessionContext(
+            config=self.config,
+            registry=self.registry,
+            channels=self.channels,
+            queue_limits=self._queue_limits,
+            loop=loop,
+            clock=self.clock,
+            node_name=self.name,
         )
         await self.broker.start(self)
         self.spawn(self._housekeeping(), "housekeeping")
@@ -218,32 +227,9 @@ class Node:
     def open_session(self, transport: ClientTransport, wire_format: WireFormat) -> Client:
         """A transport finished its handshake: a new client speaking ``wire_format``,
         awaiting ``connect``."""
-        client = Client(self, transport, wire_format)
+        client = Client(self._session, transport, wire_format)
         self.registry.add_connecting(client)
         return client
-
-    def claim_user(self, client: Client, user: str) -> None:
-        self.registry.claim_user(client, user)
-
-    def release_user(self, client: Client) -> None:
-        self.registry.release_user(client)
-
-    def register(self, client: Client) -> None:
-        self.registry.register(client)
-
-    def forget(self, client: Client) -> None:
-        """``client`` is closed: drop it everywhere, leave its channels."""
-        self.registry.forget(client)
-        subs, client.subs = client.subs, {}
-        for sub in subs.values():
-            sub.on(SubscriptionEvent.LEFT)
-            self.leave_channel(client, sub)
-
-    def track_expiry(self, client: Client) -> None:
-        self.registry.track_expiry(client)
-
-    def track_sub_expiry(self, client: Client, channel: str, expire_at: float | None) -> None:
-        self.registry.track_sub_expiry(client, channel, expire_at)
 
     async def _housekeeping(self) -> None:
         """Once a second: pings (one bucket of clients per second, so a node's pings are
@@ -271,19 +257,6 @@ class Node:
                 await self.channels.refresh_presence(entries)
             except BrokerUnavailable as exc:
                 log.warning("presence refresh failed", error=str(exc))
-
-    # -- channels (the client sessions' way to them, until they hold Channels) --------
-
-    def namespace(self, channel: str) -> NamespaceConfig:
-        return self.channels.namespace(channel)
-
-    async def join_channel(
-        self, client: Client, sub: Subscription, request: SubscribeRequest
-    ) -> tuple[SubscribeResult, int]:
-        return await self.channels.join(client, sub, request)
-
-    def leave_channel(self, client: Client, sub: Subscription) -> None:
-        self.channels.leave(client, sub)
 
     # -- broker events (BrokerEventHandler) -------------------------------------------
 
