@@ -32,7 +32,7 @@ audience enqueues per member instead of sharing a tick batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 from tether.core.lanes import Lane
@@ -53,20 +53,28 @@ class Member(Subscriber, Protocol):
 M = TypeVar("M", bound=Member)
 
 
-class _Audience(Generic[M]):
-    """The live subscribers of one channel that speak one wire format, and what they share
-    right now: this tick's batch of frames and the open ephemeral window."""
+class _Audience(dict[M, None]):
+    """The live subscribers of one channel that speak one wire format (the keys, in the
+    order they went live), and what they share right now: this tick's batch of frames and
+    the open ephemeral window.
 
-    __slots__ = ("batch", "delta", "fresh", "members", "window", "wire_format")
+    A channel's audiences (one per wire format and delta; nearly always just one) are
+    chained through ``next``, and the audience is itself the member table: a channel costs
+    one dict and a few slots, as before there were encodings (an idle connection often
+    has channels of its own, so this is per-connection memory)."""
+
+    __slots__ = ("batch", "delta", "fresh", "next", "window", "wire_format")
 
     def __init__(self, wire_format: WireFormat, delta: bool = False) -> None:
+        super().__init__()
         self.wire_format = wire_format
         self.delta = delta
         """Its members negotiated delta compression."""
-        self.fresh: set[M] = set()
+        self.fresh: set[M] | None = set() if delta else None
         """Delta members that have had no publication since they went live: the next one
-        they get is full (the SDK has no base to apply a delta to)."""
-        self.members: dict[M, None] = {}
+        they get is full (the SDK has no base to apply a delta to). None: not delta."""
+        self.next: _Audience[M] | None = None
+        """The channel's next audience (another wire format, or delta)."""
         self.batch: list[bytes] | None = None
         """This tick's frames, one list shared by every member (None: no open batch)."""
         self.window: dict[Hashable, bytes] | None = None
@@ -151,8 +159,8 @@ class Hub(Generic[M]):
     def __init__(self, stats: QueueStats | None = None) -> None:
         self.stats = stats if stats is not None else QueueStats()
         """Shared with every client's queue (coalesced / dropped ephemeral frames)."""
-        # channel -> (wire format, delta) -> its live subscribers
-        self._live: dict[str, dict[_AudienceKey, _Audience[M]]] = {}
+        # channel -> its first audience (the others chained from it)
+        self._live: dict[str, _Audience[M]] = {}
         self._pending: dict[str, dict[M, list[tuple[int, bytes, Hashable]]]] = {}
         self._pending_delta: dict[str, set[M]] = {}
         """Pending subscribers that negotiated delta (they buffer full delta-form frames)."""
@@ -199,13 +207,17 @@ class Hub(Generic[M]):
             del self._pending[channel]
         self._forget_pending_delta(channel, client)
         wire_format = client.wire_format
-        audiences = self._live.get(channel)
-        if audiences is None:
-            audiences = self._live[channel] = {}
-        audience = audiences.get((wire_format, delta))
+        head = self._live.get(channel)
+        audience = head
+        while audience is not None and (
+            audience.wire_format is not wire_format or audience.delta is not delta
+        ):
+            audience = audience.next
         if audience is None:
-            audience = audiences[wire_format, delta] = _Audience(wire_format, delta)
-        if delta:
+            audience = _Audience(wire_format, delta)
+            audience.next = head
+            self._live[channel] = audience
+        if audience.fresh is not None:
             audience.fresh.add(client)
         window = audience.window
         # Frames still in the open ephemeral window reach the client with the window.
@@ -216,21 +228,29 @@ class Hub(Generic[M]):
         # The audience's current batch was attached before this client was live: later
         # frames of this tick go to a new batch that it shares too.
         audience.batch = None
-        audience.members[client] = None
+        audience[client] = None
 
     def remove(self, channel: str, client: M) -> bool:
         """Forget ``client`` on ``channel``. True if no local subscriber is left."""
-        audiences = self._live.get(channel)
-        if audiences is not None:
-            for key in ((client.wire_format, False), (client.wire_format, True)):
-                audience = audiences.get(key)
-                if audience is not None and client in audience.members:
-                    del audience.members[client]
+        previous: _Audience[M] | None = None
+        audience = self._live.get(channel)
+        while audience is not None:
+            after = audience.next
+            if client in audience:
+                del audience[client]
+                if audience.fresh is not None:
                     audience.fresh.discard(client)
-                    if not audience.members:
-                        del audiences[key]
-                        if not audiences:
-                            del self._live[channel]
+                if not audience:  # unlink it
+                    if previous is not None:
+                        previous.next = after
+                    elif after is not None:
+                        self._live[channel] = after
+                    else:
+                        del self._live[channel]
+                    audience = after
+                    continue
+            previous = audience
+            audience = after
         pending = self._pending.get(channel)
         if pending is not None and client in pending:
             del pending[client]
@@ -251,13 +271,13 @@ class Hub(Generic[M]):
 
     def channels(self) -> dict[str, int]:
         """Channel -> number of local subscribers (live and pending)."""
-        out = {ch: sum(len(a.members) for a in auds.values()) for ch, auds in self._live.items()}
+        out = {ch: sum(map(len, _chain(head))) for ch, head in self._live.items()}
         for ch, m in self._pending.items():
             out[ch] = out.get(ch, 0) + len(m)
         return out
 
     def subscribers(self, channel: str) -> list[M]:
-        live = [c for a in self._live.get(channel, {}).values() for c in a.members]
+        live = [c for audience in _chain(self._live.get(channel)) for c in audience]
         return [*live, *self._pending.get(channel, ())]
 
     # -- fan-out ---------------------------------------------------------------------
@@ -301,24 +321,24 @@ class Hub(Generic[M]):
         """Frame ``message`` once per wire format present on ``channel``; deliver it to the
         live subscribers (tick batch or ephemeral window) and buffer it for the pending
         ones."""
-        audiences = self._live.get(channel)
+        head = self._live.get(channel)
         pending = self._pending.get(channel)
-        if audiences is None and pending is None:
+        if head is None and pending is None:
             return
         # Pending subscribers reuse the live subscribers' frames (the same object: that
         # is how go_live recognises a frame still in an open window).
         built: dict[_AudienceKey, bytes] | None = {} if pending else None
         frames: _PublicationFrames | None = None
         if isinstance(message, Publication) and (
-            self._pending_delta.get(channel) or any(k[1] for k in audiences or ())
+            self._pending_delta.get(channel) or any(a.delta for a in _chain(head))
         ):
             previous = self._previous.get(channel) if delta else None
             frames = _PublicationFrames(channel, message, previous)
             self._previous[channel] = message
         else:
             self._previous.pop(channel, None)
-        if audiences:
-            for audience in audiences.values():
+        if head is not None:
+            for audience in _chain(head):
                 wire_format = audience.wire_format
                 if frames is not None and audience.delta:
                     self._deliver_delta(audience, frames, lane, key, built)
@@ -326,7 +346,7 @@ class Hub(Generic[M]):
                 frame = _frame(wire_format, channel, message)
                 if built is not None:
                     built[wire_format, audience.delta] = frame
-                members = audience.members
+                members = audience
                 if audience.delta and not lane.coalesced:
                     # Its publications are enqueued per member: so are its other pushes,
                     # or a shared batch would carry them past publications of this tick.
@@ -381,9 +401,9 @@ class Hub(Generic[M]):
             built[wire_format, True] = full
         patch = frames.delta(wire_format)
         fresh = audience.fresh
-        members = audience.members
-        self.deliveries += len(members)
-        for client in members:
+        assert fresh is not None  # a delta audience
+        self.deliveries += len(audience)
+        for client in audience:
             frame = full if patch is None or client in fresh else patch
             _enqueue(client, frame, lane, key)
         fresh.clear()
@@ -410,14 +430,21 @@ class Hub(Generic[M]):
         windowed, self._windowed = self._windowed, []
         for audience in windowed:
             window, audience.window = audience.window, None
-            members = audience.members
-            if not window or not members:
+            if not window or not audience:
                 continue
             frames = list(window.values())
             batch = EphemeralBatch(list(window), frames, sum(map(len, frames)))
-            self.deliveries += len(frames) * len(members)
-            for client in members:
+            self.deliveries += len(frames) * len(audience)
+            for client in audience:
                 client.attach_ephemeral(batch)
+
+
+def _chain(head: _Audience[M] | None) -> Iterator[_Audience[M]]:
+    """A channel's audiences, from its first."""
+    audience = head
+    while audience is not None:
+        yield audience
+        audience = audience.next
 
 
 def _frame(wire_format: WireFormat, channel: str, message: Publication | Push) -> bytes:
