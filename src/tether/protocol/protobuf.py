@@ -45,6 +45,7 @@ from tether.protocol._pb import client_pb2 as pb
 from tether.protocol.codec import DEFAULT_MAX_COMMANDS, Codec, check_command
 from tether.protocol.messages import (
     REQUEST_FIELDS,
+    ClientInfo,
     Command,
     ConnectRequest,
     FilterNode,
@@ -69,8 +70,15 @@ _MAX_VARINT_BYTES: Final = 10
 """A uint64 takes at most 10 varint bytes; a longer run of continuation bits is garbage."""
 
 
+_ONE_BYTE: Final = tuple(bytes((n,)) for n in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """``value`` (>= 0) as a base-128 varint, least significant group first."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -280,6 +288,59 @@ def _encode(reply: Reply) -> bytes:
     return delimit(message.SerializeToString())
 
 
+# The fan-out hot path, written out: a ``pub`` push straight to bytes. Measured, the generic
+# walk above costs about 30 us per publication (upb attribute access dominates), JSON about
+# 2 us; this costs a few. Each publication is encoded once per node, but with a few hundred
+# subscribers that was a tenth of the per-delivery cost. tests/unit/test_protobuf_codec.py
+# checks it against the generic encoding for any publication (hypothesis).
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    return tag + varint(len(payload)) + payload
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8", "replace")
+
+
+def _client_info(info: ClientInfo) -> bytes:
+    out = b""
+    if info.user:
+        out += _field(b"\x0a", _text(info.user))
+    if info.client:
+        out += _field(b"\x12", _text(info.client))
+    if info.conn_info is not None and len(info.conn_info):
+        out += _field(b"\x1a", bytes(info.conn_info))
+    if info.chan_info is not None and len(info.chan_info):
+        out += _field(b"\x22", bytes(info.chan_info))
+    return out
+
+
+def _publication(publication: Publication) -> bytes:
+    out = b""
+    data = bytes(publication.data)
+    if data:
+        out += _field(b"\x22", data)
+    if publication.info is not None:
+        out += _field(b"\x2a", _client_info(publication.info))
+    if publication.offset:
+        out += b"\x30" + varint(publication.offset)
+    if publication.tags:
+        for key, value in publication.tags.items():
+            out += _field(b"\x3a", _field(b"\x0a", _text(key)) + _field(b"\x12", _text(value)))
+    if publication.delta:
+        out += b"\x40\x01"
+    if publication.time:
+        out += b"\x48" + varint(publication.time % (1 << 64))  # int64: two's complement
+    return out
+
+
+def _publication_push(channel: str, publication: Publication) -> bytes:
+    push = _field(b"\x12", _text(channel)) if channel else b""
+    push += _field(b"\x22", _publication(publication))
+    return delimit(_field(b"\x22", push))
+
+
 class ProtobufCodec:
     """The Protobuf encoding (binary WebSocket frames). Stateless: one instance serves
     every connection (:data:`PROTOBUF`)."""
@@ -313,7 +374,7 @@ class ProtobufCodec:
 
     def encode_publication_push(self, channel: str, publication: Publication) -> bytes:
         """A ``pub`` push: encoded once per publication, shared by all subscribers."""
-        return _encode(Reply(push=Push(channel=channel, pub=publication)))
+        return _publication_push(channel, publication)
 
     def join(self, messages: Sequence[bytes]) -> bytes:
         """Several encoded messages as one WebSocket message (each is already delimited)."""
