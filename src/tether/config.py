@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from tether.brokers.sharded import shard_address
+from tether.brokers.addresses import shard_address
 from tether.core.lanes import LANE_NAMES, Lane, default_publish_limits
 from tether.errors import ConfigError
 from tether.protocol.channels import DEFAULT_NAMESPACE
