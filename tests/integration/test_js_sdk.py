@@ -577,3 +577,20 @@ async def test_js_clients_see_each_other_join_and_leave(js: Spawn) -> None:
     await visitor.stop()
     await watcher.expect("leave", channel=channel, user="fred")
     await watcher.stop()
+
+
+async def test_js_clients_of_one_user_all_get_their_personal_channel(js: Spawn) -> None:
+    config = make_config(user_personal_channel=True, user_personal_channel_namespace="chat")
+    async with running_server(config) as node:
+        url = ws_url(node.port)
+        phone = await js("connect", token=token("gina"), url=url)
+        laptop = await js("connect", token=token("gina"), url=url)
+        for device in (phone, laptop):
+            await device.expect("server_subscribed", channel="chat:#gina")
+
+        await node.node.publish("chat:#gina", b'{"text":"for all of gina"}')
+
+        for device in (phone, laptop):
+            got = await device.expect("server_publication", channel="chat:#gina")
+            assert got["data"] == {"text": "for all of gina"}
+            await device.stop()

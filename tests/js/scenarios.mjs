@@ -174,6 +174,11 @@ function newClient() {
   c.on('connected', (ctx) => emit('connected', { client: ctx.client, transport: ctx.transport }));
   c.on('disconnected', (ctx) => emit('disconnected', { code: ctx.code, reason: ctx.reason }));
   c.on('error', (ctx) => emit('error', { type: ctx.type, ...errorFields(ctx.error) }));
+  // Server-side subscriptions (token channels, the personal channel) report here.
+  c.on('subscribed', (ctx) => emit('server_subscribed', { channel: ctx.channel }));
+  c.on('publication', (ctx) =>
+    emit('server_publication', { channel: ctx.channel, data: decode(ctx.data) }),
+  );
   return c;
 }
 
