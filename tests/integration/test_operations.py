@@ -62,8 +62,10 @@ async def test_metrics_count_connections_and_publications(server: Server) -> Non
     )
     assert float(samples["tether_connections"]) == 1
     assert float(samples["tether_subscriptions"]) == 1
-    assert float(samples["tether_publications_total"]) == 1
-    assert float(samples["tether_deliveries_total"]) == 1
+    # chat is a standard-lane namespace: counted there, once per publication.
+    assert float(samples['tether_publications_total{lane="standard"}']) == 1
+    assert float(samples['tether_publications_total{lane="critical"}']) == 0
+    assert float(samples['tether_deliveries_total{lane="standard"}']) == 1
     assert 'tether_publishes_shed_total{lane="standard"}' in samples
 
 

@@ -65,6 +65,11 @@ FLAG_REJECT_UNRECOVERED = 2
 than subscribe when the missed publications cannot all be recovered."""
 
 COALESCE_TAG = "coalesce_key"
+
+RECOVERY_OUTCOMES = ("recovered", "not_recovered", "failed")
+"""What a subscribe asking to recover got: everything missed (``recovered: true``); the
+stream no longer holds it, or more than ``recovery_max_publications`` (``recovered:
+false``, the loss reported); the broker could not be read (error 100, the SDK retries)."""
 """Publication tag carrying an ephemeral publication's coalescing key."""
 
 
@@ -138,6 +143,8 @@ class Channels(Generic[M]):
         self.recovery = recovery
         self.lanes = LaneGate(config.lane_publish_limits)
         """Publishes in flight per lane; ``lanes.shed``: refused because it was full."""
+        self.recoveries = dict.fromkeys(RECOVERY_OUTCOMES, 0)
+        """Subscribes that asked to recover, by outcome (see RECOVERY_OUTCOMES)."""
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
         """(channel, client id) -> the task finishing that subscription's leave."""
@@ -204,14 +211,19 @@ class Channels(Generic[M]):
         if positioned:
             if recoverable and request.recover:
                 since = StreamPosition(request.offset, request.epoch)
-                pubs, position, recovered = await recover(
-                    self.recovery,
-                    channel,
-                    since,
-                    cap=self._config.recovery_max_publications,
-                    size=ns.history_size,
-                    ttl=ns.history_ttl,
-                )
+                try:
+                    pubs, position, recovered = await recover(
+                        self.recovery,
+                        channel,
+                        since,
+                        cap=self._config.recovery_max_publications,
+                        size=ns.history_size,
+                        ttl=ns.history_ttl,
+                    )
+                except BrokerUnavailable:
+                    self.recoveries["failed"] += 1
+                    raise
+                self.recoveries["recovered" if recovered else "not_recovered"] += 1
                 if not recovered and request.flag & FLAG_REJECT_UNRECOVERED:
                     raise ClientError(ErrorCode.UNRECOVERABLE_POSITION)
                 if sub.delta:  # recovered publications are full, in the delta form

@@ -32,7 +32,7 @@ from tether.config import Config, NamespaceConfig
 from tether.core.channels import Channels, Subscription
 from tether.core.lanes import may_shed_standard
 from tether.core.outbound import OutboundQueue, QueueLimits
-from tether.core.registry import Registry
+from tether.core.registry import ENDED_BY_CLIENT, Registry
 from tether.errors import (
     BrokerUnavailable,
     ClientError,
@@ -209,7 +209,7 @@ class Client(OutboundQueue):
         given, instead of its own), release everything."""
         if self.state is ConnectionState.CLOSED:
             return
-        self._release()
+        self._release(str(disconnect.code))
         if disconnect.code != DisconnectCode.SLOW.code:
             self.flush(force=True)
         self.stop_queue()
@@ -217,12 +217,13 @@ class Client(OutboundQueue):
 
     def on_transport_closed(self) -> None:
         """The socket is gone (peer closed, network error, or after :meth:`close`)."""
-        self._release()
+        self._release(ENDED_BY_CLIENT)
 
-    def _release(self) -> None:
+    def _release(self, ended_by: str) -> None:
         if self.state is ConnectionState.CLOSED:
             return
         self.state = advance(self.state, ConnectionState.CLOSED)
+        self.ctx.registry.count_end(ended_by)
         worker = self._worker
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()

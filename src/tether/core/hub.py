@@ -151,8 +151,8 @@ class Hub(Generic[M]):
         "_previous",
         "_request_ephemeral_flush",
         "_windowed",
-        "deliveries",
-        "publications",
+        "lane_deliveries",
+        "lane_publications",
         "stats",
     )
 
@@ -172,8 +172,19 @@ class Hub(Generic[M]):
         self._windowed: list[_Audience[M]] = []
         """Audiences with an open ephemeral window (closed by :meth:`flush_ephemeral`)."""
         self._request_ephemeral_flush: Callable[[], object] = self.flush_ephemeral
-        self.publications = 0
-        self.deliveries = 0
+        self.lane_publications = dict.fromkeys(Lane, 0)
+        """Publications fanned out, per lane: one per publication, whatever the audience."""
+        self.lane_deliveries = dict.fromkeys(Lane, 0)
+        """Frames handed to live subscribers, per lane: added once per audience (or per
+        ephemeral window), never counted one by one."""
+
+    @property
+    def publications(self) -> int:
+        return sum(self.lane_publications.values())
+
+    @property
+    def deliveries(self) -> int:
+        return sum(self.lane_deliveries.values())
 
     def use_ephemeral_cadence(self, request_flush: Callable[[], object]) -> None:
         """``request_flush()`` must lead to one :meth:`flush_ephemeral` call soon (the
@@ -303,7 +314,7 @@ class Hub(Generic[M]):
         as a delta to the subscribers that negotiated one (the namespace's
         ``delta_publish``)."""
         self._broadcast(channel, publication, publication.offset, lane, key, delta)
-        self.publications += 1
+        self.lane_publications[lane] += 1
 
     def broadcast_push(self, channel: str, push: Push, lane: Lane) -> None:
         """A push that is not a publication (join, leave): offset 0, never deduplicated."""
@@ -350,14 +361,14 @@ class Hub(Generic[M]):
                 if audience.delta and not lane.coalesced:
                     # Its publications are enqueued per member: so are its other pushes,
                     # or a shared batch would carry them past publications of this tick.
-                    self.deliveries += len(members)
+                    self.lane_deliveries[lane] += len(members)
                     for client in members:
                         _enqueue(client, frame, lane, key)
                     continue
                 if lane.coalesced:
                     self._add_to_window(audience, frame, key, len(members))
                     continue
-                self.deliveries += len(members)
+                self.lane_deliveries[lane] += len(members)
                 batch = audience.batch
                 if batch is not None:
                     batch.append(frame)  # every member already holds this batch
@@ -402,7 +413,7 @@ class Hub(Generic[M]):
         patch = frames.delta(wire_format)
         fresh = audience.fresh
         assert fresh is not None  # a delta audience
-        self.deliveries += len(audience)
+        self.lane_deliveries[lane] += len(audience)
         for client in audience:
             frame = full if patch is None or client in fresh else patch
             _enqueue(client, frame, lane, key)
@@ -434,7 +445,7 @@ class Hub(Generic[M]):
                 continue
             frames = list(window.values())
             batch = EphemeralBatch(list(window), frames, sum(map(len, frames)))
-            self.deliveries += len(frames) * len(audience)
+            self.lane_deliveries[Lane.EPHEMERAL] += len(frames) * len(audience)
             for client in audience:
                 client.attach_ephemeral(batch)
 

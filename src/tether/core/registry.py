@@ -76,6 +76,10 @@ class Connection(Protocol):
 
 C = TypeVar("C", bound=Connection)
 
+ENDED_BY_CLIENT = "client"
+"""How :attr:`Registry.ended` counts a connection that ended from the client's side (its
+close frame, or a lost socket); the others are counted by the code the node sent."""
+
 
 class Registry(Generic[C]):
     """Every connection of this node, by ID and by user, with its timers (see module)."""
@@ -91,6 +95,7 @@ class Registry(Generic[C]):
         "clients",
         "connect_timeout",
         "connecting",
+        "ended",
         "expired_close_delay",
         "max_per_user",
         "pong_timeout",
@@ -118,12 +123,19 @@ class Registry(Generic[C]):
         """User -> its connections (claimed at connect, see :meth:`claim_user`)."""
         self.connecting: dict[C, None] = {}
         """Accepted connections whose connect has not completed."""
+        self.ended: dict[str, int] = {}
+        """Connections ended, by the disconnect code the node sent (as a string), or
+        :data:`ENDED_BY_CLIENT`: one count per connection (:meth:`count_end`)."""
         self._buckets: list[dict[C, None]] = [{} for _ in range(ping_interval)]
         self._bucket_of: dict[C, int] = {}
         self._bucket_seq = itertools.count()
         self._expiries: list[tuple[float, int, C, str | None]] = []
         self._expiry_seq = itertools.count()
         self._tick = 0
+
+    def count_end(self, ended_by: str) -> None:
+        """One connection ended (see :attr:`ended`)."""
+        self.ended[ended_by] = self.ended.get(ended_by, 0) + 1
 
     def everyone(self) -> list[C]:
         """Every connection, connecting ones first (the order drain closes them in)."""

@@ -87,12 +87,32 @@ class NodeCollector(Collector):
             part_family.add_metric([name], value)
         yield part_family
         yield gauge("paused_connections", "Connections whose socket buffer is full.", paused)
-        yield counter(
-            "publications", "Publications fanned out by this node.", node.hub.publications
+        hub = node.hub
+        publications = CounterMetricFamily(
+            "tether_publications", "Publications fanned out by this node, by lane.", labels=["lane"]
         )
-        yield counter(
-            "deliveries", "Publication deliveries to local subscribers.", node.hub.deliveries
+        deliveries = CounterMetricFamily(
+            "tether_deliveries", "Frames delivered to local subscribers, by lane.", labels=["lane"]
         )
+        for lane in hub.lane_publications:
+            publications.add_metric([lane], hub.lane_publications[lane])
+            deliveries.add_metric([lane], hub.lane_deliveries[lane])
+        yield publications
+        yield deliveries
+        ended = CounterMetricFamily(
+            "tether_disconnects",
+            "Connections ended, by the code the node sent ('client': ended by the client).",
+            labels=["code"],
+        )
+        for code, count in sorted(node.registry.ended.items()):
+            ended.add_metric([code], count)
+        yield ended
+        recoveries = CounterMetricFamily(
+            "tether_recoveries", "Subscribes that asked to recover, by outcome.", labels=["outcome"]
+        )
+        for outcome, count in node.channels.recoveries.items():
+            recoveries.add_metric([outcome], count)
+        yield recoveries
         q = node.queue_limits.stats
         yield counter("slow_disconnects", "Clients closed with 3008 (slow).", q.slow_disconnects)
         yield counter(
