@@ -1,14 +1,24 @@
-"""The raw-asyncio ceiling: the least work a Python server can do per delivery here.
+"""The raw-asyncio ceilings: the least work a Python server can do per delivery here.
 
-A hand-written WebSocket server on ``asyncio.Protocol`` under uvloop, modelled on the
-reference measurement (shared/bench-reference, ``raw_asyncio.py`` with ``BATCH=10``):
-frames are built once per publication, and a published batch goes to each subscriber as
-one ``transport.write`` of the concatenated frames. No protocol beyond the bench's plain
+A hand-written WebSocket server on ``asyncio.Protocol`` under uvloop, in two modes:
+
+``per-tick`` (the headline ceiling of ``make bench``)
+    Coalesces exactly as Tether does: every frame a connection gets during one loop
+    iteration is joined into one ``transport.write``, flushed by one ``call_soon`` per
+    iteration (Tether's Flusher). A ceiling must do at least the coalescing of the server
+    it measures, or that server "beats" it.
+``batch`` (the second row)
+    Modelled on the reference measurement (shared/bench-reference, ``raw_asyncio.py``
+    with ``BATCH=10``): a published batch goes to each subscriber as one
+    ``transport.write`` of its concatenated frames, whatever else that connection gets in
+    the same iteration.
+
+Frames are built once per publication in both. No protocol beyond the bench's plain
 JSON messages: ``{"op":"sub","rooms":[..]}`` (answered ``{"op":"subok"}``) and
 ``{"op":"pub","room":R,"msgs":[..]}`` (each message relayed unchanged to room R).
 No history, no auth, no heartbeats, no queue bounds: it is a yardstick, not a server.
 
-usage: python raw_ceiling.py PORT
+usage: python raw_ceiling.py PORT [per-tick|batch]   (default: batch)
 """
 
 from __future__ import annotations
@@ -25,6 +35,18 @@ import uvloop
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 rooms: dict[str, set[Conn]] = {}
+PER_TICK = False
+"""Coalesce per loop iteration (set from the command line)."""
+dirty: list[Conn] = []
+"""per-tick: connections with frames queued this iteration (flushed by one call_soon)."""
+
+
+def flush() -> None:
+    global dirty
+    conns, dirty = dirty, []
+    for conn in conns:
+        out, conn.out = conn.out, []
+        conn.tr.write(out[0] if len(out) == 1 else b"".join(out))
 
 
 def frame(payload: bytes) -> bytes:
@@ -48,6 +70,7 @@ class Conn(asyncio.Protocol):
         self.buf = b""
         self.open = False
         self.rooms: list[str] = []
+        self.out: list[bytes] = []
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
@@ -101,8 +124,17 @@ class Conn(asyncio.Protocol):
                 data = b"".join(
                     frame(json.dumps(m, separators=(",", ":")).encode()) for m in msg["msgs"]
                 )
+                if not PER_TICK:
+                    for conn in members:
+                        conn.tr.write(data)
+                    return
+                if not dirty:
+                    asyncio.get_running_loop().call_soon(flush)
                 for conn in members:
-                    conn.tr.write(data)
+                    out = conn.out
+                    if not out:
+                        dirty.append(conn)
+                    out.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for room in self.rooms:
@@ -122,4 +154,5 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    PER_TICK = sys.argv[2:3] == ["per-tick"]
     uvloop.run(main(int(sys.argv[1])))
