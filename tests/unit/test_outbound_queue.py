@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from tether.core.outbound import OutboundQueue, OverflowPolicy, QueueLimits
+from tether.core.outbound import OutboundQueue, OverflowPolicy, QueueLimits, TickBatch
 from tether.core.transport import Flusher
 from tether.testing.servers import OPEN, make_config
 from tether.testing.transports import LocalSession, local_node
@@ -127,6 +127,11 @@ def frame(name: str, size: int = 16) -> bytes:
     body = name.encode()
     assert len(body) < size
     return body + b"." * (size - len(body) - 1) + b"\n"
+
+
+def batch(name: str, size: int = 16) -> TickBatch:
+    """A tick batch of one frame."""
+    return TickBatch(frame(name, size))
 
 
 def names(frames: list[bytes]) -> list[str]:
@@ -306,9 +311,9 @@ def test_standard_overflow_is_shed_while_the_critical_lane_fits() -> None:
     queue.pause_writing()
     queue.enqueue_urgent(frame("chat-1"))
     for n in range(1, 5):
-        queue.attach([frame(f"feed-{n}")])  # 80 bytes in all: over the bound
+        queue.attach(batch(f"feed-{n}"))  # 80 bytes in all: over the bound
         tick.run_all()
-    queue.attach([frame("feed-5")])  # dropped: the standard lane is being shed
+    queue.attach(batch("feed-5"))  # dropped: the standard lane is being shed
     queue.enqueue_urgent(frame("chat-2"))
     tick.run_all()
     queue.resume_writing()
@@ -321,7 +326,7 @@ def test_standard_overflow_is_shed_while_the_critical_lane_fits() -> None:
     assert queue.stats.standard_shed_bytes == 64  # feed-1 to feed-4 (16 bytes each)
 
     queue.end_shedding()  # the standard channels resubscribed
-    queue.attach([frame("feed-6")])
+    queue.attach(batch("feed-6"))
     tick.run_all()
     assert names(queue.transport.frames)[-1] == "feed-6"
 
@@ -331,7 +336,7 @@ def test_standard_overflow_is_slow_when_the_connection_cannot_recover_its_standa
     queue.pause_writing()
     queue.enqueue_urgent(frame("chat-1"))
     for n in range(1, 5):
-        queue.attach([frame(f"feed-{n}")])
+        queue.attach(batch(f"feed-{n}"))
     tick.run_all()
 
     assert queue.slow_calls == 1
@@ -366,9 +371,9 @@ def test_shedding_the_standard_lane_drops_its_queued_frames_and_keeps_the_critic
     queue.enqueue(frame("feed-1"))
     queue.enqueue_urgent(frame("chat-1"))
     tick.run_all()  # held while the socket is full
-    queue.attach([frame("feed-2")])
+    queue.attach(batch("feed-2"))
     queue.shed_standard()
-    queue.attach([frame("feed-3")])  # refused until the channels resubscribed
+    queue.attach(batch("feed-3"))  # refused until the channels resubscribed
     queue.resume_writing()
     tick.run_all()
 
@@ -377,7 +382,7 @@ def test_shedding_the_standard_lane_drops_its_queued_frames_and_keeps_the_critic
     assert names(queue.transport.frames) == ["chat-1"]
     assert queue.stats.standard_shed_bytes == 32  # feed-1 and feed-2
     queue.end_shedding()
-    queue.attach([frame("feed-4")])
+    queue.attach(batch("feed-4"))
     tick.run_all()
     assert names(queue.transport.frames) == ["chat-1", "feed-4"]
     assert queue.slow_calls == 0

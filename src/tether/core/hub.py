@@ -36,7 +36,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 from tether.core.lanes import Lane
-from tether.core.outbound import EphemeralBatch, QueueStats, Subscriber
+from tether.core.outbound import EphemeralBatch, QueueStats, Subscriber, TickBatch
 from tether.core.transport import WireFormat
 from tether.protocol.fossil import create_delta
 from tether.protocol.messages import Publication, Push
@@ -75,8 +75,8 @@ class _Audience(dict[M, None]):
         they get is full (the SDK has no base to apply a delta to). None: not delta."""
         self.next: _Audience[M] | None = None
         """The channel's next audience (another wire format, or delta)."""
-        self.batch: list[bytes] | None = None
-        """This tick's frames, one list shared by every member (None: no open batch)."""
+        self.batch: TickBatch | None = None
+        """This tick's frames, one batch shared by every member (None: no open batch)."""
         self.window: dict[Hashable, bytes] | None = None
         """Coalescing key -> newest ephemeral frame of the open window (None: closed)."""
 
@@ -371,9 +371,9 @@ class Hub(Generic[M]):
                 self.lane_deliveries[lane] += len(members)
                 batch = audience.batch
                 if batch is not None:
-                    batch.append(frame)  # every member already holds this batch
+                    batch.frames.append(frame)  # every member already holds this batch
                     continue
-                batch = audience.batch = [frame]
+                batch = audience.batch = TickBatch(frame)
                 self._batched.append(audience)
                 if lane.urgent:
                     for client in members:

@@ -21,10 +21,17 @@ full folds batches into its own per-key table, where later frames keep replacing
 ones until it drains.
 
 Tick batches (the fan-out hot path). During one loop tick the hub collects the frames of
-a channel in one shared list, a *batch*, and attaches that list once to each subscriber's
-queue (:meth:`OutboundQueue.attach`); later publications of the same channel in the same
-tick only append to the shared list. Per subscriber, a tick costs one append, however many
-publications it carried; the frames are copied once, into the single ``write`` of the flush.
+a channel in one shared :class:`TickBatch` (per wire format) and attaches it once to each
+subscriber's queue (:meth:`OutboundQueue.attach`); later publications of the same channel
+in the same tick only append to it. At the flush the batch's frames are joined once and
+the same ``bytes`` go to every subscriber's ``write``: per subscriber a tick costs one
+append and one write, however many publications it carried, and no copy of its own.
+
+Each publication stays its own WebSocket message. Joining a tick's pushes into one message
+(the codec's ``join``) would let a client parse fewer frames, but the JS SDK (centrifuge
+5.x) starts dispatching the next message before it has finished the replies of a
+multi-reply one, so a batched message followed closely by another is delivered out of
+order (measured in tests/integration/test_js_sdk.py before this was decided).
 
 Bounds. While the socket is paused (its buffer is full: the client is not keeping up),
 what is queued is held back, and at every flush :class:`OverflowPolicy` decides what a
@@ -48,8 +55,30 @@ from typing import Protocol
 
 from tether.core.transport import ClientTransport, Flusher
 
-Item = bytes | list[bytes]
-"""A queued frame, or a tick batch of one channel's frames shared with other clients."""
+
+class TickBatch:
+    """One channel's frames of one loop tick in one wire format, shared by all its
+    subscribers. :attr:`data` joins them once (again only if more were appended since)."""
+
+    __slots__ = ("_built", "_data", "frames")
+
+    def __init__(self, frame: bytes) -> None:
+        self.frames = [frame]
+        self._data = b""
+        self._built = 0
+
+    @property
+    def data(self) -> bytes:
+        """The batch's frames as one ``bytes``: what every subscriber's ``write`` gets."""
+        frames = self.frames
+        if self._built != len(frames):
+            self._data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self._built = len(frames)
+        return self._data
+
+
+Item = bytes | TickBatch
+"""A queued frame, or a tick batch of one channel shared with other clients."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,9 +107,9 @@ class Subscriber(Protocol):
     """The side of an outbound queue that fan-out uses (the hub): append, never wait.
     :class:`OutboundQueue` is the implementation."""
 
-    def attach(self, batch: list[bytes]) -> None: ...
+    def attach(self, batch: TickBatch) -> None: ...
 
-    def attach_urgent(self, batch: list[bytes]) -> None: ...
+    def attach_urgent(self, batch: TickBatch) -> None: ...
 
     def attach_ephemeral(self, batch: EphemeralBatch) -> None: ...
 
@@ -174,10 +203,7 @@ def _append(chunks: list[bytes] | None, chunk: bytes) -> list[bytes]:
 
 def _flatten(items: list[Item], into: list[bytes]) -> None:
     for item in items:
-        if isinstance(item, bytes):
-            into.append(item)
-        else:
-            into.extend(item)
+        into.append(item if isinstance(item, bytes) else item.data)
 
 
 class OutboundQueue:
@@ -233,9 +259,9 @@ class OutboundQueue:
 
     # -- enqueue (never awaits) -------------------------------------------------------
 
-    def attach(self, batch: list[bytes]) -> None:
-        """Share a standard-lane tick batch: the hub keeps appending this tick's frames of
-        the channel to ``batch``. The fan-out hot path: one call per subscriber per tick.
+    def attach(self, batch: TickBatch) -> None:
+        """Share a standard-lane tick batch: the hub keeps appending this tick's frames
+        of the channel to ``batch``. The fan-out hot path: one call per subscriber per tick.
         Dropped while the standard lane is being shed (its channels are resubscribing)."""
         if not (self._stopped or self._shedding):
             self._out.append(batch)
@@ -243,7 +269,7 @@ class OutboundQueue:
                 self._dirty = True
                 self._limits.flusher.mark(self)
 
-    def attach_urgent(self, batch: list[bytes]) -> None:
+    def attach_urgent(self, batch: TickBatch) -> None:
         """Share a critical-lane tick batch (goes before every other lane)."""
         if not self._stopped:
             if self._urgent is None:
@@ -360,7 +386,7 @@ class OutboundQueue:
             # The fan-out fast path: one tick batch (or frame) and nothing else queued.
             item = out[0]
             self._out = []
-            self.transport.write(item if isinstance(item, bytes) else b"".join(item))
+            self.transport.write(item if isinstance(item, bytes) else item.data)
             return
         parts: list[bytes] = []
         if self._urgent is not None:
