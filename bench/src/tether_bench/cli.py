@@ -30,8 +30,8 @@ def run(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="fanout, rooms, idle, latency; resilience: slow-consumers, typing-storm, "
-            "reconnect-storm, publish-burst."
+            help="fanout, rooms, idle, latency, connect-cost; resilience: slow-consumers, "
+            "typing-storm, reconnect-storm, publish-burst."
         ),
     ],
     url: Annotated[
@@ -127,6 +127,13 @@ def run(
             "(to start several bench processes together)."
         ),
     ] = "",
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="Sample the server (--server-pid) with py-spy while measuring; collapsed "
+            "stacks to this file, a summary in the report."
+        ),
+    ] = "",
     slow: Annotated[int, typer.Option(help="slow-consumers: clients that stop reading.")] = 20,
     payload: Annotated[
         int, typer.Option(help="Filler bytes per publication (0: scenario default).")
@@ -184,6 +191,7 @@ def run(
         server_pid=server_pid,
         source_addresses=source_addresses,
         start_file=start_file,
+        profile=profile,
         slow=slow,
         payload=payload,
         outage=outage,

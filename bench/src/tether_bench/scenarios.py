@@ -11,6 +11,11 @@
 ``idle``
     N connections, each subscribed to 2 channels (personal and group); reports the
     server's RSS per connection, then holds them for ``duration`` and counts survivors.
+``connect-cost``
+    N connections set up the way a reconnecting phone does it: the upgrade, ``connect``
+    with its own HS256 JWT, and two subscribes with ``recover: true`` (a personal channel
+    and a 10-member group channel; the group channels' positions come from a probe
+    connection first). Reports connects per server CPU-second over the setup.
 ``latency``
     N subscribers of one channel; publications at ``fraction`` of the target's measured
     maximum (a short max-rate calibration first, with the same publish shape, unless
@@ -32,10 +37,13 @@ import math
 import os
 import resource
 import secrets
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tether_bench.drivers import Driver, make_driver
@@ -53,6 +61,7 @@ SCENARIOS = (
     "rooms",
     "idle",
     "latency",
+    "connect-cost",
     "slow-consumers",
     "typing-storm",
     "reconnect-storm",
@@ -99,6 +108,9 @@ class BenchOptions:
     """rooms: once every connection is set up, wait (phase "ready") until this file
     exists before publishing, so that several bench processes measure together."""
     progress: bool = True
+    profile: str = ""
+    """Sample the server with py-spy while measuring, collapsed stacks to this file (a
+    summary goes in the report as ``profile``)."""
     slow: int = 20
     """slow-consumers: clients that stop reading."""
     payload: int = 0
@@ -122,6 +134,7 @@ DEFAULT_CONNECTIONS = {
     "rooms": 2000,
     "idle": 10000,
     "latency": 1000,
+    "connect-cost": 5000,
     "slow-consumers": 500,
     "typing-storm": 300,
     "reconnect-storm": 2000,
@@ -243,6 +256,9 @@ class Run:
         """Current adaptive fan-out window (publications)."""
         self._client_cpu0 = 0.0
         self._measure_t0 = 0.0
+        self._profiler: subprocess.Popen[bytes] | None = None
+        self.profile: dict[str, Any] | None = None
+        """py-spy's summary of the server while measuring (``--profile``)."""
 
     # -- the fleet --------------------------------------------------------------------
 
@@ -253,9 +269,15 @@ class Run:
 
         return mint_connection_token(self.o.token_secret, f"bench-{self.o.run_id}-{index}")
 
-    async def connect(self, channels: Sequence[Sequence[str]], check_sample: int) -> None:
+    async def connect(
+        self,
+        channels: Sequence[Sequence[str]],
+        check_sample: int,
+        recover: Callable[[int], dict[str, tuple[int, str]]] | None = None,
+    ) -> None:
         """Open one connection per entry of ``channels`` (its channel list); offsets are
-        checked on ``check_sample`` of them, spread evenly."""
+        checked on ``check_sample`` of them, spread evenly. ``recover(i)``: the channels
+        connection ``i`` subscribes with ``recover: true``, with their (offset, epoch)."""
         n = len(channels)
         limit = raise_fd_limit(n + 64)
         if limit < n + 64:
@@ -272,7 +294,9 @@ class Run:
             checked = (
                 bool(check_every) and i % check_every == 0 and (i // check_every) < check_sample
             )
-            setup = {"host": f"{self.host}:{self.port}", "token": self._token(i)}
+            setup: dict[str, Any] = {"host": f"{self.host}:{self.port}", "token": self._token(i)}
+            if recover is not None:
+                setup["recover"] = recover(i)
             driver = self.driver.for_connection(i)
 
             def factory(
@@ -325,7 +349,33 @@ class Run:
 
     # -- measuring --------------------------------------------------------------------
 
+    def stop_profiler(self) -> None:
+        """Stop py-spy (SIGINT: it writes what it sampled) and summarise its file."""
+        profiler, self._profiler = self._profiler, None
+        if profiler is None:
+            return
+        from tether_bench.profile import summary
+
+        profiler.send_signal(signal.SIGINT)
+        try:
+            profiler.wait(30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            profiler.wait()
+        path = Path(self.o.profile)
+        if path.exists():
+            samples, by_inclusive, by_self = summary(path, 20)
+            self.profile = {
+                "samples": samples,
+                "self": [[x.function, round(x.self_share, 4)] for x in by_self],
+                "inclusive": [[x.function, round(x.inclusive, 4)] for x in by_inclusive],
+            }
+
     def start_measure(self) -> None:
+        if self.o.profile and self.o.server_pid and self._profiler is None:
+            from tether_bench.profile import record
+
+            self._profiler = record(self.o.server_pid, 600, Path(self.o.profile))
         self.measuring = True
         self.stats.record_latency = True
         self.monitor.start()
@@ -338,6 +388,7 @@ class Run:
         wall = time.perf_counter() - self._measure_t0
         server_cpu, _ = self.monitor.since_start()
         client_cpu = _client_cpu() - self._client_cpu0
+        self.stop_profiler()
         return {
             "wall_s": round(wall, 3),
             "server_cpu_s": round(server_cpu, 3),
@@ -685,6 +736,51 @@ async def idle(run: Run) -> dict[str, Any]:
     return report
 
 
+async def connect_cost(run: Run) -> dict[str, Any]:
+    o = run.o
+    n = o.connections
+    personal = [run.driver.channel(f"c{i}-{o.run_id}") for i in range(n)]
+    groups = [run.driver.channel(f"cg{j}-{o.run_id}") for j in range(math.ceil(n / GROUP_SIZE))]
+    # Probes subscribe every group channel once (50 per connection, within the server's
+    # commands-per-frame limit): the fleet then recovers from the real position (offset
+    # and epoch), as a reconnecting client does.
+    probe = Run(o)
+    await probe.connect([groups[j : j + 50] for j in range(0, len(groups), 50)], 0)
+    recover: dict[str, tuple[int, str]] = {}
+    for conn in probe.conns:
+        offsets, epochs = conn.setup.get("offsets", {}), conn.setup.get("epochs", {})
+        recover.update({ch: (offsets.get(ch, 0), epochs.get(ch, "")) for ch in conn.channels})
+    await probe.close()
+    await asyncio.sleep(0.5)
+    run.phase = "connecting"
+    run.start_measure()
+    await run.connect(
+        [[personal[i], groups[i // GROUP_SIZE]] for i in range(n)],
+        0,
+        recover=lambda i: (
+            {groups[i // GROUP_SIZE]: recover.get(groups[i // GROUP_SIZE], (0, ""))}
+            | {personal[i]: (0, "")}
+        ),
+    )
+    measure = run.stop_measure()
+    report = run.base_report()
+    connected = len(run.conns)
+    cpu = measure["server_cpu_s"]
+    recovered = sum(1 for c in run.conns for ok in (c.setup.get("recovered") or {}).values() if ok)
+    report.update(
+        channels_per_connection=2,
+        connect_per_s=round(connected / max(run.connect_seconds, 1e-9)),
+        server_cpu_s=cpu,
+        client_cpu_s=measure["client_cpu_s"],
+        connects_per_server_cpu_s=round(connected / cpu) if cpu > 0 else None,
+        server_cpu_us_per_connect=round(1e6 * cpu / connected, 1) if connected else None,
+        subscribes_recovered=recovered,
+        **run.server_report(measure, 0),
+    )
+    report.pop("deliveries_per_server_cpu_s", None)
+    return report
+
+
 async def latency(run: Run) -> dict[str, Any]:
     o = run.o
     channel = run.driver.channel(f"lat-{o.run_id}")
@@ -739,7 +835,13 @@ async def latency(run: Run) -> dict[str, Any]:
     return report
 
 
-_RUNNERS = {"fanout": fanout, "rooms": rooms, "idle": idle, "latency": latency}
+_RUNNERS = {
+    "fanout": fanout,
+    "rooms": rooms,
+    "idle": idle,
+    "latency": latency,
+    "connect-cost": connect_cost,
+}
 
 
 async def run_bench(options: BenchOptions) -> dict[str, Any]:
@@ -763,7 +865,10 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
     try:
         report = await runners[options.scenario](run)
     finally:
+        run.stop_profiler()
         await run.close()
+    if run.profile is not None:
+        report["profile"] = run.profile
     report["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
     report["bench_pid"] = os.getpid()
     return report

@@ -1,0 +1,107 @@
+"""Where a server's time goes: py-spy's sampling profile, summed per function.
+
+``record(pid, seconds, out)`` runs ``py-spy record --format raw`` (collapsed stacks, one
+``frame;frame;... count`` line per distinct stack) against a running server; ``summary``
+reads such a file and returns, per function, the share of samples in which it is on the
+stack (inclusive) and on top of it (self), so a page can print the top of both.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+PY_SPY = str(Path(sys.executable).parent / "py-spy")
+
+
+def record(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Popen[bytes]:
+    """Start sampling ``pid`` for ``seconds`` into ``out`` (collapsed stacks); returns the
+    py-spy process (wait for it before reading ``out``)."""
+    return subprocess.Popen(
+        [
+            PY_SPY,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            str(rate),
+            "-f",
+            "raw",
+            "--nonblocking",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@dataclass(frozen=True)
+class Line:
+    function: str
+    """``name (file:line)`` as py-spy names it, the path shortened to the package."""
+    inclusive: float
+    """Share of samples with the function on the stack."""
+    self_share: float
+    """Share of samples with the function on top of the stack."""
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "/src/", "/lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    where = where.rsplit(":", 1)[0]  # per function, not per line
+    return f"{name} ({where})"
+
+
+def summary(path: Path, top: int = 15) -> tuple[int, list[Line], list[Line]]:
+    """(samples, top ``top`` by inclusive share, top ``top`` by self share)."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for raw in path.read_text().splitlines():
+        stack, _, count = raw.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_short(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        own[frames[-1]] += n
+        for name in set(frames):
+            inclusive[name] += n
+    if not total:
+        return 0, [], []
+
+    def lines(counter: Counter[str]) -> list[Line]:
+        return [
+            Line(name, inclusive[name] / total, own[name] / total)
+            for name, _ in counter.most_common(top)
+        ]
+
+    return total, lines(inclusive), lines(own)
+
+
+def markdown(path: Path, top: int = 15) -> list[str]:
+    """The profile as two markdown tables (by self share, and by inclusive share)."""
+    total, by_inclusive, by_self = summary(path, top)
+    if not total:
+        return ["(no samples)"]
+    out = [f"{total:,} samples.", "", "| function (self) | self | on stack |", "|---|---|---|"]
+    out += [f"| `{x.function}` | {x.self_share:.1%} | {x.inclusive:.1%} |" for x in by_self]
+    out += ["", "| function (on stack) | on stack | self |", "|---|---|---|"]
+    out += [f"| `{x.function}` | {x.inclusive:.1%} | {x.self_share:.1%} |" for x in by_inclusive]
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(markdown(Path(sys.argv[1]), int(sys.argv[2]) if sys.argv[2:] else 25)))
