@@ -52,7 +52,7 @@ bench/js/node_modules/.installed: bench/js/package.json bench/js/package-lock.js
 ## same scenarios, one session, then the resilience section (about 10 minutes; stopped at 15):
 ## rewrites docs/benchmarks.md.
 bench: $(STAMP) bench/js/node_modules/.installed
-	timeout 900 $(BIN)/tether-bench compare --out docs/benchmarks.md
+	timeout 2100 $(BIN)/tether-bench compare --out docs/benchmarks.md
 
 ## Bytes on the wire with and without fossil delta compression, JSON and Protobuf: a
 ## 2 KiB JSON document published 100 times, each version changing one card (seconds).

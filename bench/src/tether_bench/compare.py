@@ -30,14 +30,17 @@ from typing import Any
 import msgspec
 
 from tether.config import Config
+from tether_bench import plots
 from tether_bench.paths import checkout
 from tether_bench.verdicts import (
     ByRow,
     Report,
     batch_cost_note,
+    before_after_rows,
     ceiling_note,
     correctness,
     fmt,
+    issue11_verdicts,
     resilience_notes,
     resilience_verdicts,
     shown_command,
@@ -53,6 +56,12 @@ BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "18700"))
 TOKEN_SECRET = "bench-token-secret-" + "b" * 24
 API_KEY = "bench-api-key"
 
+UNLIMITED_ADMISSION = {
+    "TETHER_MAX_CONNECTS_PER_SECOND": "1000000",
+    "TETHER_MAX_CONNECTS_BURST": "1000000",
+}
+"""connect-cost: measure the cost of a connection, not the admission rate."""
+
 Target = dict[str, Any]
 """How to start one target server and point the bench at it."""
 
@@ -60,10 +69,18 @@ Target = dict[str, Any]
 def targets(port: int) -> dict[str, Target]:
     http = port + 1
     out: dict[str, Target] = {
+        # The headline ceiling coalesces as Tether does (one write per connection per loop
+        # iteration); the reference's 10-frames-per-write server is the second row.
         "ceiling": {
-            "label": "raw-asyncio ceiling",
+            "label": "raw-asyncio ceiling (per-tick writes)",
             "protocol": "plain",
-            "cmd": [PY, "-m", "tether_bench.peers.raw_ceiling", str(port)],
+            "cmd": [PY, "-m", "tether_bench.peers.raw_ceiling", str(port), "per-tick"],
+            "url": f"ws://127.0.0.1:{port}/",
+        },
+        "ceiling-batch10": {
+            "label": "raw-asyncio, 10 frames per write",
+            "protocol": "plain",
+            "cmd": [PY, "-m", "tether_bench.peers.raw_ceiling", str(port), "batch"],
             "url": f"ws://127.0.0.1:{port}/",
         },
         "tether": {
@@ -91,6 +108,29 @@ def targets(port: int) -> dict[str, Target]:
             "label": "Tether (Redis broker, bench/tether.resilience.toml)",
             "protocol": "tether",
             "cmd": [TETHER, "serve", "--config", "bench/tether.resilience.toml"],
+            "env": {
+                "TETHER_PORT": str(port),
+                "TETHER_HTTP_PORT": str(http),
+                "TETHER_HOST": "127.0.0.1",
+                "TETHER_TOKEN_SECRET": TOKEN_SECRET,
+                "TETHER_API_KEY": API_KEY,
+                "TETHER_REDIS_URL": os.environ.get("BENCH_REDIS_URL", ""),
+                "TETHER_REDIS_PREFIX": f"bench{port}",
+            },
+            "url": f"ws://127.0.0.1:{port}/connection/websocket",
+            "extra": [
+                "--api-url",
+                f"http://127.0.0.1:{http}/api",
+                "--api-key",
+                API_KEY,
+                "--token-secret",
+                TOKEN_SECRET,
+            ],
+        },
+        "tether-redis": {
+            "label": "Tether over Redis",
+            "protocol": "tether",
+            "cmd": [TETHER, "serve", "--config", "bench/tether.bench-redis.toml"],
             "env": {
                 "TETHER_PORT": str(port),
                 "TETHER_HTTP_PORT": str(http),
@@ -147,12 +187,23 @@ def targets(port: int) -> dict[str, Target]:
     return out
 
 
-PEERS = ["ceiling", "tether", "websockets", "python-socketio", "node-socketio"]
+PEERS = ["ceiling", "ceiling-batch10", "tether", "websockets", "python-socketio", "node-socketio"]
 ENCODING_ROWS = ["tether-protobuf", "tether-mixed"]
 """Tether's fan-out again with Protobuf subscribers, and half JSON, half Protobuf (issue 10:
 within 10% of JSON deliveries/s)."""
 LATENCY_RUNS = 3
 """Latency runs per target (interleaved rounds); the page shows each target's median."""
+FAN_RUNS = 3
+"""Fan-out runs of the ceilings and Tether (interleaved rounds): the median per CPU-s."""
+CONNECT_RUNS = 3
+"""connect-cost runs per broker (interleaved): the median connects per server CPU-s."""
+EQUAL_RATE = 5
+"""Publications/s of the equal-load latency run (x 1,000 subscribers): every peer
+sustains it (python-socketio, the slowest, tops out near 20/s here)."""
+CURVE_FRACTIONS = (0.25, 0.8)
+"""Fractions of each target's own maximum for the latency curve, besides 0.5."""
+PROFILE_DIR = Path(tempfile.gettempdir()) / "tether-bench-profiles"
+"""py-spy's collapsed stacks of the profiled runs (summaries go in the reports)."""
 
 
 def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
@@ -168,12 +219,27 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
         lat = ["-n", "1000", "--duration", "8", "--calibrate", "3"]
         rooms = ["-n", "2000", "--duration", "8", "--rate", "2000"]
         idle = ["-n", "10000", "--duration", "5"]
+    con = ["-n", "500"] if quick else ["-n", "5000"]
     out: list[tuple[str, str, list[str]]] = []
+    for i in range(1 if quick else FAN_RUNS):  # rounds, the ceilings and Tether interleaved
+        for name in ["ceiling", "ceiling-batch10", "tether", "tether-redis"]:
+            profile = ["--profile", f"{PROFILE_DIR}/{name}-fanout.txt"] if i == 0 else []
+            out.append(("fanout", name, [*fan, *(profile if name.startswith("tether") else [])]))
     for name in PEERS:
-        out.append(("fanout", name, fan))
+        if name not in ("ceiling", "ceiling-batch10", "tether"):
+            out.append(("fanout", name, fan))
     out.append(("fanout", "tether-batch1", [*fan, "--batch", "1", "--concurrency", "8"]))
     for name in ENCODING_ROWS:
         out.append(("fanout", name, fan))
+    for i in range(1 if quick else CONNECT_RUNS):
+        for name in ["tether", "tether-redis"]:
+            profile = ["--profile", f"{PROFILE_DIR}/{name}-connect.txt"] if i == 0 else []
+            out.append(("connect-cost", name, [*con, *profile]))
+    for name in PEERS:  # every target at one rate each of them sustains
+        out.append(("latency", f"{name}@equal", [*lat, "--rate", str(EQUAL_RATE)]))
+    for fraction in CURVE_FRACTIONS:  # latency against throughput (with the 0.5 runs)
+        for name in PEERS:
+            out.append(("latency", f"{name}@{fraction}", [*lat, "--fraction", str(fraction)]))
     for _ in range(1 if quick else LATENCY_RUNS):  # rounds, targets interleaved
         for name in PEERS:
             out.append(("latency", name, lat))
@@ -266,6 +332,43 @@ def keep_median_runs(
     return out
 
 
+def fold_runs(results: list[Report]) -> list[Report]:
+    """Repeated runs of one row folded into their median run (each run's figure kept)."""
+    fan_dps = {
+        r["row"]: [x.get("deliveries_per_s") for x in results if x["row"] == r["row"]]
+        for r in results
+        if r["scenario"] == "fanout"
+    }
+    results = keep_median_runs(results, "latency", _p99, "run_p99_ms")
+    results = keep_median_runs(
+        results, "fanout", lambda r: r.get("deliveries_per_server_cpu_s"), "run_per_cpu_s"
+    )
+    for r in results:
+        if r["scenario"] == "fanout" and len(fan_dps.get(r["row"], [])) > 1:
+            r["run_deliveries_per_s"] = fan_dps[r["row"]]
+    return keep_median_runs(
+        results,
+        "connect-cost",
+        lambda r: r.get("connects_per_server_cpu_s"),
+        "run_connects_per_cpu_s",
+    )
+
+
+def run_main_steps(steps: list[tuple[str, str, list[str]]], logdir: Path) -> list[Report]:
+    """The main plan; a private redis-server for the rows over Redis."""
+    if not any(row.startswith("tether-redis") for _, row, _ in steps):
+        return run_steps(steps, logdir)
+    from tether_bench.redisserver import RedisServer
+
+    redis = RedisServer()
+    redis.start()
+    os.environ["BENCH_REDIS_URL"] = redis.url
+    try:
+        return run_steps(steps, logdir)
+    finally:
+        redis.kill()
+
+
 def _p99(r: Report) -> float | None:
     return (r.get("latency") or {}).get("p99_ms")
 
@@ -326,8 +429,11 @@ def loadavg() -> str:
 
 
 def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) -> Report:
-    name = "tether" if row == "tether-batch1" else row
+    name = "tether" if row == "tether-batch1" else row.split("@")[0]
     spec = targets(port)[name]
+    if scenario == "connect-cost":
+        # What a connection costs, not what admission control lets through per second.
+        spec = dict(spec, env={**spec.get("env", {}), **UNLIMITED_ADMISSION})
     load0 = loadavg()
     server = Server(spec, port, logdir / f"{row}-{scenario}.log")
     try:
@@ -484,9 +590,11 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     w("|---|---|---|---|---|---|---|---|---|")
     fan_rows = [
         "ceiling",
+        "ceiling-batch10",
         "tether",
         "tether-batch1",
         *ENCODING_ROWS,
+        "tether-redis",
         "websockets",
         "python-socketio",
         "node-socketio",
@@ -516,6 +624,28 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
             f"| {r['label']} | **{fmt(dps)}** | {bursts} | {xc} | {tr} | {r.get('server_cpu_percent', '-')}% | {fmt(cps)} | {trc} | {correctness(r)} |"
         )
     w("")
+    w(
+        f"The ceilings and Tether ran {FAN_RUNS} times, interleaved; each of those rows is "
+        "its run with the median deliveries per server CPU-s (every run: "
+        + "; ".join(
+            f"{by[('fanout', row)]['label']} "
+            + ", ".join(fmt(v) for v in by[("fanout", row)].get("run_per_cpu_s", []))
+            for row in ("ceiling", "ceiling-batch10", "tether", "tether-redis")
+            if by.get(("fanout", row), {}).get("run_per_cpu_s")
+        )
+        + "). *x ceiling* is against the per-tick ceiling of the same run."
+    )
+    w("")
+    chart_rows = [
+        by[("fanout", row)]
+        for row in fan_rows
+        if ("fanout", row) in by and "error" not in by[("fanout", row)]
+    ]
+    if chart_rows:
+        plots.fanout_chart(chart_rows, out.with_name("benchmarks-fanout.svg"))
+        w("![Fan-out: deliveries/s and per server CPU-s](benchmarks-fanout.svg)")
+        w("")
+    L.extend(connect_markdown(by))
     w("## Latency: 1,000 subscribers, publishing at half of the measured maximum")
     w("")
     w(
@@ -548,6 +678,7 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
             + " ms |"
         )
     w("")
+    L.extend(latency_equal_markdown(by, out))
     w("## Rooms: 2,000 connections, personal channel + 10-member group channel")
     w("")
     w(
@@ -603,6 +734,7 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     for line in meta["verdicts"]:
         w(f"- {line}")
     w("")
+    L.extend(issue11_markdown(by, out))
     L.extend(resilience_markdown(by, meta))
     w("## How the numbers are made")
     w("")
@@ -649,6 +781,136 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     w(f"- Raw reports of every run: `docs/benchmarks.json`. {meta['fifty_k']}")
     w("")
     out.write_text(keep_scale_section(out, "\n".join(L)))
+
+
+def connect_markdown(by: ByRow) -> list[str]:
+    rows = [r for row in ("tether", "tether-redis") if (r := by.get(("connect-cost", row)))]
+    if not rows:
+        return []
+    out = [
+        "## Connect cost: upgrade, JWT connect, two recovering subscribes",
+        "",
+        "What a reconnecting phone costs the server: the WebSocket upgrade, `connect` with its "
+        "own HS256 JWT (every token verified), and two subscribes with `recover: true` (a "
+        "personal channel, and a 10-member group channel at its real offset and epoch). "
+        "Admission control is lifted for this run (`TETHER_MAX_CONNECTS_PER_SECOND`), so the "
+        "figure is the work per connection, not the admission rate. Server CPU over the "
+        f"setup of every connection; {CONNECT_RUNS} runs per broker, interleaved, the median "
+        "shown.",
+        "",
+        "| target | connects per server CPU-s | server CPU per connect | connects/s (wall) "
+        "| subscribes recovered | errors | every run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['row']} | error: {r['error'][:80]!r} | | | | | |")
+            continue
+        runs = ", ".join(fmt(v) for v in r.get("run_connects_per_cpu_s", []))
+        out.append(
+            f"| {r['label']} | **{fmt(r.get('connects_per_server_cpu_s'))}** | "
+            f"{r.get('server_cpu_us_per_connect')} µs | {fmt(r.get('connect_per_s'))} | "
+            f"{r.get('subscribes_recovered')} / {2 * r.get('connected', 0)} | "
+            f"{r.get('connect_errors')} | {runs} |"
+        )
+    out.append("")
+    return out
+
+
+def latency_equal_markdown(by: ByRow, page: Path) -> list[str]:
+    rows = [(row, r) for row in PEERS if (r := by.get(("latency", f"{row}@equal")))]
+    out: list[str] = []
+    if rows:
+        out += [
+            f"### Latency at equal load: {EQUAL_RATE} publications/s to 1,000 subscribers",
+            "",
+            f"Every target at the same rate ({EQUAL_RATE} publications/s, "
+            f"{EQUAL_RATE * 1000:,} deliveries/s), one that every peer sustains; one publication "
+            "per call.",
+            "",
+            "| target | deliveries/s | p50 | p99 | p99.9 | max | loss / dup / order |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for _, r in rows:
+            if "error" in r:
+                out.append(f"| {r['row']} | error: {r['error'][:80]!r} | | | | | |")
+                continue
+            lat = r.get("latency") or {}
+            out.append(
+                f"| {r['label']} | {fmt(r.get('deliveries_per_s'))} | {lat.get('p50_ms', '-')} ms "
+                f"| **{lat.get('p99_ms', '-')} ms** | {lat.get('p999_ms', '-')} ms | "
+                f"{lat.get('max_ms', '-')} ms | {correctness(r)} |"
+            )
+        out.append("")
+    curves: dict[str, list[tuple[float, float, float]]] = {}
+    for row in PEERS:
+        for key in (row, *(f"{row}@{f}" for f in CURVE_FRACTIONS), f"{row}@equal"):
+            r = by.get(("latency", key))
+            lat = (r or {}).get("latency")
+            if r is None or "error" in r or not lat or not r.get("deliveries_per_s"):
+                continue
+            point = (float(r["deliveries_per_s"]), lat["p50_ms"], lat["p99_ms"])
+            curves.setdefault(r["label"].split(" (")[0], []).append(point)
+    if curves:
+        plots.latency_curves(curves, page.with_name("benchmarks-latency.svg"))
+        fractions = ", ".join(str(f) for f in (*CURVE_FRACTIONS, 0.5))
+        out += [
+            "### Latency against throughput",
+            "",
+            f"Each target at {fractions} of its own calibrated maximum and at the equal "
+            "load above: p99 (solid) and p50 (dashed) against deliveries/s.",
+            "",
+            "![Latency against throughput](benchmarks-latency.svg)",
+            "",
+        ]
+    return out
+
+
+def _profile_lines(r: Report, title: str) -> list[str]:
+    profile = r.get("profile")
+    if not profile:
+        return []
+    out = [
+        f"{title} ({profile['samples']:,} py-spy samples of the measured phase; `self`: on top "
+        "of the stack, `on stack`: anywhere in it):",
+        "",
+        "| function | self | on stack |",
+        "|---|---|---|",
+    ]
+    for name, share, on_stack in profile["self"][:12]:
+        out.append(f"| `{name}` | {share:.1%} | {on_stack:.1%} |")
+    out.append("")
+    return out
+
+
+def issue11_markdown(by: ByRow, page: Path) -> list[str]:
+    out = ["## Targets of issue 11", ""]
+    out += [f"- {line}" for line in issue11_verdicts(by)]
+    out.append("")
+    before = page.with_name("benchmarks-before-issue11.json")
+    if before.exists():
+        saved = json.loads(before.read_text())
+        out += [
+            "Before and after. *Before*: today's main before issue 11's changes "
+            f"({saved['commit'][:7]}), measured {saved['date']} with `{saved['command']}` "
+            f"({saved['rounds']} interleaved rounds, medians; raw reports in "
+            f"`docs/{before.name}`). *After*: this run.",
+            "",
+            "| figure | before | after |",
+            "|---|---|---|",
+        ]
+        out += [f"| {a} | {b} | {c} |" for a, b, c in before_after_rows(saved["results"], by)]
+        out.append("")
+    out += ["### Where the time goes", ""]
+    for scenario, row, title in (
+        ("fanout", "tether", "Fan-out, memory broker"),
+        ("fanout", "tether-redis", "Fan-out over Redis"),
+        ("connect-cost", "tether", "Connect cost, memory broker"),
+        ("connect-cost", "tether-redis", "Connect cost over Redis"),
+    ):
+        for r in [by.get((scenario, row), {})]:
+            out += _profile_lines(r, title)
+    return out
 
 
 def keep_scale_section(out: Path, text: str) -> str:
@@ -978,8 +1240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     t0 = time.time()
     load_start = loadavg()
-    steps = [s for s in plan(args.quick) if not args.only or s[1] in args.only]
-    results = keep_median_runs(run_steps(steps, logdir), "latency", _p99, "run_p99_ms")
+    steps = [s for s in plan(args.quick) if not args.only or s[1].split("@")[0] in args.only]
+    PROFILE_DIR.mkdir(exist_ok=True)
+    results = fold_runs(run_main_steps(steps, logdir))
     resilience_meta = None
     if not args.no_resilience and (not args.only or "tether-resilience" in args.only):
         resilience_meta, resilience_results = run_resilience(args.quick, logdir)

@@ -367,7 +367,9 @@ class Run:
             samples, by_inclusive, by_self = summary(path, 20)
             self.profile = {
                 "samples": samples,
-                "self": [[x.function, round(x.self_share, 4)] for x in by_self],
+                "self": [
+                    [x.function, round(x.self_share, 4), round(x.inclusive, 4)] for x in by_self
+                ],
                 "inclusive": [[x.function, round(x.inclusive, 4)] for x in by_inclusive],
             }
 

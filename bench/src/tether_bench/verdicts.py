@@ -588,3 +588,111 @@ def fifty_delivered_clause(f: Mapping[str, Any]) -> str:
         f"checked on all {f.get('checked_connections'):,} connections, loss / dup / order "
         f"{correctness(f)})"
     )
+
+
+# -- issue 11: the fair ceiling, connect cost, the Redis path ------------------------------
+
+FANOUT_CEILING_GOAL = 0.7
+"""Tether's fan-out against the per-tick ceiling (deliveries/s and per server CPU-s)."""
+CONNECT_GOALS = {"tether": 10_000, "tether-redis": 5_000}
+"""Connects per server CPU-second (upgrade + JWT connect + two recovering subscribes)."""
+REDIS_PATH_GOAL = 0.6
+"""Redis-path deliveries per server CPU-s as a share of the memory broker's."""
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def issue11_figures(by: ByRow) -> dict[str, float | None]:
+    """The figures issue 11's goals are about, from one run's reports."""
+    ceil = by.get(("fanout", "ceiling"), {})
+    teth = by.get(("fanout", "tether"), {})
+    redis = by.get(("fanout", "tether-redis"), {})
+    return {
+        "fanout_x_ceiling": _ratio(teth.get("deliveries_per_s"), ceil.get("deliveries_per_s")),
+        "fanout_x_ceiling_cpu": _ratio(
+            teth.get("deliveries_per_server_cpu_s"), ceil.get("deliveries_per_server_cpu_s")
+        ),
+        "tether_per_cpu_s": teth.get("deliveries_per_server_cpu_s"),
+        "redis_per_cpu_s": redis.get("deliveries_per_server_cpu_s"),
+        "redis_x_memory_cpu": _ratio(
+            redis.get("deliveries_per_server_cpu_s"), teth.get("deliveries_per_server_cpu_s")
+        ),
+        "connects_memory": by.get(("connect-cost", "tether"), {}).get("connects_per_server_cpu_s"),
+        "connects_redis": by.get(("connect-cost", "tether-redis"), {}).get(
+            "connects_per_server_cpu_s"
+        ),
+    }
+
+
+def issue11_verdicts(by: ByRow) -> list[str]:
+    """Issue 11's goals, met or missed, from the figures of this run."""
+    f = issue11_figures(by)
+    out = []
+
+    def judged(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    if f["fanout_x_ceiling"] is not None and f["fanout_x_ceiling_cpu"] is not None:
+        ok = min(f["fanout_x_ceiling"], f["fanout_x_ceiling_cpu"]) >= FANOUT_CEILING_GOAL
+        out.append(
+            f"Fan-out >= {FANOUT_CEILING_GOAL}x the per-tick ceiling (deliveries/s and per "
+            f"server CPU-s): **{judged(ok)}** ({f['fanout_x_ceiling']:.2f}x by deliveries/s, "
+            f"{f['fanout_x_ceiling_cpu']:.2f}x per server CPU-second)."
+        )
+    for row, label in (("tether", "memory broker"), ("tether-redis", "Redis")):
+        got = f["connects_memory" if row == "tether" else "connects_redis"]
+        if got is not None:
+            goal = CONNECT_GOALS[row]
+            out.append(
+                f"Connects per server CPU-second on the {label} >= {goal:,}: "
+                f"**{judged(got >= goal)}** ({got:,.0f}, {1e6 / got:.0f} µs each)."
+            )
+    if f["redis_x_memory_cpu"] is not None:
+        x = f["redis_x_memory_cpu"]
+        out.append(
+            f"Redis-path deliveries per server CPU-s >= {REDIS_PATH_GOAL}x the memory "
+            f"broker's: **{judged(x >= REDIS_PATH_GOAL)}** ({x:.2f}x: "
+            f"{fmt(f['redis_per_cpu_s'])} against {fmt(f['tether_per_cpu_s'])})."
+        )
+    return out
+
+
+def before_after_rows(before: Sequence[Report], after: ByRow) -> list[tuple[str, str, str]]:
+    """(figure, before, after) for issue 11's figures: ``before`` is the raw reports of the
+    runs measured on main before the work (medians of their repeated runs)."""
+    grouped: dict[tuple[str, str], list[Report]] = {}
+    for r in before:
+        if "error" not in r:
+            grouped.setdefault((r["scenario"], r["row"]), []).append(r)
+
+    def med(key: tuple[str, str], field: str) -> float | None:
+        values = [v for r in grouped.get(key, []) if (v := r.get(field)) is not None]
+        return statistics.median(values) if values else None
+
+    b: dict[tuple[str, str], Report] = {
+        key: {
+            "deliveries_per_s": med(key, "deliveries_per_s"),
+            "deliveries_per_server_cpu_s": med(key, "deliveries_per_server_cpu_s"),
+            "connects_per_server_cpu_s": med(key, "connects_per_server_cpu_s"),
+        }
+        for key in grouped
+    }
+    fb, fa = issue11_figures(b), issue11_figures(after)
+    names = [
+        ("fanout_x_ceiling", "Tether ÷ per-tick ceiling, deliveries/s", "x"),
+        ("fanout_x_ceiling_cpu", "Tether ÷ per-tick ceiling, per server CPU-s", "x"),
+        ("tether_per_cpu_s", "Tether (memory) deliveries per server CPU-s", ""),
+        ("redis_per_cpu_s", "Tether over Redis, deliveries per server CPU-s", ""),
+        ("redis_x_memory_cpu", "Redis ÷ memory, per server CPU-s", "x"),
+        ("connects_memory", "connects per server CPU-s, memory", ""),
+        ("connects_redis", "connects per server CPU-s, Redis", ""),
+    ]
+
+    def show(v: float | None, unit: str) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.2f}x" if unit == "x" else fmt(round(v))
+
+    return [(label, show(fb[key], unit), show(fa[key], unit)) for key, label, unit in names]
