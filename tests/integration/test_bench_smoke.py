@@ -125,6 +125,16 @@ async def test_idle_reports_rss_per_connection_and_keeps_everyone(server: Server
     assert report["rss_per_connection_kib"] is not None
 
 
+async def test_connect_cost_sets_everyone_up_with_recovering_subscribes(server: Server) -> None:
+    report = await run_bench(_options(server, "connect-cost", connections=30))
+
+    assert report.keys() >= COMMON_FIELDS
+    assert report["connected"] == report["alive_at_end"] == 30
+    assert report["connect_errors"] == 0
+    assert report["subscribes_recovered"] == 60  # both channels recovered (nothing missed)
+    assert report["connects_per_server_cpu_s"] > 0
+
+
 async def test_latency_calibrates_then_reports_percentiles(server: Server) -> None:
     report = await run_bench(
         _options(server, "latency", connections=10, duration=0.5, calibrate=0.3)

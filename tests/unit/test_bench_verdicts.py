@@ -8,12 +8,14 @@ from typing import Any
 
 from tether_bench.verdicts import (
     batch_cost_note,
+    before_after_rows,
     caught_up_sentence,
     ceiling_note,
     client_storm_finding,
     cluster_rooms_finding,
     fifty_delivered_clause,
     fifty_verdict,
+    issue11_verdicts,
     node_crash_finding,
     publish_burst_note,
     redis_share_clause,
@@ -270,3 +272,49 @@ def test_commands_recorded_before_the_move_are_shown_as_typed_today() -> None:
         ".venv/bin/tether-bench run rooms --json"
     )
     assert shown_command("tether-bench run idle -n 5") == "tether-bench run idle -n 5"
+
+
+# -- issue 11 ---------------------------------------------------------------------------
+
+
+def issue11_runs(tether_cps: float, redis_cps: float, connects: float) -> dict[Any, Any]:
+    return {
+        ("fanout", "ceiling"): fanout(1_000_000, 2_000_000),
+        ("fanout", "tether"): fanout(tether_cps / 2, tether_cps),
+        ("fanout", "tether-redis"): fanout(redis_cps / 2, redis_cps),
+        ("connect-cost", "tether"): {"connects_per_server_cpu_s": connects},
+        ("connect-cost", "tether-redis"): {"connects_per_server_cpu_s": connects / 2},
+    }
+
+
+def test_issue11_goals_are_met_or_missed_by_the_figures() -> None:
+    met = issue11_verdicts(issue11_runs(1_600_000, 1_000_000, 12_000))
+    assert len(met) == 4
+    assert all("**met**" in line for line in met)
+    assert "0.80x by deliveries/s, 0.80x per server CPU-second" in met[0]
+    assert "12,000" in met[1]
+    assert "83 µs" in met[1]
+    missed = issue11_verdicts(issue11_runs(800_000, 100_000, 3_000))
+    assert all("**MISSED**" in line for line in missed)
+    assert "0.12x" in missed[3]
+
+
+def test_the_fanout_goal_needs_both_the_rate_and_the_cpu_ratio() -> None:
+    by = issue11_runs(1_600_000, 1_000_000, 12_000)
+    by["fanout", "tether"] = fanout(1_000_000, 1_000_000)  # 1.0x by rate, 0.5x per CPU-s
+    assert "**MISSED**" in issue11_verdicts(by)[0]
+
+
+def test_before_after_takes_the_median_of_the_before_runs() -> None:
+    before = [
+        {"scenario": "fanout", "row": "ceiling", **fanout(1_000_000, 2_000_000)},
+        *(
+            {"scenario": "fanout", "row": "tether", **fanout(v, v)}
+            for v in (400_000, 500_000, 900_000)
+        ),
+        {"scenario": "fanout", "row": "tether", "error": "bench timed out"},
+    ]
+    rows = {name: (b, a) for name, b, a in before_after_rows(before, issue11_runs(1.6e6, 1e6, 1))}
+    assert rows["Tether ÷ per-tick ceiling, deliveries/s"] == ("0.50x", "0.80x")
+    assert rows["Tether (memory) deliveries per server CPU-s"] == ("500k", "1.60M")
+    assert rows["connects per server CPU-s, Redis"][0] == "-"
