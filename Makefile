@@ -60,6 +60,12 @@ bench: $(STAMP) bench/js/node_modules/.installed
 bench-delta: $(STAMP)
 	$(BIN)/python -m tether_bench.deltabytes --updates 100
 
+## Everything but the resilience section, which is kept from docs/benchmarks.json
+## (about 25 minutes on a shared 2-core machine).
+.PHONY: bench-main
+bench-main: $(STAMP) bench/js/node_modules/.installed
+	timeout 2400 $(BIN)/tether-bench compare --no-resilience --out docs/benchmarks.md
+
 ## Only the resilience section of docs/benchmarks.md (slow consumers, typing storm,
 ## reconnect storm, publish burst; Tether on a private redis-server, about 5 minutes);
 ## the other sections are kept from docs/benchmarks.json. `make bench` runs it too.

@@ -188,6 +188,9 @@ def targets(port: int) -> dict[str, Target]:
 
 
 PEERS = ["ceiling", "ceiling-batch10", "tether", "websockets", "python-socketio", "node-socketio"]
+MAIN_PEERS = [p for p in PEERS if p != "ceiling-batch10"]
+"""The targets of the latency, rooms and idle runs (the 10-per-write server is a fan-out
+and equal-load row only)."""
 ENCODING_ROWS = ["tether-protobuf", "tether-mixed"]
 """Tether's fan-out again with Protobuf subscribers, and half JSON, half Protobuf (issue 10:
 within 10% of JSON deliveries/s)."""
@@ -200,7 +203,7 @@ CONNECT_RUNS = 3
 EQUAL_RATE = 5
 """Publications/s of the equal-load latency run (x 1,000 subscribers): every peer
 sustains it (python-socketio, the slowest, tops out near 20/s here)."""
-CURVE_FRACTIONS = (0.25, 0.8)
+CURVE_FRACTIONS = (0.25,)
 """Fractions of each target's own maximum for the latency curve, besides 0.5."""
 PROFILE_DIR = Path(tempfile.gettempdir()) / "tether-bench-profiles"
 """py-spy's collapsed stacks of the profiled runs (summaries go in the reports)."""
@@ -238,14 +241,14 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
     for name in PEERS:  # every target at one rate each of them sustains
         out.append(("latency", f"{name}@equal", [*lat, "--rate", str(EQUAL_RATE)]))
     for fraction in CURVE_FRACTIONS:  # latency against throughput (with the 0.5 runs)
-        for name in PEERS:
+        for name in MAIN_PEERS:
             out.append(("latency", f"{name}@{fraction}", [*lat, "--fraction", str(fraction)]))
     for _ in range(1 if quick else LATENCY_RUNS):  # rounds, targets interleaved
-        for name in PEERS:
+        for name in MAIN_PEERS:
             out.append(("latency", name, lat))
-    for name in PEERS:
+    for name in MAIN_PEERS:
         out.append(("rooms", name, rooms))
-    for name in PEERS:
+    for name in MAIN_PEERS:
         out.append(("idle", name, idle))
     out.append(("idle", "tether-protobuf", idle))
     return out
@@ -1207,7 +1210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run only the resilience section; the other sections are kept from the .json",
     )
-    section.add_argument("--no-resilience", action="store_true", help="skip the resilience section")
+    section.add_argument(
+        "--no-resilience",
+        action="store_true",
+        help="do not run the resilience section; keep it from the .json",
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         out = ROOT / args.out
@@ -1246,6 +1253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_resilience and (not args.only or "tether-resilience" in args.only):
         resilience_meta, resilience_results = run_resilience(args.quick, logdir)
         results += resilience_results
+    elif args.no_resilience and out.with_suffix(".json").exists():
+        # The resilience section is kept from the last run (`make bench-resilience`).
+        saved = json.loads(out.with_suffix(".json").read_text())
+        resilience_meta = saved["meta"].get("resilience")
+        results += [r for r in saved["results"] if r["scenario"] in RESILIENCE]
     main_results = [r for r in results if r["scenario"] not in RESILIENCE]
     by = {(r["scenario"], r["row"]): r for r in results}
     load_end = loadavg()
