@@ -13,6 +13,7 @@ import jwt
 import pytest
 
 from tether.auth import (
+    VerifiedTokens,
     mint_connection_token,
     mint_subscription_token,
     verify_connection_token,
@@ -170,3 +171,52 @@ def test_subscription_token_signed_with_another_secret_is_rejected() -> None:
     forged = mint_subscription_token(OTHER_SECRET, "alice", "private:room")
     with pytest.raises(TokenError):
         verify_subscription_token(forged, SECRET)
+
+
+# -- verified connection tokens ----------------------------------------------------------
+
+
+def test_a_verified_token_is_remembered_until_its_exp() -> None:
+    now = [1_000.0]
+    verified = VerifiedTokens(clock=lambda: now[0])
+    t = token({"sub": "alice", "exp": int(time.time()) + 3600})
+    first = verify_connection_token(t, SECRET, verified)
+    assert verify_connection_token(t, SECRET, verified) == first
+    assert verified.hits == 1
+    now[0] += verified.ttl  # the cache forgets it: verified in full again
+    assert verify_connection_token(t, SECRET, verified) == first
+    assert verified.hits == 1
+
+
+def test_a_remembered_token_is_verified_again_once_its_exp_has_passed() -> None:
+    exp = int(time.time()) + 3600
+    now = [float(exp - 1)]
+    verified = VerifiedTokens(clock=lambda: now[0])
+    t = token({"sub": "alice", "exp": exp})
+    verify_connection_token(t, SECRET, verified)
+    now[0] = float(exp)
+    assert verified.get(t, SECRET) is None  # never served past its exp
+    assert len(verified) == 0
+
+
+def test_only_the_same_token_with_the_same_secret_is_remembered() -> None:
+    verified = VerifiedTokens()
+    t = token({"sub": "alice"})
+    verify_connection_token(t, SECRET, verified)
+    with pytest.raises(TokenError):
+        verify_connection_token(t, OTHER_SECRET, verified)  # not a hit: checked, refused
+    tampered = t[:-2] + ("AA" if not t.endswith("AA") else "BB")
+    with pytest.raises(TokenError):
+        verify_connection_token(tampered, SECRET, verified)
+    assert verified.hits == 0
+    assert len(verified) == 1  # refused tokens are never remembered
+
+
+def test_the_verified_tokens_are_bounded_oldest_first() -> None:
+    verified = VerifiedTokens(max_entries=2)
+    tokens = [token({"sub": f"u{i}"}) for i in range(3)]
+    for t in tokens:
+        verify_connection_token(t, SECRET, verified)
+    assert len(verified) == 2
+    assert verified.get(tokens[0], SECRET) is None
+    assert verified.get(tokens[2], SECRET) is not None
