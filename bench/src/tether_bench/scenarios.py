@@ -256,18 +256,25 @@ class Run:
         """Current adaptive fan-out window (publications)."""
         self._client_cpu0 = 0.0
         self._measure_t0 = 0.0
+        self._tokens: dict[int, str] = {}
         self._profiler: subprocess.Popen[bytes] | None = None
         self.profile: dict[str, Any] | None = None
         """py-spy's summary of the server while measuring (``--profile``)."""
 
     # -- the fleet --------------------------------------------------------------------
 
-    def _token(self, index: int) -> str:
+    def token(self, index: int) -> str:
         if not self.o.token_secret or not self.o.protocol.startswith("tether"):
             return ""
         from tether.auth import mint_connection_token
 
-        return mint_connection_token(self.o.token_secret, f"bench-{self.o.run_id}-{index}")
+        # The same token for the same connection all run long: a reconnecting SDK
+        # presents the token it connected with.
+        token = self._tokens.get(index)
+        if token is None:
+            user = f"bench-{self.o.run_id}-{index}"
+            token = self._tokens[index] = mint_connection_token(self.o.token_secret, user)
+        return token
 
     async def connect(
         self,
@@ -294,7 +301,7 @@ class Run:
             checked = (
                 bool(check_every) and i % check_every == 0 and (i // check_every) < check_sample
             )
-            setup: dict[str, Any] = {"host": f"{self.host}:{self.port}", "token": self._token(i)}
+            setup: dict[str, Any] = {"host": f"{self.host}:{self.port}", "token": self.token(i)}
             if recover is not None:
                 setup["recover"] = recover(i)
             driver = self.driver.for_connection(i)
@@ -373,8 +380,8 @@ class Run:
                 "inclusive": [[x.function, round(x.inclusive, 4)] for x in by_inclusive],
             }
 
-    def start_measure(self) -> None:
-        if self.o.profile and self.o.server_pid and self._profiler is None:
+    def start_measure(self, profile: bool = True) -> None:
+        if profile and self.o.profile and self.o.server_pid and self._profiler is None:
             from tether_bench.profile import record
 
             self._profiler = record(self.o.server_pid, 600, Path(self.o.profile))
@@ -780,6 +787,30 @@ async def connect_cost(run: Run) -> dict[str, Any]:
         **run.server_report(measure, 0),
     )
     report.pop("deliveries_per_server_cpu_s", None)
+    # A reconnection storm: everyone gone at once, then back with the same token and the
+    # positions it had (recover: true), e.g. after a node loss or a network blip.
+    by_token = {c.setup.get("token"): c for c in run.conns}
+    channels = [[personal[i], groups[i // GROUP_SIZE]] for i in range(n)]
+    positions: list[dict[str, tuple[int, str]]] = []
+    for i in range(n):
+        conn = by_token.get(run.token(i))
+        offsets = conn.setup.get("offsets", {}) if conn else {}
+        epochs = conn.setup.get("epochs", {}) if conn else {}
+        positions.append({ch: (offsets.get(ch, 0), epochs.get(ch, "")) for ch in channels[i]})
+    for conn in run.conns:
+        conn.close()
+    await asyncio.sleep(2.0)
+    run.phase = "reconnecting"
+    run.start_measure(profile=False)
+    await run.connect(channels, 0, recover=lambda i: positions[i])
+    again = run.stop_measure()
+    cpu = again["server_cpu_s"]
+    report.update(
+        reconnected=len(run.conns),
+        reconnect_server_cpu_s=cpu,
+        reconnects_per_server_cpu_s=round(len(run.conns) / cpu) if cpu > 0 else None,
+        reconnect_errors=len(run.connect_errors),
+    )
     return report
 
 
