@@ -158,7 +158,7 @@ async def _open_slow(
     loop = asyncio.get_running_loop()
     conns: list[BenchConnection] = []
     for i in range(count):
-        setup = {"host": f"{run.host}:{run.port}", "token": run._token(first_index + i)}
+        setup = {"host": f"{run.host}:{run.port}", "token": run.token(first_index + i)}
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
         sock.setblocking(False)
@@ -445,7 +445,7 @@ async def reconnect_storm(run: Run) -> dict[str, Any]:
             }
             setup = {
                 "host": f"{run.host}:{run.port}",
-                "token": run._token(index),
+                "token": run.token(index),
                 "recover": position,
             }
 

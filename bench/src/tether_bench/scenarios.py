@@ -793,9 +793,9 @@ async def connect_cost(run: Run) -> dict[str, Any]:
     channels = [[personal[i], groups[i // GROUP_SIZE]] for i in range(n)]
     positions: list[dict[str, tuple[int, str]]] = []
     for i in range(n):
-        conn = by_token.get(run.token(i))
-        offsets = conn.setup.get("offsets", {}) if conn else {}
-        epochs = conn.setup.get("epochs", {}) if conn else {}
+        was = by_token.get(run.token(i))
+        offsets = was.setup.get("offsets", {}) if was else {}
+        epochs = was.setup.get("epochs", {}) if was else {}
         positions.append({ch: (offsets.get(ch, 0), epochs.get(ch, "")) for ch in channels[i]})
     for conn in run.conns:
         conn.close()
