@@ -180,6 +180,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_urls: list[str] = msgspec.field(default_factory=list)
     redis_cluster: bool = False
+    redis_sentinels: list[str] = msgspec.field(default_factory=list)
+    redis_sentinel_master: str = ""
     redis_prefix: str = "tether"
     presence_ttl: float = 60
     breaker_failures: int = 5
@@ -223,6 +225,7 @@ _SCALAR_ENV = {
         "allowed_origins",
         "lane_publish_limits",
         "redis_urls",
+        "redis_sentinels",
         "proxies",
         "webhook",
         "push",
@@ -301,6 +304,7 @@ def _validate(config: Config) -> None:
         raise bad("redis_url", "must be a redis://, rediss:// or unix:// URL")
     _validate_redis_urls(config, bad)
     _validate_redis_cluster(config, bad)
+    _validate_redis_sentinels(config, bad)
     if config.log_format not in ("console", "json"):
         raise bad("log_format", "must be console or json")
     for name, ns in config.namespaces.items():
@@ -458,6 +462,50 @@ def _validate_redis_cluster(config: Config, bad: Callable[[str, str], ConfigErro
         )
 
 
+def _validate_redis_sentinels(config: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    if not config.redis_sentinels and not config.redis_sentinel_master:
+        return
+    key = "redis_sentinels" if config.redis_sentinels else "redis_sentinel_master"
+    if config.broker != "redis":
+        raise bad(key, 'needs broker = "redis"')
+    if not config.redis_sentinels:
+        raise bad("redis_sentinels", "must list the Sentinels (host:port) to ask for the master")
+    if not config.redis_sentinel_master:
+        raise bad(
+            "redis_sentinel_master",
+            "must name the master the Sentinels watch (`sentinel monitor <name> ...`)",
+        )
+    if config.redis_urls or config.redis_cluster:
+        raise bad(
+            "redis_sentinels",
+            "cannot be combined with redis_urls or redis_cluster (Sentinel watches one "
+            "primary and its replicas)",
+        )
+    if not config.redis_url.startswith(("redis://", "rediss://")):
+        raise bad(
+            "redis_url",
+            "must be a redis:// or rediss:// URL with redis_sentinels (its credentials, "
+            f"database and TLS apply to the master; got {_without_password(config.redis_url)!r})",
+        )
+    for i, address in enumerate(config.redis_sentinels):
+        try:
+            sentinel_address(address)
+        except ValueError as exc:
+            raise bad(f"redis_sentinels[{i}]", f"{exc} (got {address!r})") from None
+
+
+def sentinel_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``host:port`` entry of ``redis_sentinels`` (``[v6]:port`` for
+    an IPv6 address). Raises ValueError saying what is wrong."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host:
+        raise ValueError("must be host:port")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("has a port that is not a number from 1 to 65535")
+    return host, int(port)
+
+
 def _without_password(url: str) -> str:
     """``url`` fit for an error message: the password replaced by ``***``."""
     return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
@@ -471,9 +519,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     if f"{ENV_PREFIX}ALLOWED_ORIGINS" in env:
         raw = env[f"{ENV_PREFIX}ALLOWED_ORIGINS"]
         out["allowed_origins"] = [o.strip() for o in raw.split(",") if o.strip()]
-    if f"{ENV_PREFIX}REDIS_URLS" in env:
-        raw = env[f"{ENV_PREFIX}REDIS_URLS"]
-        out["redis_urls"] = [u.strip() for u in raw.split(",") if u.strip()]
+    for key in ("redis_urls", "redis_sentinels"):
+        if f"{ENV_PREFIX}{key.upper()}" in env:
+            raw = env[f"{ENV_PREFIX}{key.upper()}"]
+            out[key] = [u.strip() for u in raw.split(",") if u.strip()]
     return out
 
 
@@ -615,6 +664,11 @@ redis_urls = []             # e.g. ["redis://10.0.0.1:6379/0", "redis://10.0.0.2
 # Redis Cluster (>= 7) with sharded pub/sub: redis_url names one node (the seed), the
 # other masters are discovered from it. Not with redis_urls. See docs/howto/scale-out.md.
 redis_cluster = false       # environment: TETHER_REDIS_CLUSTER=true
+# Redis Sentinel: ask these Sentinels where the master is, and follow it over a failover
+# (commands and the subscriber connection); redis_url then gives only the credentials,
+# database and TLS. Environment: TETHER_REDIS_SENTINELS, comma-separated.
+redis_sentinels = []        # e.g. ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"]
+redis_sentinel_master = ""  # the name in `sentinel monitor <name> ...`
 presence_ttl = 60           # seconds a presence entry outlives its node (redis broker)
 breaker_failures = 5        # consecutive broker failures that open the circuit breaker
 breaker_reset = 2.0         # seconds the breaker stays open before one probe call

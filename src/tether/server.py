@@ -12,7 +12,7 @@ from aiohttp import web
 from tether import cluster
 from tether.brokers.base import Broker, PresenceStore
 from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
-from tether.config import Config
+from tether.config import Config, sentinel_address
 from tether.core.node import Node
 from tether.errors import BrokerUnavailable
 from tether.protocol.codes import DisconnectCode, DisconnectInfo
@@ -50,17 +50,31 @@ def make_broker(config: Config) -> tuple[Broker, PresenceStore]:
         return cluster, store
     if config.broker == "redis":
         from tether.brokers.guarded import GuardedBroker
-        from tether.brokers.redis import RedisBroker, RedisPresenceStore
+        from tether.brokers.redis import RedisBroker, RedisPresenceStore, Sentinels
 
+        sentinels = (
+            Sentinels(
+                [sentinel_address(a) for a in config.redis_sentinels],
+                config.redis_sentinel_master,
+            )
+            if config.redis_sentinels
+            else None
+        )
         broker: Broker = GuardedBroker(
             RedisBroker(
-                config.redis_url, prefix=config.redis_prefix, meta_ttl=config.history_meta_ttl
+                config.redis_url,
+                prefix=config.redis_prefix,
+                meta_ttl=config.history_meta_ttl,
+                sentinels=sentinels,
             ),
             breaker=_breaker(config, "broker"),
             budget=RetryBudget(config.retry_budget_ratio),
         )
         presence: PresenceStore = RedisPresenceStore(
-            config.redis_url, prefix=config.redis_prefix, ttl=config.presence_ttl
+            config.redis_url,
+            prefix=config.redis_prefix,
+            ttl=config.presence_ttl,
+            sentinels=sentinels,
         )
         return broker, presence
     return MemoryBroker(meta_ttl=config.history_meta_ttl), MemoryPresenceStore()

@@ -280,7 +280,9 @@ class RedisSentinels:
             ):
                 address = sentinel.sentinel_get_master_addr_by_name(self.master)
                 if address:
-                    return str(address[0]), int(address[1])
+                    host = address[0]
+                    name = host.decode() if isinstance(host, bytes) else str(host)
+                    return name, int(address[1])
         return None
 
     def kill(self) -> None:

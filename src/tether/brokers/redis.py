@@ -24,6 +24,15 @@ reconnects inside the library): when it breaks, the broker is *deaf*, says so
 (:attr:`RedisBroker.healthy`, logs), reconnects with jittered backoff, resubscribes every
 channel, and then calls ``handler.on_resync(channels)`` so the node makes every local
 subscriber catch up from the stream (or be told that it cannot).
+
+With Redis Sentinel (:class:`Sentinels`), every connection, the subscriber's included,
+asks the Sentinels where the master is when it connects (redis-py's Sentinel support for
+the command pool; ``discover_master`` plus a ``ROLE`` check for the subscriber), so a
+failover is followed without a virtual IP: Sentinel closes the clients of the old and the
+new master when it reconfigures them, the subscriber reconnects to the new master and
+resyncs, and a command that still reaches the demoted master is refused (``READONLY``)
+as unavailable. Streams the new master holds from before are fenced
+(:mod:`tether.brokers.redis_common`).
 """
 
 from __future__ import annotations
@@ -33,13 +42,16 @@ import contextlib
 import math
 import random
 from collections import deque
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.connection import BlockingConnectionPool, Connection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tether.brokers.base import (
@@ -61,21 +73,69 @@ log = structlog.get_logger("tether.redis")
 _UNAVAILABLE = UNAVAILABLE
 
 
+class Sentinels(NamedTuple):
+    """Where to ask for the master: the Sentinels' ``(host, port)`` and the master's name
+    (``sentinel monitor <name> ...``)."""
+
+    addresses: Sequence[tuple[str, int]]
+    master: str
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (connections ask the Sentinels for the master) with the
+    queueing of :class:`BlockingConnectionPool` (see :func:`_client`)."""
+
+
+def _master_kwargs(url: str) -> dict[str, Any]:
+    """What of ``url`` applies to a master found through Sentinel: credentials, database,
+    TLS; its host and port are the Sentinels' to say."""
+    kwargs: dict[str, Any] = dict(parse_url(url))
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    connection_class = kwargs.pop("connection_class", Connection)
+    if connection_class is not Connection:
+        kwargs["ssl"] = True
+    return kwargs
+
+
 def _client(
-    url: str, *, command_timeout: float, connect_timeout: float, max_connections: int
+    url: str,
+    *,
+    command_timeout: float,
+    connect_timeout: float,
+    max_connections: int,
+    sentinel: Sentinel | None = None,
+    master: str = "",
 ) -> Redis:
     """A client with a bounded pool that queues: a reconnection storm of thousands of
     subscribes waits its turn for one of ``max_connections`` connections (up to
-    ``command_timeout``) instead of failing. Commands are never retried by the library."""
-    pool = BlockingConnectionPool.from_url(
-        url,
+    ``command_timeout``) instead of failing. Commands are never retried by the library.
+    With ``sentinel``, each connection goes to the master the Sentinels name."""
+    options: dict[str, Any] = dict(
         max_connections=max_connections,
         timeout=command_timeout,
         retry=Retry(NoBackoff(), 0),
         socket_timeout=command_timeout,
         socket_connect_timeout=connect_timeout,
     )
+    if sentinel is not None:
+        pool: BlockingConnectionPool = _BlockingSentinelPool(  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+            master, sentinel, **options, **_master_kwargs(url)
+        )
+    else:
+        pool = BlockingConnectionPool.from_url(url, **options)
     return Redis.from_pool(pool)
+
+
+def _sentinel(sentinels: Sentinels, *, command_timeout: float, connect_timeout: float) -> Sentinel:
+    return Sentinel(  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+        list(sentinels.addresses),
+        sentinel_kwargs={
+            "socket_timeout": command_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+        },
+    )
 
 
 class RedisBroker(StreamCommands):
@@ -85,6 +145,8 @@ class RedisBroker(StreamCommands):
     failed as unavailable. ``meta_ttl``: seconds a stream's offset and epoch outlive its
     latest publish. ``max_connections``: command connections (the subscriber has its own);
     when all are busy a command waits for one, up to ``command_timeout``.
+    ``sentinels``: find the master through Redis Sentinel (``url`` then gives only the
+    credentials, database and TLS).
     """
 
     def __init__(
@@ -96,17 +158,27 @@ class RedisBroker(StreamCommands):
         command_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         max_connections: int = 64,
+        sentinels: Sentinels | None = None,
     ) -> None:
         self.url = url
         self._prefix = prefix
         self._meta_ttl_ms = int(meta_ttl * 1000)
         self._timeout = command_timeout
         self._connect_timeout = connect_timeout
+        self.sentinels = sentinels
+        """Where the master is found (None: at ``url``)."""
+        self._sentinel = (
+            _sentinel(sentinels, command_timeout=command_timeout, connect_timeout=connect_timeout)
+            if sentinels is not None
+            else None
+        )
         self._redis = _client(
             url,
             command_timeout=command_timeout,
             connect_timeout=connect_timeout,
             max_connections=max_connections,
+            sentinel=self._sentinel,
+            master=sentinels.master if sentinels is not None else "",
         )
         self._keys = StreamKeys(prefix)
         self._publish_script = self._redis.register_script(publish_script("publish"))
@@ -149,7 +221,45 @@ class RedisBroker(StreamCommands):
                 await self._reader
         await self._drop_connection()
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
         self._handler = None
+
+    async def _subscriber_connection(self) -> Connection:
+        """A connected subscriber connection to the master: ``url``'s server, or the one
+        the Sentinels name (checked with ``ROLE``: a Sentinel's view may lag a failover,
+        and a replica's pub/sub would not order with the master's writes)."""
+        if self._sentinel is None or self.sentinels is None:
+            conn = Connection(
+                **parse_url(self.url),
+                protocol=2,  # pub/sub messages as plain arrays, read in order with replies
+                socket_connect_timeout=self._connect_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+            return conn
+        host, port = await self._sentinel.discover_master(self.sentinels.master)
+        kwargs: dict[str, Any] = dict(parse_url(self.url))
+        kwargs.pop("host", None)
+        kwargs.pop("port", None)
+        # TLS (rediss://): parse_url names SSLConnection.
+        connection_class: type[Connection] = kwargs.pop("connection_class", Connection)
+        master = connection_class(
+            **kwargs,
+            host=host,
+            port=port,
+            protocol=2,
+            socket_connect_timeout=self._connect_timeout,
+            socket_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        await master.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+        await master.send_command("ROLE")
+        role: Any = await master.read_response()
+        if not role or role[0] != b"master":
+            await master.disconnect()
+            raise RedisConnectionError(f"{host}:{port} is not the master (yet)")
+        return master
 
     async def _drop_connection(self) -> None:
         self._connected.clear()
@@ -167,13 +277,7 @@ class RedisBroker(StreamCommands):
         first = True
         while not self._closing:
             try:
-                conn = Connection(
-                    **parse_url(self.url),
-                    protocol=2,  # pub/sub messages as plain arrays, read in order with replies
-                    socket_connect_timeout=self._connect_timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
-                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+                conn = await self._subscriber_connection()
                 self._conn = conn
                 channels = set(self._channels)
                 if channels:
@@ -297,14 +401,24 @@ class RedisPresenceStore(PresenceCommands):
         ttl: float = 60,
         command_timeout: float = 2.0,
         max_connections: int = 64,
+        sentinels: Sentinels | None = None,
     ) -> None:
+        self._sentinel = (
+            _sentinel(sentinels, command_timeout=command_timeout, connect_timeout=command_timeout)
+            if sentinels is not None
+            else None
+        )
         self._redis = _client(
             url,
             command_timeout=command_timeout,
             connect_timeout=command_timeout,
             max_connections=max_connections,
+            sentinel=self._sentinel,
+            master=sentinels.master if sentinels is not None else "",
         )
         self._init_presence(prefix, ttl)
 
     async def close(self) -> None:
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
