@@ -67,6 +67,13 @@ class NamespaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     delta_publish: bool = False
     """Publications of this namespace go as fossil deltas to subscribers that negotiated
     it (each still gets a full publication first, and after any gap)."""
+    wait_replicas: int = 0
+    """Redis only: a publish is answered only once this many replicas have it (Redis
+    ``WAIT``), so that a failover cannot lose it; fewer within ``wait_timeout``: the
+    publish fails as temporary (HTTP 503; retry with the same idempotency key)."""
+    wait_timeout: float = 0.5
+    """Seconds a publish waits for ``wait_replicas`` (less than 2, the Redis command
+    timeout)."""
     push: bool = False
     """Publications to channels naming users (``#alice``, ``dm:1#alice,bob``) are sent to
     ``[push].url`` for every named user without a live subscription (needs presence)."""
@@ -319,6 +326,15 @@ def _validate(config: Config) -> None:
             raise bad(where, "needs both history_size and history_ttl above 0, or neither")
         if ns.recover and ns.history_size == 0:
             raise bad(f"{where}.recover", "needs history (history_size and history_ttl)")
+        if ns.wait_replicas < 0:
+            raise bad(f"{where}.wait_replicas", "must be 0 (do not wait) or more")
+        if ns.wait_replicas and (config.broker != "redis" or config.redis_cluster):
+            raise bad(
+                f"{where}.wait_replicas",
+                'needs broker = "redis" without redis_cluster (one Redis, shards or Sentinel)',
+            )
+        if not 0 < ns.wait_timeout < 2:
+            raise bad(f"{where}.wait_timeout", "must be above 0 and below 2 seconds")
         if ns.lane not in LANE_NAMES:
             raise bad(f"{where}.lane", f"must be one of {', '.join(LANE_NAMES)}")
         if not Lane.named(ns.lane).stored and ns.history_size > 0:
@@ -747,6 +763,8 @@ sub_refresh_proxy = ""      # /sub_refresh extends expiring subscriptions
 push = false                # offline push for channels naming users (needs presence)
 allowed_delta_types = []    # delta compression subscribers may ask for: ["fossil"]
 delta_publish = false       # publications go as fossil deltas to subscribers that asked
+wait_replicas = 0           # Redis: answer a publish once this many replicas have it (WAIT)
+wait_timeout = 0.5          # seconds to wait for them; fewer by then: 503 (retry with the key)
 
 # [namespaces.chat]
 # history_size = 300

@@ -222,3 +222,40 @@ async def test_a_write_refused_for_too_few_replicas_is_unavailable_and_stores_no
     finally:
         await broker.close()
         await asyncio.to_thread(server.kill)
+
+
+async def test_a_publish_that_waits_for_a_replica_returns_once_the_replica_has_it(
+    redis: ReplicatedRedis,
+) -> None:
+    options = _OPTIONS._replace(wait_replicas=1, wait_timeout=1.0)
+    broker = RedisBroker(redis.primary.url, prefix=f"t{uuid.uuid4().hex[:8]}")
+    await broker.start(RecordingHandler())
+    try:
+        result = await broker.publish("chat:a", publication(1), options)
+        await redis.promote_replica()  # whatever the replica has now survives a failover
+        async with Redis.from_url(redis.replica.url) as replica:
+            assert await replica.llen(f"{broker.prefix}.history.{{chat:a}}") == 1
+    finally:
+        await broker.close()
+    assert result.position.offset == 1
+
+
+async def test_a_publish_that_no_replica_confirms_in_time_is_unavailable(
+    redis: ReplicatedRedis,
+) -> None:
+    options = _OPTIONS._replace(wait_replicas=1, wait_timeout=0.2, idempotency_key="k1")
+    broker = RedisBroker(redis.primary.url, prefix=f"t{uuid.uuid4().hex[:8]}")
+    await broker.start(RecordingHandler())
+    try:
+        await redis.cut_replication()
+        with pytest.raises(BrokerUnavailable, match="held by 0 of 1 replicas"):
+            await broker.publish("chat:a", publication(1), options)
+        await redis.restore_replication()
+        async with asyncio.timeout(10):
+            await redis.wait_replicated()
+        # The retry with the same key is told what was stored, now replicated.
+        again = await broker.publish("chat:a", publication(1), options)
+    finally:
+        await broker.close()
+    assert again.duplicate
+    assert again.position.offset == 1

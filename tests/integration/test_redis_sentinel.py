@@ -25,20 +25,18 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from centrifuge import SubscribedContext
-from cluster_kit import Attempt, Publisher
+from cluster_kit import Publisher
+from failover_kit import Stream, assert_every_loss_signalled
 from sdk_kit import SdkClients, SubEvents, subscribe
 
-from tether.server import Server
 from tether.testing.servers import make_config, running_server
-from tether_bench.cluster import CLUSTER_API_KEY, http_status
+from tether_bench.cluster import CLUSTER_API_KEY
 from tether_bench.failover import RedisSentinels, ReplicatedRedis
 
 pytestmark = pytest.mark.integration
 
 CHANNEL = "chat:sentinel"
 CLIENTS = 3
-PERIOD = 0.02
-"""Seconds between two publishes of the stream."""
 
 
 @pytest.fixture
@@ -50,39 +48,6 @@ async def sentinels() -> AsyncIterator[tuple[ReplicatedRedis, RedisSentinels]]:
             yield redis, watching
         finally:
             await asyncio.to_thread(watching.kill)
-
-
-class Stream:
-    """Publishes ``{"seq": n}`` every :data:`PERIOD` until stopped; records every attempt
-    and, on the side, what ``/ready`` said meanwhile."""
-
-    def __init__(self, publisher: Publisher, server: Server) -> None:
-        self.publisher = publisher
-        self.server = server
-        self.readiness: list[bool] = []
-        self._stop = asyncio.Event()
-
-    async def run(self) -> None:
-        seq = 0
-        while not self._stop.is_set():
-            await self.publisher.publish(CHANNEL, seq)
-            seq += 1
-            if seq % 5 == 0:
-                status = await http_status(self.server.http_port, "/ready")
-                self.readiness.append(status == 200)
-            await asyncio.sleep(PERIOD)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def accepted(self) -> list[Attempt]:
-        return self.publisher.accepted(CHANNEL)
-
-    async def until_accepted(self, count: int) -> None:
-        """Wait until ``count`` more publications are accepted (the caller bounds it)."""
-        target = len(self.accepted()) + count
-        while len(self.accepted()) < target:  # noqa: ASYNC110  (the stream task fills it)
-            await asyncio.sleep(PERIOD)
 
 
 async def test_sentinel_failover_under_a_publish_stream_loses_nothing_silently(
@@ -107,7 +72,7 @@ async def test_sentinel_failover_under_a_publish_stream_loses_nothing_silently(
             client, _ = await sdk.connect(server.port, f"user{i}")
             _, events, first = await subscribe(client, CHANNEL)
             followers.append((events, first))
-        stream = Stream(Publisher(session, f"http://127.0.0.1:{server.http_port}"), server)
+        stream = Stream(Publisher(session, f"http://127.0.0.1:{server.http_port}"), server, CHANNEL)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(stream.run())
             await stream.until_accepted(20)
@@ -151,30 +116,4 @@ async def test_sentinel_failover_under_a_publish_stream_loses_nothing_silently(
         assert [s for s in got if s >= new_seqs[0]] == new_seqs
         # What the client saw that the new master lacks was signalled: its resubscribe
         # said recovered: false with the new epoch.
-        _assert_every_loss_signalled(events, accepted, first)
-
-
-def _assert_every_loss_signalled(
-    events: SubEvents, accepted: list[Attempt], first: SubscribedContext
-) -> None:
-    """Every accepted publication was received, or the client was told (a resubscribe
-    with ``recovered: false`` into another epoch or past its offset)."""
-    told = []
-    while not events.subscribed.empty():
-        told.append(events.subscribed.get_nowait())
-    resets = [
-        t for t in told if t.was_recovering and not t.recovered and t.stream_position is not None
-    ]
-    got = {p.data["seq"] for p in events.received}
-    lost = [a for a in accepted if a.seq not in got]
-    for attempt in lost:
-        epoch, offset = attempt.answer["result"]["epoch"], attempt.answer["result"]["offset"]
-        assert any(
-            r.stream_position.epoch != epoch or r.stream_position.offset >= offset
-            for r in resets
-            if r.stream_position is not None
-        ), f"seq {attempt.seq} ({epoch}, {offset}) lost without a word: {told}"
-    # The client saw publications the new master never got: it must have been told.
-    assert first.stream_position is not None
-    assert any(r.stream_position.epoch != first.stream_position.epoch for r in resets
-               if r.stream_position is not None), told  # fmt: skip
+        assert_every_loss_signalled(events, accepted, first)

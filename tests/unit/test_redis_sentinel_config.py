@@ -4,6 +4,8 @@ Sentinel failover in ``tests/integration/test_redis_sentinel.py``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tether.brokers.guarded import GuardedBroker
@@ -77,3 +79,31 @@ async def test_sentinels_make_a_guarded_redis_broker_and_presence_store_that_ask
     finally:
         await broker.close()
         await presence.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "namespace", "expected"),
+    [
+        ({}, "wait_replicas = -1", "`namespaces.chat.wait_replicas` must be 0 (do not wait)"),
+        ({"TETHER_BROKER": "memory"}, "wait_replicas = 1",
+         '`namespaces.chat.wait_replicas` needs broker = "redis" without redis_cluster'),
+        ({"TETHER_REDIS_CLUSTER": "true", "TETHER_REDIS_URL": "redis://a:6379"},
+         "wait_replicas = 1", "`namespaces.chat.wait_replicas` needs broker"),
+        ({}, "wait_timeout = 2", "`namespaces.chat.wait_timeout` must be above 0 and below 2"),
+    ],
+)  # fmt: skip
+def test_invalid_wait_settings_are_named_with_what_is_wrong(
+    tmp_path: Path, env: dict[str, str], namespace: str, expected: str
+) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_text(f"[namespaces.chat]\n{namespace}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"TETHER_BROKER": "redis", **env})
+    assert expected in str(info.value)
+
+
+def test_a_namespace_may_wait_for_replicas_on_one_redis(tmp_path: Path) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_text("[namespaces.chat]\nwait_replicas = 1\nwait_timeout = 0.25\n")
+    chat = load_config(path, env={"TETHER_BROKER": "redis"}).config.namespaces["chat"]
+    assert (chat.wait_replicas, chat.wait_timeout) == (1, 0.25)

@@ -149,6 +149,10 @@ class ReplicatedRedis:
         """From now on B lacks what A acknowledges (see :func:`cut_replication`)."""
         await cut_replication(self.host, self.replica.port)
 
+    async def restore_replication(self) -> None:
+        """Undo :meth:`cut_replication`: B resyncs from A on its next attempt."""
+        await restore_replication(self.host, self.replica.port)
+
     async def promote_replica(self) -> None:
         """``REPLICAOF NO ONE`` on B: it takes writes from now on (the relay still
         points at A)."""

@@ -45,6 +45,11 @@ class PublishOptions(NamedTuple):
     """If set, a publish with the same key on the same channel within ``idempotency_ttl``
     stores nothing, delivers nothing, and returns the first publish's position."""
     idempotency_ttl: float = 300
+    wait_replicas: int = 0
+    """Replicated stores: answer only once this many replicas hold the publication, or
+    raise ``BrokerUnavailable`` after ``wait_timeout`` seconds (it may then be stored
+    but not replicated: retry with the same idempotency key). 0: do not wait."""
+    wait_timeout: float = 0.5
 
 
 class PublishResult(NamedTuple):

@@ -161,6 +161,8 @@ class RedisBroker(StreamCommands):
         sentinels: Sentinels | None = None,
     ) -> None:
         self.url = url
+        self.prefix = prefix
+        """Of every key and pub/sub channel (see the module docstring)."""
         self._prefix = prefix
         self._meta_ttl_ms = int(meta_ttl * 1000)
         self._timeout = command_timeout
@@ -376,6 +378,15 @@ class RedisBroker(StreamCommands):
 
     async def _delivery_barrier(self, channel: str) -> None:
         await self._barrier()
+
+    async def _publish_and_wait(
+        self, keys: list[str], args: list[bytes | str | int], replicas: int, timeout_ms: int
+    ) -> tuple[Any, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._publish_script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            reply, acked = await pipe.execute()
+        return reply, int(acked)
 
     async def channels(self) -> set[str]:
         prefix = f"{self._prefix}.ch."

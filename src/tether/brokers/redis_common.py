@@ -305,6 +305,14 @@ class StreamCommands:
         """Return once everything Redis sent for ``channel`` before now was handed over."""
         raise NotImplementedError
 
+    async def _publish_and_wait(
+        self, keys: list[str], args: list[bytes | str | int], replicas: int, timeout_ms: int
+    ) -> tuple[Any, int]:
+        """Run the publish script and ``WAIT replicas timeout_ms`` on one connection (WAIT
+        counts the replicas that have that connection's writes). Returns the script's
+        reply and how many replicas acknowledged."""
+        raise NotImplementedError
+
     def _unavailable_error(self, what: str, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"{self._label} {what}: {exc}")
 
@@ -331,8 +339,23 @@ class StreamCommands:
             options,
             self._meta_ttl_ms,
         )
-        reply = await self._run("publish", self._publish_script(keys=keys, args=args))
-        return publish_result(reply)
+        if options.wait_replicas <= 0:
+            reply = await self._run("publish", self._publish_script(keys=keys, args=args))
+            return publish_result(reply)
+        reply, acked = await self._run(
+            "publish",
+            self._publish_and_wait(
+                keys, args, options.wait_replicas, max(1, int(options.wait_timeout * 1000))
+            ),
+        )
+        result = publish_result(reply)
+        if acked < options.wait_replicas:
+            raise BrokerUnavailable(
+                f"{self._label} publish: stored at {result.position.offset} but held by "
+                f"{acked} of {options.wait_replicas} replicas after {options.wait_timeout}s "
+                "(a failover may lose it; retry with the same idempotency key)"
+            )
+        return result
 
     async def _publish_control(self, channel: str, kind: bytes, info: ClientInfo) -> None:
         await self._run(

@@ -354,6 +354,8 @@ class Channels(Generic[M]):
             history_ttl=ns.history_ttl,
             idempotency_key=idempotency_key,
             idempotency_ttl=self._config.idempotency_ttl,
+            wait_replicas=ns.wait_replicas,
+            wait_timeout=ns.wait_timeout,
         )
         try:
             return await self._broker.publish(channel, publication, options)
