@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tether.brokers.base import (
@@ -316,6 +316,16 @@ class StreamCommands:
     def _unavailable_error(self, what: str, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"{self._label} {what}: {exc}")
 
+    async def _call_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script. redis-py loads a script a server does not know and
+        runs it again, but a master promoted a moment ago (its script cache is empty:
+        Redis does not replicate it) may still miss it if the load went by an older slot
+        map; then the script is sent whole (EVAL), which also caches it there."""
+        try:
+            return await script(keys=keys, args=args)
+        except NoScriptError:
+            return await self._redis.eval(script.script, len(keys), *keys, *args)
+
     async def _run(self, what: str, command: Awaitable[_T]) -> _T:
         """Await a command; what means "unavailable" (a lost connection, a refusal for
         now, see :func:`refused_for_now`) raises BrokerUnavailable."""
@@ -340,7 +350,7 @@ class StreamCommands:
             self._meta_ttl_ms,
         )
         if options.wait_replicas <= 0:
-            reply = await self._run("publish", self._publish_script(keys=keys, args=args))
+            reply = await self._run("publish", self._call_script(self._publish_script, keys, args))
             return publish_result(reply)
         reply, acked = await self._run(
             "publish",
@@ -378,7 +388,7 @@ class StreamCommands:
         reverse: bool = False,
     ) -> HistoryPage:
         keys, args = history_call(self._keys, channel, self._meta_ttl_ms)
-        reply = await self._run("history", self._history_script(keys=keys, args=args))
+        reply = await self._run("history", self._call_script(self._history_script, keys, args))
         if channel in self._channels:
             await self._delivery_barrier(channel)  # never run ahead of delivery
         return history_page(reply, since=since, limit=limit, reverse=reverse)
