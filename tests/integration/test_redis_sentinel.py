@@ -27,8 +27,13 @@ import pytest
 from centrifuge import SubscribedContext
 from cluster_kit import Publisher
 from failover_kit import Stream, assert_every_loss_signalled
+from redis.asyncio import Redis
 from sdk_kit import SdkClients, SubEvents, subscribe
 
+from tether.brokers.base import PublishOptions
+from tether.brokers.redis import RedisBroker, Sentinels
+from tether.errors import BrokerUnavailable
+from tether.testing.broker_contract import RecordingHandler, publication
 from tether.testing.servers import make_config, running_server
 from tether_bench.cluster import CLUSTER_API_KEY, http_status
 from tether_bench.failover import RedisSentinels, ReplicatedRedis
@@ -37,6 +42,7 @@ pytestmark = pytest.mark.integration
 
 CHANNEL = "chat:sentinel"
 CLIENTS = 3
+_OPTIONS = PublishOptions(history_size=100, history_ttl=300)
 
 
 @pytest.fixture
@@ -119,3 +125,48 @@ async def test_sentinel_failover_under_a_publish_stream_loses_nothing_silently(
         # What the client saw that the new master lacks was signalled: its resubscribe
         # said recovered: false with the new epoch.
         assert_every_loss_signalled(events, accepted, first)
+
+
+async def test_a_planned_sentinel_failover_moves_commands_and_the_subscriber_to_the_new_master(
+    sentinels: tuple[ReplicatedRedis, RedisSentinels],
+) -> None:
+    # SENTINEL FAILOVER: the old primary stays up and is turned into a replica. Sentinel
+    # closes its clients, so the subscriber connection cannot linger on it (where it would
+    # still hear publications, replicated, but out of step with the history barrier).
+    redis, watching = sentinels
+    handler = RecordingHandler()
+    broker = RedisBroker(
+        "redis://found-through-sentinel/0",
+        prefix=f"t{uuid.uuid4().hex[:8]}",
+        sentinels=Sentinels([(watching.host, port) for port in watching.ports], watching.master),
+        command_timeout=1.0,
+        connect_timeout=0.5,
+    )
+    await broker.start(handler)
+    try:
+        await broker.subscribe("chat:planned")
+        before = await broker.publish("chat:planned", publication(1), _OPTIONS)
+        async with asyncio.timeout(10):
+            await redis.wait_replicated()
+        async with Redis(host=watching.host, port=watching.ports[0]) as sentinel:
+            await sentinel.execute_command("SENTINEL", "FAILOVER", watching.master)
+        async with asyncio.timeout(30):
+            await handler.wait_until(lambda: bool(handler.resyncs))
+            while True:  # the subscriber is back on the master: publishes go through
+                try:
+                    after = await broker.publish("chat:planned", publication(2), _OPTIONS)
+                    break
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.1)
+            await handler.wait_until(lambda: len(handler.publications.get("chat:planned", [])) == 2)
+        top = await broker.history("chat:planned", since=before.position, limit=-1)
+    finally:
+        await broker.close()
+
+    assert watching.master_address() == ("127.0.0.1", redis.replica.port)
+    # Nothing was lost (the replica had everything), yet the new master fenced the stream:
+    # the position from before continues into the new epoch.
+    assert after.position.epoch != before.position.epoch
+    assert after.position.offset == 2
+    assert [p.offset for p in top.publications] == [2]
+    assert handler.offsets("chat:planned") == [1, 2]
