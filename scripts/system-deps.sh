@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs, installed if missing (used by `make test` and
-# .ci/run): Node.js/npm for the JS SDK tests, redis-server for the Redis tests, haproxy
+# .ci/run): Node.js/npm for the JS SDK tests, redis-server for the Redis tests (the
+# Sentinel tests run `redis-server --sentinel`, so Debian's redis-sentinel is not needed), haproxy
 # for the cluster tests (a real load balancer in front of several nodes), prometheus for
 # promtool (alert-rule checks and tests) and the Prometheus server (the alert integration
 # test), chromium for the browser tests (Playwright drives this system browser; it never
