@@ -24,19 +24,13 @@ breaker counts them).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from prometheus_client import Histogram
 
-from tether.brokers.base import (
-    Broker,
-    BrokerEventHandler,
-    HistoryPage,
-    PublishOptions,
-    PublishResult,
-    StreamPosition,
-)
+from tether.brokers.base import Broker, BrokerEventHandler, PublishOptions, PublishResult
+from tether.brokers.delegating import DelegatingBroker
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
 from tether.resilience import CircuitBreaker, RetryBudget, call_with_retries
@@ -65,7 +59,7 @@ def latency_histogram() -> Histogram:
     )
 
 
-class GuardedBroker:
+class GuardedBroker(DelegatingBroker):
     """:class:`~tether.brokers.base.Broker` guarding ``inner`` (same contract)."""
 
     def __init__(
@@ -75,7 +69,7 @@ class GuardedBroker:
         breaker: CircuitBreaker | None = None,
         budget: RetryBudget | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.breaker = breaker or CircuitBreaker("broker")
         self.budget = budget or RetryBudget()
         self.latency = latency_histogram()
@@ -101,64 +95,37 @@ class GuardedBroker:
     async def start(self, handler: BrokerEventHandler) -> None:
         await self.inner.start(_CloseBreakerOnResync(handler, self.breaker))
 
-    async def close(self) -> None:
-        await self.inner.close()
+    def _guarded(self, op: str, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        return self.breaker.call(lambda: self._timed(op, call()))
 
-    async def subscribe(self, channel: str) -> None:
-        await self.breaker.call(lambda: self._timed("subscribe", self.inner.subscribe(channel)))
-
-    async def unsubscribe(self, channel: str) -> None:
-        # Not through the breaker: giving up interest must never be refused.
-        await self._timed("unsubscribe", self.inner.unsubscribe(channel))
+    async def around(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        label = _LABELS.get(op, op)
+        if op == "unsubscribe":
+            # Not through the breaker: giving up interest must never be refused.
+            return await self._timed(label, call())
+        if op in _READS:
+            return await call_with_retries(lambda: self._guarded(label, call), budget=self.budget)
+        return await self._guarded(label, call)
 
     async def publish(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> PublishResult:
-        def once() -> Awaitable[PublishResult]:
-            return self.breaker.call(
-                lambda: self._timed("publish", self.inner.publish(channel, publication, options))
-            )
+        # Retried only with an idempotency key (see the module docstring).
+        def call() -> Awaitable[PublishResult]:
+            return self.inner.publish(channel, publication, options)
 
         if options.idempotency_key:
-            return await call_with_retries(once, budget=self.budget)
-        return await once()
+            return await call_with_retries(
+                lambda: self._guarded("publish", call), budget=self.budget
+            )
+        return await self._guarded("publish", call)
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self.breaker.call(lambda: self._timed("join", self.inner.publish_join(channel, info)))
 
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self.breaker.call(
-            lambda: self._timed("leave", self.inner.publish_leave(channel, info))
-        )
+_READS = frozenset({"history", "channels"})
+"""Calls retried within the budget: they change nothing, so a second try is safe."""
 
-    async def history(
-        self,
-        channel: str,
-        *,
-        since: StreamPosition | None = None,
-        limit: int = 0,
-        reverse: bool = False,
-    ) -> HistoryPage:
-        return await call_with_retries(
-            lambda: self.breaker.call(
-                lambda: self._timed(
-                    "history",
-                    self.inner.history(channel, since=since, limit=limit, reverse=reverse),
-                )
-            ),
-            budget=self.budget,
-        )
-
-    async def remove_history(self, channel: str) -> None:
-        await self.breaker.call(
-            lambda: self._timed("remove_history", self.inner.remove_history(channel))
-        )
-
-    async def channels(self) -> set[str]:
-        return await call_with_retries(
-            lambda: self.breaker.call(lambda: self._timed("channels", self.inner.channels())),
-            budget=self.budget,
-        )
+_LABELS = {"publish_join": "join", "publish_leave": "leave"}
+"""``op`` label values of ``tether_broker_call_seconds`` that differ from the method."""
 
 
 class _CloseBreakerOnResync:

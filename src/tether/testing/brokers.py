@@ -24,17 +24,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tether.brokers.base import (
-    Broker,
-    BrokerEventHandler,
-    HistoryPage,
-    PublishOptions,
-    PublishResult,
-    StreamPosition,
-)
+from tether.brokers.base import Broker, BrokerEventHandler
+from tether.brokers.delegating import DelegatingBroker
 from tether.brokers.memory import MemoryBroker
 from tether.errors import BrokerUnavailable
-from tether.protocol.messages import ClientInfo, Publication
 
 __all__ = ["FaultyBroker"]
 
@@ -53,7 +46,7 @@ class _Hold:
         self.held = 0
 
 
-class FaultyBroker:
+class FaultyBroker(DelegatingBroker):
     """A :class:`~tether.brokers.base.Broker` around ``inner`` that can hold or fail calls.
 
     Faults apply per method name (``publish``, ``history``, ``subscribe``, ...):
@@ -70,7 +63,7 @@ class FaultyBroker:
     """
 
     def __init__(self, inner: Broker | None = None) -> None:
-        self.inner: Broker = inner if inner is not None else MemoryBroker()
+        super().__init__(inner if inner is not None else MemoryBroker())
         self.calls: Counter[str] = Counter()
         self._holds: dict[str, _Hold] = {}
         self._failures: dict[str, tuple[int | None, Callable[[], BaseException]]] = {}
@@ -116,7 +109,7 @@ class FaultyBroker:
         else:
             self._failures.pop(method, None)
 
-    async def _call(self, method: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def around(self, method: str, fn: Callable[[], Awaitable[T]]) -> T:
         self.calls[method] += 1
         hold = self._holds.get(method)
         if hold is not None and not hold.on_reply:
@@ -144,7 +137,7 @@ class FaultyBroker:
         finally:
             hold.held -= 1
 
-    # -- Broker ---------------------------------------------------------------------------
+    # -- Broker (every other method goes through around(), see DelegatingBroker) ------
 
     @property
     def healthy(self) -> bool:
@@ -156,48 +149,10 @@ class FaultyBroker:
         self._healthy = value
 
     async def start(self, handler: BrokerEventHandler) -> None:
-        await self._call("start", lambda: self.inner.start(handler))
+        await self.around("start", lambda: self.inner.start(handler))
 
     async def close(self) -> None:
         for hold in self._holds.values():
             hold.open.set()
         self._holds.clear()
         await self.inner.close()
-
-    async def subscribe(self, channel: str) -> None:
-        await self._call("subscribe", lambda: self.inner.subscribe(channel))
-
-    async def unsubscribe(self, channel: str) -> None:
-        await self._call("unsubscribe", lambda: self.inner.unsubscribe(channel))
-
-    async def publish(
-        self, channel: str, publication: Publication, options: PublishOptions
-    ) -> PublishResult:
-        return await self._call(
-            "publish", lambda: self.inner.publish(channel, publication, options)
-        )
-
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self._call("publish_join", lambda: self.inner.publish_join(channel, info))
-
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self._call("publish_leave", lambda: self.inner.publish_leave(channel, info))
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        since: StreamPosition | None = None,
-        limit: int = 0,
-        reverse: bool = False,
-    ) -> HistoryPage:
-        return await self._call(
-            "history",
-            lambda: self.inner.history(channel, since=since, limit=limit, reverse=reverse),
-        )
-
-    async def remove_history(self, channel: str) -> None:
-        await self._call("remove_history", lambda: self.inner.remove_history(channel))
-
-    async def channels(self) -> set[str]:
-        return await self._call("channels", self.inner.channels)
