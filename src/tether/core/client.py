@@ -29,6 +29,7 @@ import structlog
 from tether import __version__
 from tether.auth import verify_connection_token, verify_subscription_token
 from tether.config import Config, NamespaceConfig
+from tether.core.admission import TokenBucket
 from tether.core.channels import Channels, Subscription
 from tether.core.lanes import may_shed_standard
 from tether.core.outbound import OutboundQueue, QueueLimits
@@ -104,8 +105,7 @@ class Client(OutboundQueue):
     __slots__ = (
         "__weakref__",
         "_inbox",
-        "_pub_stamp",
-        "_pub_tokens",
+        "_publish_bucket",
         "_worker",
         "awaiting_pong",
         "conn_info",
@@ -135,8 +135,7 @@ class Client(OutboundQueue):
         self.expire_at: float | None = None
         self.connected_at = ctx.clock()
         self.awaiting_pong = False
-        self._pub_tokens = float(ctx.config.client_publish_burst)
-        self._pub_stamp = 0.0
+        self._publish_bucket: TokenBucket | None = None  # made at the first publish
         self._inbox: deque[Command] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -565,17 +564,15 @@ class Client(OutboundQueue):
 
     def _take_publish_token(self) -> None:
         """Per-connection publish rate limit (token bucket): error 111 beyond it."""
-        config = self.ctx.config
-        now = self.ctx.clock()
-        tokens = min(
-            float(config.client_publish_burst),
-            self._pub_tokens + (now - self._pub_stamp) * config.client_publish_rate,
-        )
-        self._pub_stamp = now
-        if tokens < 1:
-            self._pub_tokens = tokens
+        bucket = self._publish_bucket
+        if bucket is None:
+            config = self.ctx.config
+            bucket = TokenBucket(
+                config.client_publish_rate, config.client_publish_burst, self.ctx.clock
+            )
+            self._publish_bucket = bucket
+        if bucket.take():
             raise ClientError(ErrorCode.TOO_MANY_REQUESTS, "publish rate limit")
-        self._pub_tokens = tokens - 1
 
     def _check_read_access(self, channel: str) -> NamespaceConfig:
         ns = self.ctx.channels.namespace(channel)
