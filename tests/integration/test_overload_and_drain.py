@@ -50,6 +50,7 @@ from tether.testing.wsclient import (
 )
 from tether.transports.http.app import build_app
 from tether.transports.websocket import server as websocket
+from tether.transports.websocket.server import WebSocketConnection
 from tether_bench.redisserver import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,9 @@ def _shrink_server_send_buffer(node: Node, user: str) -> None:
     a slow mobile link. (On loopback Linux autotunes it to megabytes, which the node would
     fill for a long while before its own queue bound is reached.)"""
     [client] = [c for c in node.clients.values() if c.user == user]
-    sock = client.transport._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    transport = client.transport
+    assert isinstance(transport, WebSocketConnection)
+    sock: Any = transport.get_extra_info("socket")  # asyncio's TransportSocket
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 

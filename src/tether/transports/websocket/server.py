@@ -67,6 +67,13 @@ class WebSocketConnection(asyncio.Protocol):
         if self._session is not None:
             self._session.resume_writing()
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """What the socket's transport knows (``"socket"``, ``"peername"``, ...), as
+        :meth:`asyncio.BaseTransport.get_extra_info`; ``default`` once it is closed."""
+        if self._transport is None:
+            return default
+        return self._transport.get_extra_info(name, default)
+
     # -- ClientTransport --------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
