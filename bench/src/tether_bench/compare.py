@@ -342,6 +342,7 @@ def fold_runs(results: list[Report]) -> list[Report]:
         for r in results
         if r["scenario"] == "fanout"
     }
+    profiles = {(r["scenario"], r["row"]): r["profile"] for r in results if r.get("profile")}
     results = keep_median_runs(results, "latency", _p99, "run_p99_ms")
     results = keep_median_runs(
         results, "fanout", lambda r: r.get("deliveries_per_server_cpu_s"), "run_per_cpu_s"
@@ -349,12 +350,17 @@ def fold_runs(results: list[Report]) -> list[Report]:
     for r in results:
         if r["scenario"] == "fanout" and len(fan_dps.get(r["row"], [])) > 1:
             r["run_deliveries_per_s"] = fan_dps[r["row"]]
-    return keep_median_runs(
+    results = keep_median_runs(
         results,
         "connect-cost",
         lambda r: r.get("connects_per_server_cpu_s"),
         "run_connects_per_cpu_s",
     )
+    for r in results:  # the profiled run (the first) may not be the median one
+        profile = profiles.get((r["scenario"], r["row"]))
+        if profile is not None and "profile" not in r:
+            r["profile"] = profile
+    return results
 
 
 def run_main_steps(steps: list[tuple[str, str, list[str]]], logdir: Path) -> list[Report]:
@@ -544,7 +550,10 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     w = L.append
     w("# Benchmarks")
     w("")
-    w(f"Measured {meta['date']} with `make bench` ({meta['wall_min']:.1f} min). Reproduce with:")
+    w(
+        f"Measured {meta['date']} with `{meta.get('command', 'make bench')}` "
+        f"({meta['wall_min']:.1f} min). Reproduce with:"
+    )
     w("")
     w(
         "```sh\nmake bench            # installs the bench (bench/) and the Node peer, runs everything,\n"
@@ -877,8 +886,8 @@ def _profile_lines(r: Report, title: str) -> list[str]:
     if not profile:
         return []
     out = [
-        f"{title} ({profile['samples']:,} py-spy samples of the measured phase; `self`: on top "
-        "of the stack, `on stack`: anywhere in it):",
+        f"{title} ({profile['samples']:,} py-spy samples of the measured phase of the first "
+        "run; `self`: on top of the stack, `on stack`: anywhere in it):",
         "",
         "| function | self | on stack |",
         "|---|---|---|",
@@ -1286,6 +1295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verdicts": verdicts(by),
         "fifty_k": fifty,
         "resilience": resilience_meta,
+        "command": "make bench-main" if args.no_resilience else "make bench",
     }
     write_markdown(results, meta, out)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

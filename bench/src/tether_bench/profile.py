@@ -91,6 +91,17 @@ def summary(path: Path, top: int = 15) -> tuple[int, list[Line], list[Line]]:
     return total, lines(inclusive), lines(own)
 
 
+def report(path: Path, top: int = 20) -> dict[str, object]:
+    """The summary a bench report carries (``profile``): samples, the top functions by
+    self share (with their on-stack share) and by on-stack share."""
+    samples, by_inclusive, by_self = summary(path, top)
+    return {
+        "samples": samples,
+        "self": [[x.function, round(x.self_share, 4), round(x.inclusive, 4)] for x in by_self],
+        "inclusive": [[x.function, round(x.inclusive, 4)] for x in by_inclusive],
+    }
+
+
 def markdown(path: Path, top: int = 15) -> list[str]:
     """The profile as two markdown tables (by self share, and by inclusive share)."""
     total, by_inclusive, by_self = summary(path, top)

@@ -361,7 +361,7 @@ class Run:
         profiler, self._profiler = self._profiler, None
         if profiler is None:
             return
-        from tether_bench.profile import summary
+        from tether_bench.profile import report as profile_report
 
         profiler.send_signal(signal.SIGINT)
         try:
@@ -371,14 +371,7 @@ class Run:
             profiler.wait()
         path = Path(self.o.profile)
         if path.exists():
-            samples, by_inclusive, by_self = summary(path, 20)
-            self.profile = {
-                "samples": samples,
-                "self": [
-                    [x.function, round(x.self_share, 4), round(x.inclusive, 4)] for x in by_self
-                ],
-                "inclusive": [[x.function, round(x.inclusive, 4)] for x in by_inclusive],
-            }
+            self.profile = profile_report(path)
 
     def start_measure(self, profile: bool = True) -> None:
         if profile and self.o.profile and self.o.server_pid and self._profiler is None:
