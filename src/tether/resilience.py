@@ -176,13 +176,20 @@ class RetryBudget:
         self.spent = 0
         self.denied = 0
 
-    def record_call(self) -> None:
+    def _earn(self, tokens: float) -> None:
         now = self._clock()
-        earned = self.ratio + (now - self._stamp) * self.min_per_second
+        earned = tokens + (now - self._stamp) * self.min_per_second
         self._tokens = min(self.cap, self._tokens + earned)
         self._stamp = now
 
+    def record_call(self) -> None:
+        self._earn(self.ratio)
+
     def try_spend(self) -> bool:
+        """Spend a token for one retry if there is one. The time-based trickle counts up
+        to now, so a caller that only retries (an outbox during an outage) still gets
+        ``min_per_second``."""
+        self._earn(0.0)
         if self._tokens >= 1:
             self._tokens -= 1
             self.spent += 1

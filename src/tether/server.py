@@ -16,6 +16,8 @@ from tether.config import Config, sentinel_address
 from tether.core.node import Node
 from tether.errors import BrokerUnavailable
 from tether.protocol.codes import DisconnectCode, DisconnectInfo
+from tether.proxy.backend import HttpBackend
+from tether.proxy.events import Notifier
 from tether.resilience import CircuitBreaker, RetryBudget
 from tether.transports.http.app import build_app
 from tether.transports.websocket import server as websocket
@@ -117,13 +119,25 @@ class Server:
     """Listen with SO_REUSEPORT, so that several worker processes share the ports."""
     announcer: cluster.Announcer = field(init=False)
     """Announces this node to the others (the cluster view, ``/api/info``)."""
+    backend: HttpBackend | None = None
+    """The backend hooks, when some are configured."""
+    notifier: Notifier = field(init=False)
+    """Webhooks and offline push (``notifier.enabled`` False when neither is configured)."""
     _ws: asyncio.Server | None = None
     _http: web.AppRunner | None = None
 
     async def start(self) -> None:
         config = self.config
         broker, presence = make_broker(config)
-        self.node = Node(config, broker, presence)
+        hooks = HttpBackend(config)
+        self.backend = hooks if hooks.enabled else None
+        self.node = Node(config, broker, presence, backend=self.backend)
+        self.notifier = Notifier(config, node=self.node.name, presence=presence.get)
+        if self.notifier.enabled:
+            self.node.events = self.notifier
+            await self.notifier.start()
+        if self.backend is not None:
+            await self.backend.start()
         await self.node.start()
         self.announcer = cluster.Announcer(self.node)
         self.node.spawn(self.announcer.run(), "announce")
@@ -131,7 +145,8 @@ class Server:
             self.node, config.host, config.port, reuse_port=self.reuse_port
         )
         self.port = self._ws.sockets[0].getsockname()[1]
-        self._http = web.AppRunner(build_app(self.node), access_log=None)
+        app = build_app(self.node, backend=self.backend, notifier=self.notifier)
+        self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(
             self._http,
@@ -171,6 +186,10 @@ class Server:
             # The entry ages out of the others' lists within cluster.STALE_AFTER.
             log.warning("could not withdraw the node's announcement", error=str(exc))
         await self.node.close(code)
+        if self.backend is not None:
+            await self.backend.close()
+        if self.notifier.enabled:
+            await self.notifier.close()  # after the clients: their disconnects go out too
         if self._http is not None:
             await self._http.cleanup()
         if self._ws is not None:

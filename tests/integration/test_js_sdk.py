@@ -25,9 +25,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tether.auth import mint_connection_token
+from tether.config import ProxyConfig
 from tether.server import Server
+from tether.testing.backend import ScriptedBackend
 from tether.testing.faults import TcpProxy
 from tether.testing.servers import TEST_API_KEY, TEST_SECRET, make_config, running_server
 
@@ -594,3 +597,36 @@ async def test_js_clients_of_one_user_all_get_their_personal_channel(js: Spawn) 
             got = await device.expect("server_publication", channel="chat:#gina")
             assert got["data"] == {"text": "for all of gina"}
             await device.stop()
+
+
+async def test_js_rpc_is_answered_and_send_reaches_the_backend(js: Spawn) -> None:
+    async with ScriptedBackend() as backend:
+        backend.answer("/connect", {"result": {"user": "alice"}})
+        backend.handle(
+            "/rpc",
+            lambda body: web.json_response(
+                {"result": {"data": {"method": body["method"], "echo": body["data"]}}}
+            ),
+        )
+        backend.answer("/send", {"result": {}})
+        config = make_config(
+            proxies={"app": ProxyConfig(url=backend.url)},
+            connect_proxy="app",
+            rpc_proxy="app",
+            send_proxy="app",
+        )
+        async with running_server(config) as hooked:
+            client = await js(
+                "rpc",
+                url=ws_url(hooked.port),
+                rpc_method="echo",
+                rpc_data='{"x": 1}',
+                send='{"note": "hi"}',
+            )
+            events = await client.finish()
+            [rpc] = [e for e in events if e["event"] == "rpc"]
+            assert rpc == {"event": "rpc", "ok": True, "data": {"method": "echo", "echo": {"x": 1}}}
+            await backend.wait_count("/send", 1)
+    [sent] = backend.bodies("/send")
+    assert (sent["user"], sent["data"]) == ("alice", {"note": "hi"})
+    assert [b["user"] for b in backend.bodies("/rpc")] == ["alice", "alice"]

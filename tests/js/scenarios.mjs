@@ -22,6 +22,7 @@
 //                      position (offset 0, empty epoch), as an app that has no state yet
 //   TETHER_SINCE       `read`: also read history since this offset (with the epoch of the
 //                      stream's top), forwards, and the newest two in reverse
+//   TETHER_RPC_METHOD, TETHER_RPC_DATA, TETHER_SEND   what the `rpc` scenario sends
 //
 // Output: one JSON object per line on stdout, {"event": NAME, ...}: what the SDK reported.
 // Input: one JSON object per line on stdin, from the test:
@@ -40,6 +41,9 @@
 //   delta       connect, subscribe with delta: 'fossil', report each publication (data as
 //               the SDK rebuilt it) until TETHER_EXPECT of them came, then report the
 //               subscription's deltaStats() as {"event":"delta_stats", ...} and exit
+//   rpc         connect, call TETHER_RPC_METHOD with TETHER_RPC_DATA (JSON), report the
+//               result or error; then send TETHER_SEND (JSON) as an async message if
+//               given (and one more RPC, so that the send was handled); exit
 //
 // Exit status: 0 scenario finished, 1 unexpected exception, 2 timeout.
 
@@ -289,6 +293,25 @@ const scenarios = {
     });
     sub.subscribe();
     c.connect();
+  },
+
+  async rpc(c) {
+    c.connect();
+    await c.ready();
+    await attempt('rpc', async () => {
+      const result = await c.rpc(required('TETHER_RPC_METHOD'), JSON.parse(env.TETHER_RPC_DATA || 'null'));
+      return { data: result.data };
+    });
+    if (env.TETHER_SEND) {
+      await attempt('sent', async () => {
+        await c.send(JSON.parse(env.TETHER_SEND));
+        // The server runs a connection's commands in order: once a later RPC is answered
+        // the send was handled (a close right after it would cancel what is queued).
+        await c.rpc(required('TETHER_RPC_METHOD'), null);
+        return {};
+      });
+    }
+    finish(0);
   },
 
   async read(c) {

@@ -37,6 +37,7 @@ import structlog
 
 from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishResult, StreamPosition
 from tether.config import Config, NamespaceConfig
+from tether.core.hooks import Events
 from tether.core.hub import Hub, Member
 from tether.core.lanes import Lane, LaneGate
 from tether.core.recovery import RecoveryCache, recover
@@ -141,6 +142,8 @@ class Channels(Generic[M]):
         self._hub = hub
         self._spawn = spawn
         self.recovery = recovery
+        self.events: Events | None = None
+        """Told of every publication stored here (webhooks, offline push), or None."""
         self.lanes = LaneGate(config.lane_publish_limits)
         """Publishes in flight per lane; ``lanes.shed``: refused because it was full."""
         self.recoveries = dict.fromkeys(RECOVERY_OUTCOMES, 0)
@@ -358,9 +361,13 @@ class Channels(Generic[M]):
             wait_timeout=ns.wait_timeout,
         )
         try:
-            return await self._broker.publish(channel, publication, options)
+            result = await self._broker.publish(channel, publication, options)
         finally:
             self.lanes.leave(lane)
+        if self.events is not None and not result.duplicate:
+            position = result.position
+            self.events.published(channel, data, info, position.offset, position.epoch)
+        return result
 
     async def history(
         self,

@@ -19,9 +19,9 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -31,17 +31,19 @@ from tether.auth import verify_connection_token, verify_subscription_token
 from tether.config import Config, NamespaceConfig
 from tether.core.admission import TokenBucket
 from tether.core.channels import Channels, Subscription
+from tether.core.hooks import Backend, Connection, Events
 from tether.core.lanes import may_shed_standard
 from tether.core.outbound import OutboundQueue, QueueLimits
 from tether.core.registry import ENDED_BY_CLIENT, Registry
 from tether.errors import (
+    BackendUnavailable,
     BrokerUnavailable,
     ClientError,
     DisconnectRequested,
     ProtocolViolation,
     TokenError,
 )
-from tether.protocol.channels import channel_users, personal_channel
+from tether.protocol.channels import channel_users, namespace_of, personal_channel
 from tether.protocol.codec import request_of
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, ErrorCode, UnsubscribeCode
 from tether.protocol.messages import (
@@ -63,6 +65,7 @@ from tether.protocol.messages import (
     RefreshResult,
     Reply,
     RPCRequest,
+    RPCResult,
     SendRequest,
     SubRefreshRequest,
     SubRefreshResult,
@@ -83,6 +86,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("tether.client")
 
+REFRESH_RETRY = 5.0
+"""Seconds between tries of a server-side refresh the backend could not answer."""
+
 
 @dataclass(frozen=True, slots=True)
 class SessionContext:
@@ -99,6 +105,12 @@ class SessionContext:
     loop: asyncio.AbstractEventLoop
     clock: Callable[[], float]
     node_name: str
+    spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
+    """Run a task the node owns (cancelled when it closes; failures logged)."""
+    backend: Backend | None = None
+    """The app's backend hooks (tether.core.hooks), or None."""
+    events: Events | None = None
+    """Where this node's connection events go (webhooks), or None."""
 
 
 class Client(OutboundQueue):
@@ -106,13 +118,16 @@ class Client(OutboundQueue):
         "__weakref__",
         "_inbox",
         "_publish_bucket",
+        "_refreshers",
         "_worker",
         "awaiting_pong",
         "conn_info",
         "connected_at",
         "ctx",
         "expire_at",
+        "headers",
         "id",
+        "meta",
         "state",
         "subs",
         "user",
@@ -120,7 +135,11 @@ class Client(OutboundQueue):
     )
 
     def __init__(
-        self, ctx: SessionContext, transport: ClientTransport, wire_format: WireFormat
+        self,
+        ctx: SessionContext,
+        transport: ClientTransport,
+        wire_format: WireFormat,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(ctx.queue_limits, transport, owner=self)
         self.ctx = ctx
@@ -138,9 +157,27 @@ class Client(OutboundQueue):
         self._publish_bucket: TokenBucket | None = None  # made at the first publish
         self._inbox: deque[Command] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self.headers: Mapping[str, str] = headers or {}
+        """Headers of the upgrade request (lower-case names), for the backend hooks."""
+        self.meta: bytes | None = None
+        """``meta`` the connect hook returned, passed to every later hook."""
+        self._refreshers: dict[str, asyncio.Task[None]] = {}
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} {self.state.value}>"
+
+    def connection(self) -> Connection:
+        """This connection as the backend hooks see it."""
+        codec = self.wire_format.codec
+        return Connection(
+            client=self.id,
+            user=self.user,
+            protocol=codec.name,
+            encoding="binary" if codec.binary else "json",
+            headers=self.headers,
+            meta=self.meta,
+            remote=self.transport.remote,
+        )
 
     # -- what the registry asks (tether.core.registry.Connection) -----------------------
 
@@ -208,7 +245,7 @@ class Client(OutboundQueue):
         given, instead of its own), release everything."""
         if self.state is ConnectionState.CLOSED:
             return
-        self._release(str(disconnect.code))
+        self._release(str(disconnect.code), disconnect.code, reason or disconnect.reason)
         if disconnect.code != DisconnectCode.SLOW.code:
             self.flush(force=True)
         self.stop_queue()
@@ -216,13 +253,23 @@ class Client(OutboundQueue):
 
     def on_transport_closed(self) -> None:
         """The socket is gone (peer closed, network error, or after :meth:`close`)."""
-        self._release(ENDED_BY_CLIENT)
+        gone = DisconnectCode.CONNECTION_CLOSED
+        self._release(ENDED_BY_CLIENT, gone.code, gone.reason)
 
-    def _release(self, ended_by: str) -> None:
+    def _release(self, ended_by: str, code: int, reason: str) -> None:
+        """``ended_by``: the registry's label for how it ended; ``code``, ``reason``: what
+        the disconnect event says (3000 when the client went away)."""
         if self.state is ConnectionState.CLOSED:
             return
+        was_connected = self.state is ConnectionState.CONNECTED
         self.state = advance(self.state, ConnectionState.CLOSED)
         self.ctx.registry.count_end(ended_by)
+        for refresher in self._refreshers.values():
+            if refresher is not asyncio.current_task():
+                refresher.cancel()
+        events = self.ctx.events
+        if events is not None and was_connected:
+            events.disconnected(self.connection(), code, reason)
         worker = self._worker
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
@@ -290,6 +337,15 @@ class Client(OutboundQueue):
                     code=ErrorCode.INTERNAL.code, message="broker unavailable", temporary=True
                 ),
             )
+        except BackendUnavailable as exc:
+            # Never accepted unchecked: a temporary error, and the SDK retries (backoff).
+            log.info("backend hook unavailable", client=self.id, command=name, reason=exc.reason)
+            reply = Reply(
+                id=command.id,
+                error=Error(
+                    code=ErrorCode.INTERNAL.code, message="backend unavailable", temporary=True
+                ),
+            )
         except asyncio.CancelledError:
             raise
         except Exception:  # an InternalError too: our bug, not the client's (3004, not 3501)
@@ -336,13 +392,23 @@ class Client(OutboundQueue):
                 return Reply(id=cid, ping=EmptyResult())
             case "send":
                 assert isinstance(request, SendRequest)
-                # No backend hooks yet: an async message has nowhere to go.
-                if cid:
+                backend = self.ctx.backend
+                if backend is not None and backend.hooked("send"):
+                    # Fire and forget, off this connection's command queue: a slow
+                    # backend must not hold the client's next commands.
+                    self.ctx.spawn(self._send_to_backend(bytes(request.data)), "send hook")
+                elif cid:
                     raise ClientError(ErrorCode.NOT_AVAILABLE, "send: no backend handler")
                 return None
             case "rpc":
                 assert isinstance(request, RPCRequest)
-                raise ClientError(ErrorCode.NOT_AVAILABLE, "rpc: no backend handler")
+                backend = self.ctx.backend
+                if backend is None or not backend.hooked("rpc"):
+                    raise ClientError(ErrorCode.NOT_AVAILABLE, "rpc: no backend handler")
+                data = await backend.rpc(
+                    self.connection(), request.method, bytes(request.data) or None
+                )
+                return Reply(id=cid, rpc=RPCResult(data=msgspec.Raw(data) if data else None))
         raise ClientError(ErrorCode.METHOD_NOT_FOUND)
 
     # -- connect / refresh ------------------------------------------------------------
@@ -369,7 +435,27 @@ class Client(OutboundQueue):
         return True, max(0, int(self.expire_at - time.time()))
 
     async def _connect(self, request: ConnectRequest, cid: int) -> None:
-        user, expire_at, info, channels = self._verify_connect_token(request.token)
+        backend = self.ctx.backend
+        reply_data: bytes | None = None
+        refreshed_by_backend = False
+        via_backend = not request.token and backend is not None and backend.hooked("connect")
+        if via_backend and backend is not None:
+            # The connect hook instead of a JWT (a connect with a token uses the token).
+            outcome = await backend.connect(
+                self.connection(),
+                data=bytes(request.data) or None,
+                name=request.name,
+                version=request.version,
+                channels=list(request.subs),
+            )
+            user, expire_at, info = outcome.user, outcome.expire_at, outcome.info
+            channels = tuple(outcome.channels)
+            self.meta, reply_data = outcome.meta, outcome.data
+            if expire_at is not None and expire_at <= time.time():
+                raise ClientError(ErrorCode.EXPIRED, "connect result expired already")
+            refreshed_by_backend = expire_at is not None and backend.hooked("refresh")
+        else:
+            user, expire_at, info, channels = self._verify_connect_token(request.token)
         config = self.ctx.config
         if config.user_personal_channel and user:
             personal = personal_channel(user, config.user_personal_channel_namespace)
@@ -377,7 +463,8 @@ class Client(OutboundQueue):
                 channels = (*channels, personal)
         self.ctx.registry.claim_user(self, user)
         self.user = user
-        self.expire_at = expire_at
+        # Refreshed by the backend, server-side: the node does not expire it on its own.
+        self.expire_at = None if refreshed_by_backend else expire_at
         self.conn_info = msgspec.Raw(info) if info is not None else None
         prepared: list[tuple[str, SubscribeResult, int]] = []
         try:
@@ -394,13 +481,18 @@ class Client(OutboundQueue):
             raise
         self.state = advance(self.state, ConnectionState.CONNECTED)
         self.ctx.registry.register(self)
-        expires, ttl = self._ttl()
+        if refreshed_by_backend and expire_at is not None:
+            self._watch_expiry("", expire_at)
+        # The SDK refreshes with a token only for a JWT connection; one the backend
+        # authenticated expires (3005) and reconnects through the connect hook again.
+        expires, ttl = (False, 0) if via_backend else self._ttl()
         connect = ConnectResult(
             client=self.id,
             version=__version__,
             expires=expires,
             ttl=ttl,
             subs={ch: r for ch, r, _ in prepared} or None,
+            data=msgspec.Raw(reply_data) if reply_data is not None else None,
             ping=config.ping_interval,
             pong=True,
             node=self.ctx.node_name,
@@ -409,6 +501,8 @@ class Client(OutboundQueue):
         self.send_reply(Reply(id=cid, connect=connect))
         for channel, _, after in prepared:
             self.go_live(channel, after)
+        if self.ctx.events is not None:
+            self.ctx.events.connected(self.connection())
 
     def _refresh(self, request: RefreshRequest) -> RefreshResult:
         user, expire_at, info, _ = self._verify_connect_token(request.token)
@@ -453,6 +547,78 @@ class Client(OutboundQueue):
             return SubRefreshResult()
         return SubRefreshResult(expires=True, ttl=max(0, int(expire_at - time.time())))
 
+    # -- backend hooks (docs/howto/backend-hooks.md) -----------------------------------
+
+    def _watch_expiry(self, channel: str, expire_at: float) -> None:
+        """Refresh the connection (``channel`` "") or one subscription through the
+        backend when ``expire_at`` comes (server-side, as Centrifugo's refresh proxy)."""
+        old = self._refreshers.pop(channel, None)
+        if old is not None:
+            old.cancel()
+        task = self.ctx.loop.create_task(self._refresh_when_due(channel, expire_at))
+        self._refreshers[channel] = task
+        task.add_done_callback(lambda t: self._forget_refresher(channel, t))
+
+    def _forget_refresher(self, channel: str, task: asyncio.Task[None]) -> None:
+        if self._refreshers.get(channel) is task:
+            del self._refreshers[channel]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("refresh failed", client=self.id, exc_info=task.exception())
+
+    async def _refresh_when_due(self, channel: str, expire_at: float) -> None:
+        """The failure rule of refresh and sub_refresh: a refresh that cannot be checked
+        (backend unavailable) is retried every :data:`REFRESH_RETRY` seconds; once
+        ``expired_close_delay`` has passed since ``expire_at`` unchecked, the connection
+        is closed 3005 (or 3006): the SDK reconnects through the connect hook."""
+        backend = self.ctx.backend
+        assert backend is not None
+        expired = DisconnectCode.SUB_EXPIRED if channel else DisconnectCode.EXPIRED
+        while True:
+            await asyncio.sleep(max(0.0, expire_at - time.time()))
+            give_up = expire_at + self.ctx.config.expired_close_delay
+            while True:
+                try:
+                    if channel:
+                        sub = self.subs.get(channel)
+                        if sub is None:
+                            return
+                        ns_name = namespace_of(channel)
+                        outcome = await backend.sub_refresh(self.connection(), channel, ns_name)
+                    else:
+                        outcome = await backend.refresh(self.connection())
+                    break
+                except BackendUnavailable as exc:
+                    if time.time() >= give_up:
+                        log.info("refresh unchecked: closing", client=self.id, reason=exc.reason)
+                        self.close(expired)
+                        return
+                    await asyncio.sleep(min(REFRESH_RETRY, max(0.1, give_up - time.time())))
+                except ClientError:
+                    self.close(expired)
+                    return
+                except DisconnectRequested as exc:
+                    self.close(exc.disconnect)
+                    return
+            if outcome.expired or outcome.expire_at is None:
+                if outcome.expired:
+                    self.close(expired)
+                return
+            expire_at = outcome.expire_at
+            if outcome.info is not None and not channel:
+                self.conn_info = msgspec.Raw(outcome.info)
+
+    async def _send_to_backend(self, data: bytes) -> None:
+        """The failure rule of send: an async message the backend cannot take is dropped
+        (the endpoint counts it); a disconnect from the backend closes the connection."""
+        backend = self.ctx.backend
+        assert backend is not None
+        try:
+            await backend.send(self.connection(), data)
+        except (BackendUnavailable, ClientError) as exc:
+            log.info("send hook: message dropped", client=self.id, error=str(exc))
+        except DisconnectRequested as exc:
+            self.close(exc.disconnect)
+
     # -- subscriptions ----------------------------------------------------------------
 
     async def _subscribe(self, request: SubscribeRequest, cid: int) -> None:
@@ -483,8 +649,20 @@ class Client(OutboundQueue):
             raise ClientError(ErrorCode.LIMIT_EXCEEDED, "too many subscriptions")
         expire_at: float | None = None
         token_info: bytes | None = None
+        reply_data: bytes | None = None
+        checked_by_backend = False
+        backend = self.ctx.backend
+        namespace = namespace_of(channel)
         if request.token:
             expire_at, token_info = self._verify_sub_token(channel, request.token, subscribing=True)
+        elif not authorized and backend is not None and backend.hooked("subscribe", namespace):
+            outcome = await backend.subscribe(
+                self.connection(), channel, namespace, token="", data=bytes(request.data) or None
+            )
+            expire_at, token_info, reply_data = outcome.expire_at, outcome.info, outcome.data
+            checked_by_backend = True
+            if channel in self.subs:  # subscribed meanwhile (server-side): as if before
+                raise ClientError(ErrorCode.ALREADY_SUBSCRIBED)
         elif not authorized:
             users = channel_users(channel) if ns.allow_user_limited_channels else None
             if users is not None:
@@ -511,10 +689,18 @@ class Client(OutboundQueue):
                 sub.on(SubscriptionEvent.FAILED)
                 self.ctx.channels.leave(self, sub)
             raise
-        if expire_at is not None:
+        if reply_data is not None:
+            result.data = msgspec.Raw(reply_data)
+        if expire_at is None:
+            return result, after
+        if not checked_by_backend:  # a token's expiry: the SDK refreshes it (sub_refresh)
             self.ctx.registry.track_sub_expiry(self, channel, expire_at)
             result.expires = True
             result.ttl = max(0, int(expire_at - time.time()))
+        elif backend is not None and backend.hooked("sub_refresh", namespace):
+            self._watch_expiry(channel, expire_at)  # refreshed server-side
+        else:
+            self.ctx.registry.track_sub_expiry(self, channel, expire_at)  # then 3006
         return result, after
 
     def go_live(self, channel: str, after_offset: int) -> None:
@@ -522,6 +708,8 @@ class Client(OutboundQueue):
         if sub is None or self.state is ConnectionState.CLOSED:
             return
         self.ctx.channels.go_live(self, sub, after_offset)
+        if self.ctx.events is not None:
+            self.ctx.events.subscribed(self.connection(), channel)
 
     def resubscribe(self, channel: str) -> None:
         """Leave ``channel`` and tell the client to subscribe again from its position
@@ -538,6 +726,11 @@ class Client(OutboundQueue):
         if sub is not None:
             sub.on(SubscriptionEvent.LEFT)
             self.ctx.channels.leave(self, sub)
+            refresher = self._refreshers.pop(channel, None)
+            if refresher is not None and refresher is not asyncio.current_task():
+                refresher.cancel()
+            if self.ctx.events is not None:
+                self.ctx.events.unsubscribed(self.connection(), channel)
 
     def _subscribed(self, channel: str) -> Subscription:
         sub = self.subs.get(channel)
@@ -553,13 +746,23 @@ class Client(OutboundQueue):
         if not request.data:
             raise ClientError(ErrorCode.BAD_REQUEST, "data required")
         sub = self.subs.get(request.channel)
-        if not ns.allow_publish or sub is None:
+        backend = self.ctx.backend
+        namespace = namespace_of(request.channel)
+        hooked = backend is not None and backend.hooked("publish", namespace)
+        if not hooked and (not ns.allow_publish or sub is None):
             raise ClientError(ErrorCode.PERMISSION_DENIED)
         self._take_publish_token()
+        data, skip_history = bytes(request.data), False
+        if hooked and backend is not None:
+            # The backend decides (instead of allow_publish), and may replace the data.
+            outcome = await backend.publish(self.connection(), request.channel, namespace, data)
+            data = outcome.data or data
+            skip_history = outcome.skip_history
+        info = sub.info if sub is not None else ClientInfo(self.user, self.id, self.conn_info)
         # An ephemeral publication (a cursor, a typing flag) from one client replaces
         # that client's previous one in a slow reader's queue.
         await self.ctx.channels.publish(
-            request.channel, bytes(request.data), info=sub.info, coalesce_key=self.id
+            request.channel, data, info=info, coalesce_key=self.id, skip_history=skip_history
         )
 
     def _take_publish_token(self) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import structlog
@@ -22,6 +22,7 @@ from tether.config import Config
 from tether.core.admission import Admission
 from tether.core.channels import Channels
 from tether.core.client import Client, SessionContext
+from tether.core.hooks import Backend, Events
 from tether.core.hub import Hub
 from tether.core.lanes import LaneGate
 from tether.core.outbound import OverflowPolicy, QueueLimits
@@ -60,10 +61,17 @@ class Node:
         presence: PresenceStore,
         *,
         clock: Callable[[], float] = time.monotonic,
+        backend: Backend | None = None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.broker = broker
         self.presence_store = presence
+        self.backend = backend
+        """The app's backend hooks (:mod:`tether.core.hooks`), or None."""
+        self.events = events
+        """Where connect/disconnect/subscribe/unsubscribe/publication events go, or None
+        (set before :meth:`start`)."""
         self.clock = clock
         self.name = config.node_name or f"{socket.gethostname()}-{os.getpid()}"
         self.hub: Hub[Client] = Hub()
@@ -154,7 +162,11 @@ class Node:
             loop=loop,
             clock=self.clock,
             node_name=self.name,
+            spawn=self.spawn,
+            backend=self.backend,
+            events=self.events,
         )
+        self.channels.events = self.events
         await self.broker.start(self)
         self.spawn(self._housekeeping(), "housekeeping")
         if self.presence_store.ttl is not None:
@@ -224,10 +236,15 @@ class Node:
     def release(self, ip: str) -> None:
         self.admission.release(ip)
 
-    def open_session(self, transport: ClientTransport, wire_format: WireFormat) -> Client:
+    def open_session(
+        self,
+        transport: ClientTransport,
+        wire_format: WireFormat,
+        headers: Mapping[str, str] | None = None,
+    ) -> Client:
         """A transport finished its handshake: a new client speaking ``wire_format``,
-        awaiting ``connect``."""
-        client = Client(self._session, transport, wire_format)
+        awaiting ``connect``. ``headers``: the upgrade's (lower-case), for the hooks."""
+        client = Client(self._session, transport, wire_format, headers)
         self.registry.add_connecting(client)
         return client
 

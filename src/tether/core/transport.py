@@ -20,7 +20,7 @@ that format.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -124,9 +124,15 @@ class Gateway(Protocol):
     def release(self, ip: str) -> None:
         """An admitted connection from ``ip`` ended."""
 
-    def open_session(self, transport: ClientTransport, wire_format: WireFormat) -> Session:
+    def open_session(
+        self,
+        transport: ClientTransport,
+        wire_format: WireFormat,
+        headers: Mapping[str, str] | None = None,
+    ) -> Session:
         """The handshake succeeded: a new session speaking ``wire_format`` over
-        ``transport`` (awaiting the protocol's ``connect``)."""
+        ``transport`` (awaiting the protocol's ``connect``). ``headers``: the upgrade
+        request's, names in lower case (the backend hooks forward some of them)."""
 
 
 class Flusher:

@@ -226,6 +226,10 @@ class SubRefreshResult(_Out):
     ttl: int = 0
 
 
+class RPCResult(_Out):
+    data: Raw | None = None
+
+
 class EmptyResult(_Out):
     pass
 
@@ -308,6 +312,6 @@ class Reply(_Out):
     presence_stats: PresenceStatsResult | None = None
     history: HistoryResult | None = None
     ping: EmptyResult | None = None
-    rpc: EmptyResult | None = None
+    rpc: RPCResult | None = None
     refresh: RefreshResult | None = None
     sub_refresh: SubRefreshResult | None = None

@@ -14,7 +14,7 @@ Each hook of each proxy, and each webhook/push receiver, gets one :class:`Endpoi
 Every failed call raises :class:`~tether.errors.BackendUnavailable` whose ``reason`` is
 one of :data:`REASONS`, and logs one line. What the answer must be:
 
-* HTTP 200 within ``timeout`` seconds for the whole call (a slow drip of bytes is a
+* HTTP 2xx within ``timeout`` seconds for the whole call (a slow drip of bytes is a
   ``timeout``); a 3xx is never followed (``redirect``); another status is ``status``;
 * at most ``max_response_bytes`` (``too_large``, decided while reading: a huge body is
   never held);
@@ -191,7 +191,7 @@ class Endpoint:
                 if 300 <= response.status < 400:
                     where = response.headers.get("Location", "?")
                     raise self._fail("redirect", f"HTTP {response.status} to {where}")
-                if response.status != 200:
+                if not 200 <= response.status < 300:
                     raise self._fail("status", f"HTTP {response.status}")
                 limit = self.limits.max_response_bytes
                 if response.content_length is not None and response.content_length > limit:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,15 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (for a backend that a test starts later)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
 
 Handler = Callable[[dict[str, Any]], Awaitable[web.StreamResponse] | web.StreamResponse]
 

@@ -26,6 +26,8 @@ from tether.brokers.base import Broker
 from tether.brokers.guarded import BROKER_CALL_DOC, GuardedBroker
 from tether.brokers.sharded import ShardedBroker
 from tether.core.node import Node
+from tether.proxy.events import Notifier
+from tether.proxy.http import LATENCY_BUCKETS, REJECTIONS, Endpoint
 from tether.resilience import BreakerState
 
 
@@ -205,11 +207,111 @@ def _guard_metrics(guards: list[GuardedBroker]) -> Iterator[Metric]:
     )
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+class HookCollector(Collector):
+    """Per hook of each proxy (labels ``proxy``, ``hook``), and per outbox (``outbox``):
+    breaker state, in flight, latency, errors, rejections. Families are always present,
+    empty when nothing is configured."""
+
+    def __init__(self, endpoints: dict[tuple[str, str], Endpoint], notifier: Notifier | None):
+        self.endpoints = endpoints
+        self.notifier = notifier
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["proxy", "hook"]
+
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"tether_proxy_{name}", doc, labels=labels)
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+            return CounterMetricFamily(f"tether_proxy_{name}", doc, labels=[*labels, *extra])
+
+        breaker = GaugeMetricFamily(
+            "tether_proxy_breaker_state",
+            "1 for the state each hook's circuit breaker is in, 0 for the others.",
+            labels=[*labels, "state"],
+        )
+        in_flight = gauge("in_flight", "Calls of a hook in flight.")
+        requests = counter("requests", "HTTP requests a hook sent (retries too).")
+        retries = counter("retries", "Retries of idempotent hooks.")
+        errors = counter(
+            "errors",
+            "Failed hook calls by reason (timeout, connection, status, redirect, too_large, "
+            "malformed).",
+            ("reason",),
+        )
+        rejections = counter(
+            "rejections",
+            "Hook calls refused without a request (circuit_open, bulkhead_full).",
+            ("reason",),
+        )
+        latency = HistogramMetricFamily(
+            "tether_proxy_latency_seconds",
+            "Duration of one HTTP request of a hook (answer read whole).",
+            labels=labels,
+        )
+        for (proxy, hook), endpoint in sorted(self.endpoints.items()):
+            values = [proxy, hook]
+            stats = endpoint.stats
+            for each in BreakerState:
+                breaker.add_metric([*values, each.value], float(endpoint.breaker.state is each))
+            in_flight.add_metric(values, endpoint.in_flight)
+            requests.add_metric(values, stats.requests)
+            retries.add_metric(values, stats.retries)
+            for reason, count in stats.failures.items():
+                target = rejections if reason in REJECTIONS else errors
+                target.add_metric([*values, reason], count)
+            bounds = (str(b) for b in LATENCY_BUCKETS)
+            buckets = [*zip(bounds, stats.latency_counts, strict=True)]
+            buckets.append(("+Inf", stats.latency_count))
+            latency.add_metric(values, buckets, stats.latency_sum)
+        yield from (breaker, in_flight, requests, retries, errors, rejections, latency)
+        yield from self._outboxes()
+
+    def _outboxes(self) -> Iterator[Metric]:
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"tether_outbox_{name}", doc, labels=["outbox"])
+
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"tether_outbox_{name}", doc, labels=["outbox"])
+
+        buffered = gauge("buffered", "Events waiting in an outbox.")
+        capacity = gauge("capacity", "Events an outbox holds at most (max_buffered).")
+        full = gauge("full", "1 while an outbox drops new events.")
+        breaker = GaugeMetricFamily(
+            "tether_outbox_breaker_state",
+            "1 for the state each outbox receiver's circuit breaker is in, 0 for the others.",
+            labels=["outbox", "state"],
+        )
+        dropped = counter("dropped", "Events dropped because the outbox was full.")
+        delivered = counter("delivered", "Events a receiver acknowledged.")
+        failed = counter("failed_batches", "Batch POSTs that failed (the batch is sent again).")
+        outboxes = self.notifier.outboxes() if self.notifier is not None else []
+        for outbox in outboxes:
+            name = [outbox.name]
+            buffered.add_metric(name, outbox.store.buffered())
+            capacity.add_metric(name, outbox.store.max_buffered)
+            full.add_metric(name, float(outbox.stats.full))
+            for each in BreakerState:
+                state = outbox.endpoint.breaker.state
+                breaker.add_metric([outbox.name, each.value], float(state is each))
+            dropped.add_metric(name, outbox.dropped)
+            delivered.add_metric(name, outbox.stats.delivered)
+            failed.add_metric(name, outbox.stats.failed_batches)
+        yield from (buffered, capacity, full, breaker, dropped, delivered, failed)
+
+
+def add_routes(
+    app: web.Application,
+    node: Node,
+    *,
+    endpoints: dict[tuple[str, str], Endpoint] | None = None,
+    notifier: Notifier | None = None,
+) -> None:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     registry.register(NodeCollector(node))
+    registry.register(HookCollector(endpoints or {}, notifier))
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)

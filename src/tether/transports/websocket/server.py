@@ -159,7 +159,7 @@ class WebSocketConnection(asyncio.Protocol):
         rest = self._ws.accept(request, negotiated.subprotocol)
         self._send()  # the 101 goes before anything the session writes
         self._binary = negotiated.wire_format.codec.binary
-        self._session = gateway.open_session(self, negotiated.wire_format)
+        self._session = gateway.open_session(self, negotiated.wire_format, request.headers)
         self._handle(rest)
 
 
