@@ -29,8 +29,15 @@ system-deps:
 	bash scripts/system-deps.sh
 
 ## Start Tether on the embedded default, with the dev config (chat page on :9000).
+## CONFIG=examples/backend/tether.toml: with the example backend's hooks (make example-backend).
+CONFIG ?= dev/tether.dev.toml
 run: $(STAMP)
-	$(BIN)/tether serve --config dev/tether.dev.toml
+	$(BIN)/tether serve --config $(CONFIG)
+
+## The example backend (examples/backend/README.md) on :5000, for `make run CONFIG=...`.
+.PHONY: example-backend
+example-backend: $(STAMP)
+	$(BIN)/python examples/backend/app.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src bench tests

@@ -315,6 +315,7 @@ async def test_a_backend_failing_every_request_gets_at_most_the_budgeted_retries
         allowed = calls * ratio + elapsed * 1.0 + 1
         extra = backend.count("/connect") - calls
         assert 0 < extra <= allowed, (extra, allowed)
+        assert hooks.endpoints[("app", "connect")].stats.retries == extra
         for _ in range(50):
             with pytest.raises(BackendUnavailable):
                 await hooks.publish(ALICE, "chat:1", "chat", b"{}")

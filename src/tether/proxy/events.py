@@ -21,7 +21,6 @@ beyond it they are dropped and counted with the push outbox's drops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from tether.errors import BrokerUnavailable
 from tether.protocol.channels import channel_users, namespace_of
 from tether.protocol.messages import ClientInfo
 from tether.proxy.outbox import MemoryStore, Outbox, OutboxStore
+from tether.proxy.tasks import stop_task
 
 log = structlog.get_logger("tether.outbox")
 
@@ -94,9 +94,7 @@ class Notifier:
 
     async def close(self) -> None:
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await stop_task(self._worker)
             self._worker = None
         for outbox in self.outboxes():
             await outbox.close()

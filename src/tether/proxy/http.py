@@ -71,13 +71,19 @@ class Limits:
 class EndpointStats:
     """Counters read by ``/metrics`` (never reset)."""
 
+    calls: int = 0
+    """Calls that sent a request (not refused by the bulkhead or the breaker)."""
     requests: int = 0
     """HTTP requests sent (retries included)."""
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    retries: int = 0
     latency_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     latency_sum: float = 0.0
     latency_count: int = 0
+
+    @property
+    def retries(self) -> int:
+        """Requests beyond the first of each call: the retries the budget allowed."""
+        return self.requests - self.calls
 
     def observe(self, seconds: float) -> None:
         self.latency_count += 1
@@ -144,6 +150,7 @@ class Endpoint:
         if not self.breaker.allows_calls:
             raise self._refuse("circuit_open", "circuit open")
         self.in_flight += 1
+        self.stats.calls += 1
         try:
             if not self.idempotent:
                 return await self.breaker.call(lambda: self._post(body, parse, headers))
@@ -162,7 +169,7 @@ class Endpoint:
                 attempts=self.limits.retry_attempts,
                 base_delay=0.02,
                 max_delay=0.2,
-                retry_if=lambda exc: retryable(exc) and self._count_retry(),
+                retry_if=retryable,
             )
         except BackendUnavailable as exc:
             if exc.reason == "circuit_open":  # the breaker opened between two attempts
@@ -170,10 +177,6 @@ class Endpoint:
             raise
         finally:
             self.in_flight -= 1
-
-    def _count_retry(self) -> bool:
-        self.stats.retries += 1
-        return True
 
     async def _post(
         self, body: bytes, parse: Callable[[bytes], T], headers: Mapping[str, str]

@@ -24,7 +24,6 @@ are unaffected). Two stores (:class:`OutboxStore`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import uuid
@@ -38,6 +37,7 @@ import structlog
 from tether.config import OutboxConfig
 from tether.errors import BackendUnavailable
 from tether.proxy.http import Endpoint, Limits
+from tether.proxy.tasks import stop_task
 
 log = structlog.get_logger("tether.outbox")
 
@@ -187,9 +187,7 @@ class Outbox:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         await self.store.close()
         await self.endpoint.close()

@@ -29,9 +29,14 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from tether.proxy.tasks import stop_task
+
 log = structlog.get_logger("tether.outbox")
 
+
 GROUP = "tether"
+POLL = 0.5
+"""Seconds between looks for events other nodes added, while there are none."""
 _PUT = """
 local n = 0
 for i = 2, #ARGV do
@@ -63,6 +68,7 @@ class RedisStore:
         self._redis: Redis | None = None
         self._staged: deque[bytes] = deque()
         self._wake = asyncio.Event()
+        self._written = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._held: list[tuple[str, bytes]] = []
         self._length = 0
@@ -74,9 +80,7 @@ class RedisStore:
 
     async def close(self) -> None:
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await stop_task(self._writer)
             self._writer = None
         try:
             await self._flush()  # a graceful stop loses nothing staged
@@ -112,6 +116,7 @@ class RedisStore:
             added = int(await self._put(keys=[self.key], args=[self.max_buffered, *chunk]))
             for _ in range(len(chunk)):
                 self._staged.popleft()
+            self._written.set()
             refused = len(chunk) - added
             if refused:
                 self.dropped += refused
@@ -153,15 +158,21 @@ class RedisStore:
         )
         if claimed[1]:
             return _events(claimed[1])
-        # 3. new events (wait up to a second, then look again)
-        return await self._group_read(redis, limit, ">", block=1000)
+        # 3. new events; none: wait for this node's next write, or POLL for other nodes'.
+        # (Not XREADGROUP BLOCK: a blocking read cancelled at shutdown can leave the
+        # reader waiting on a reply that never comes.)
+        entries = await self._group_read(redis, limit, ">")
+        if not entries:
+            self._written.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can turn a cancel that
+            # meets its timeout into TimeoutError, and the stop would be swallowed.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL):
+                    await self._written.wait()
+        return entries
 
-    async def _group_read(
-        self, redis: Redis, limit: int, start: str, block: int | None = None
-    ) -> list[tuple[str, bytes]]:
-        answer: Any = await redis.xreadgroup(
-            GROUP, self.consumer, {self.key: start}, count=limit, block=block
-        )
+    async def _group_read(self, redis: Redis, limit: int, start: str) -> list[tuple[str, bytes]]:
+        answer: Any = await redis.xreadgroup(GROUP, self.consumer, {self.key: start}, count=limit)
         if not answer:
             return []
         _, entries = answer[0]
