@@ -22,6 +22,7 @@ Only Tether should reach /tether/*: whoever can call them can claim to be any us
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import secrets
 import sqlite3
@@ -46,6 +47,14 @@ create table if not exists pushes (id text primary key, user text not null, body
 """
 
 DB = web.AppKey("db", sqlite3.Connection)
+
+
+def payload(body: dict[str, Any]) -> Any:
+    """The client's payload: ``data`` from JSON connections; ``b64data`` from Protobuf ones
+    (whose apps here send JSON documents as bytes)."""
+    if "b64data" in body:
+        return json.loads(base64.b64decode(body["b64data"]))
+    return body.get("data")
 
 
 def result(value: dict[str, Any] | None = None) -> web.Response:
@@ -114,7 +123,7 @@ async def subscribe(request: web.Request) -> web.Response:
 
 async def publish(request: web.Request) -> web.Response:
     body = await request.json()
-    data = body.get("data")
+    data = payload(body)
     text = data.get("text") if isinstance(data, dict) else None
     if not isinstance(text, str) or not text.strip():
         return error(400, 'a message is {"text": "..."}')

@@ -5,6 +5,8 @@ breaker; bad answers as the client sees them."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +16,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from centrifuge import ReplyError, SubscriptionState
-from sdk_kit import HttpApi, SdkClients, SubEvents, next_event, subscribe
+from sdk_kit import HttpApi, SdkClients, SubEvents, data_of, next_event, subscribe
 
 from tether.config import Config, NamespaceConfig, ProxyConfig
 from tether.server import Server
@@ -47,6 +49,14 @@ def hooked_config(url: str, **proxy: Any) -> Config:
     )
 
 
+def payload(body: dict[str, Any]) -> Any:
+    """A hook request's payload: ``data`` from JSON connections, ``b64data`` (here JSON
+    documents as bytes) from Protobuf ones."""
+    if "b64data" in body:
+        return json.loads(base64.b64decode(body["b64data"]))
+    return body.get("data")
+
+
 def app_backend(backend: ScriptedBackend) -> None:
     """The hooks the way an app answers them (the session cookie names the user)."""
 
@@ -62,14 +72,14 @@ def app_backend(backend: ScriptedBackend) -> None:
         return web.json_response({"result": {"info": {"role": "member"}}})
 
     def publish(body: dict[str, Any]) -> web.Response:
-        text = body["data"].get("text", "")
+        text = payload(body).get("text", "")
         if "spam" in text:
             return web.json_response({"error": {"code": 1000, "message": "spam"}})
         return web.json_response({"result": {"data": {"text": text.strip(), "checked": True}}})
 
     def rpc(body: dict[str, Any]) -> web.Response:
         if body["method"] == "sum":
-            return web.json_response({"result": {"data": {"sum": sum(body["data"]["n"])}}})
+            return web.json_response({"result": {"data": {"sum": sum(payload(body)["n"])}}})
         return web.json_response({"error": {"code": 404, "message": "no such method"}})
 
     backend.handle("/connect", connect)
@@ -98,13 +108,14 @@ async def test_a_cookie_session_connects_through_the_connect_hook(
     client, events = sdk.new(hooked.port, token="", headers=COOKIES)
     await client.connect()
     connected = await next_event(events.connected)
-    assert connected.data == {"welcome": "alice"}
+    assert data_of(connected.data) == {"welcome": "alice"}
     [body] = backend.bodies("/connect")
     assert body["client"] == connected.client
+    encoding = "binary" if sdk.encoding == "protobuf" else "json"
     assert (body["transport"], body["protocol"], body["encoding"]) == (
         "websocket",
-        "json",
-        "json",
+        sdk.encoding,
+        encoding,
     )
     assert body["name"] == "python"
     # only the configured cookie reached the backend
@@ -156,26 +167,26 @@ async def test_the_publish_hook_checks_replaces_and_the_data_is_stored_as_replac
     client, _ = await sdk.connect(hooked.port, token="", headers=COOKIES)
     sub, sub_events, _ = await subscribe(client, "chat:room")
 
-    await sub.publish({"text": "  hello  "})
+    await sub.publish(sdk.payload({"text": "  hello  "}))
     [pub] = await sub_events.next_publications(1)
-    assert pub.data == {"text": "hello", "checked": True}
+    assert data_of(pub.data) == {"text": "hello", "checked": True}
     assert pub.info is not None
     assert pub.info.user == "alice"
     with pytest.raises(ReplyError) as refused:
-        await sub.publish({"text": "buy spam"})
+        await sub.publish(sdk.payload({"text": "buy spam"}))
     assert (refused.value.code, refused.value.message) == (1000, "spam")
     history = await sub.history(limit=10)
-    assert [p.data for p in history.publications] == [{"text": "hello", "checked": True}]
+    assert [data_of(p.data) for p in history.publications] == [{"text": "hello", "checked": True}]
 
 
 async def test_rpc_is_answered_by_the_backend(
     hooked: Server, backend: ScriptedBackend, sdk: SdkClients
 ) -> None:
     client, _ = await sdk.connect(hooked.port, token="", headers=COOKIES)
-    result = await client.rpc("sum", {"n": [1, 2, 3]})
-    assert result.data == {"sum": 6}
+    result = await client.rpc("sum", sdk.payload({"n": [1, 2, 3]}))
+    assert data_of(result.data) == {"sum": 6}
     with pytest.raises(ReplyError) as unknown:
-        await client.rpc("nope", {})
+        await client.rpc("nope", sdk.payload({}))
     assert unknown.value.code == 404
     assert [b["method"] for b in backend.bodies("/rpc")] == ["sum", "nope"]
 
@@ -204,35 +215,40 @@ async def test_a_hanging_publish_hook_opens_its_breaker_while_the_rest_keeps_wor
 
             for _ in range(3):  # each waits out the timeout, then a temporary error
                 with pytest.raises(ReplyError) as failed:
-                    await sub.publish({"text": "hi"})
+                    await sub.publish(sdk.payload({"text": "hi"}))
                 assert (failed.value.code, failed.value.temporary) == (100, True)
             sent = backend.count("/publish")
             began = time.monotonic()
             with pytest.raises(ReplyError) as refused:
-                await sub.publish({"text": "hi"})
+                await sub.publish(sdk.payload({"text": "hi"}))
             assert (refused.value.code, refused.value.temporary) == (100, True)
             assert time.monotonic() - began < 0.5  # at once: no wait for the timeout
             assert backend.count("/publish") == sent  # the breaker sent nothing
 
             # other hooks, plain fan-out and readiness are untouched
-            assert (await client.rpc("sum", {"n": [2, 2]})).data == {"sum": 4}
+            assert data_of((await client.rpc("sum", sdk.payload({"n": [2, 2]}))).data) == {"sum": 4}
             http = HttpApi(session, server)
             await http.call("publish", {"channel": "open:feed", "data": {"n": 1}})
-            assert (await feed_events.next_publications(1))[0].data == {"n": 1}
+            assert data_of((await feed_events.next_publications(1))[0].data) == {"n": 1}
             ready = f"http://127.0.0.1:{server.http_port}/ready"
             async with session.get(ready) as response:
                 assert response.status == 200
             async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
                 metrics = await response.text()
-            assert 'tether_proxy_breaker_state{hook="publish",proxy="app"} 2.0' in metrics
+            assert (
+                'tether_proxy_breaker_state{hook="publish",proxy="app",state="open"} 1.0' in metrics
+            )
 
             # recovery: the backend answers again, the probe closes the breaker
             app_backend(backend)
             await asyncio.sleep(2.1)
-            await sub.publish({"text": "back"})
+            await sub.publish(sdk.payload({"text": "back"}))
             async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
                 metrics = await response.text()
-            assert 'tether_proxy_breaker_state{hook="publish",proxy="app"} 0.0' in metrics
+            assert (
+                'tether_proxy_breaker_state{hook="publish",proxy="app",state="closed"} 1.0'
+                in metrics
+            )
 
 
 @pytest.mark.parametrize(
@@ -255,7 +271,7 @@ async def test_a_bad_backend_answer_is_a_temporary_error_and_the_connection_live
             client, _ = await sdk.connect(server.port, token="", headers=COOKIES)
             script(backend)
             with pytest.raises(ReplyError) as failed:
-                await client.rpc("sum", {"n": [1]})
+                await client.rpc("sum", sdk.payload({"n": [1]}))
             assert (failed.value.code, failed.value.temporary) == (100, True)
             app_backend(backend)
-            assert (await client.rpc("sum", {"n": [1]})).data == {"sum": 1}
+            assert data_of((await client.rpc("sum", sdk.payload({"n": [1]}))).data) == {"sum": 1}

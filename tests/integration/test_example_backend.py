@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 import pytest
 from centrifuge import ReplyError
-from sdk_kit import HttpApi, SdkClients, SubEvents, next_event, subscribe
+from sdk_kit import HttpApi, SdkClients, SubEvents, data_of, next_event, subscribe
 
 from tether.config import load_config
 from tether.server import Server
@@ -104,25 +104,30 @@ async def test_the_example_backend_runs_the_chat(
     assert personal.channel == "#alice"  # the connect result's channels
 
     room, room_events, _ = await subscribe(client, "room:lobby")
-    await room.publish({"text": "  hello  "})
+    await room.publish(sdk.payload({"text": "  hello  "}))
     [pub] = await room_events.next_publications(1)
-    assert pub.data == {"id": 1, "user": "alice", "text": "hello"}  # stored, then broadcast
+    assert data_of(pub.data) == {
+        "id": 1,
+        "user": "alice",
+        "text": "hello",
+    }  # stored, then broadcast
     assert await get(f"{example}/messages?channel=room:lobby") == [
         {"id": 1, "user": "alice", "text": "hello"}
     ]
     with pytest.raises(ReplyError) as refused:
-        await room.publish({"text": "cheap spam"})
+        await room.publish(sdk.payload({"text": "cheap spam"}))
     assert refused.value.code == 1000
     with pytest.raises(ReplyError) as empty:
-        await room.publish({"text": "   "})
+        await room.publish(sdk.payload({"text": "   "}))
     assert empty.value.code == 400
 
     staff = SubEvents()
     await client.new_subscription("room:staff-ops", events=staff).subscribe()
     assert (await next_event(staff.unsubscribed)).code == 403
 
-    assert (await client.rpc("rooms", {})).data == {"rooms": {"room:lobby": 1}}
-    assert (await client.rpc("whoami", {})).data == {"user": "alice"}
+    rooms = await client.rpc("rooms", sdk.payload({}))
+    assert data_of(rooms.data) == {"rooms": {"room:lobby": 1}}
+    assert data_of((await client.rpc("whoami", sdk.payload({}))).data) == {"user": "alice"}
 
     async with aiohttp.ClientSession() as http:
         await HttpApi(http, node).call("publish", {"channel": "#bob", "data": {"text": "mail"}})

@@ -14,6 +14,7 @@ fail (never skip), so that CI cannot pass without having run the SDK.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -599,13 +600,21 @@ async def test_js_clients_of_one_user_all_get_their_personal_channel(js: Spawn) 
             await device.stop()
 
 
+def _payload(body: dict[str, Any]) -> Any:
+    """A hook request's payload: ``data`` (JSON connections) or ``b64data`` (Protobuf ones,
+    whose scenarios send JSON documents as bytes)."""
+    if "b64data" in body:
+        return json.loads(base64.b64decode(body["b64data"]))
+    return body.get("data")
+
+
 async def test_js_rpc_is_answered_and_send_reaches_the_backend(js: Spawn) -> None:
     async with ScriptedBackend() as backend:
         backend.answer("/connect", {"result": {"user": "alice"}})
         backend.handle(
             "/rpc",
             lambda body: web.json_response(
-                {"result": {"data": {"method": body["method"], "echo": body["data"]}}}
+                {"result": {"data": {"method": body["method"], "echo": _payload(body)}}}
             ),
         )
         backend.answer("/send", {"result": {}})
@@ -628,5 +637,5 @@ async def test_js_rpc_is_answered_and_send_reaches_the_backend(js: Spawn) -> Non
             assert rpc == {"event": "rpc", "ok": True, "data": {"method": "echo", "echo": {"x": 1}}}
             await backend.wait_count("/send", 1)
     [sent] = backend.bodies("/send")
-    assert (sent["user"], sent["data"]) == ("alice", {"note": "hi"})
+    assert (sent["user"], _payload(sent)) == ("alice", {"note": "hi"})
     assert [b["user"] for b in backend.bodies("/rpc")] == ["alice", "alice"]

@@ -299,15 +299,16 @@ const scenarios = {
     c.connect();
     await c.ready();
     await attempt('rpc', async () => {
-      const result = await c.rpc(required('TETHER_RPC_METHOD'), JSON.parse(env.TETHER_RPC_DATA || 'null'));
-      return { data: result.data };
+      const data = encode(JSON.parse(env.TETHER_RPC_DATA || 'null'));
+      const result = await c.rpc(required('TETHER_RPC_METHOD'), data);
+      return { data: decode(result.data) };
     });
     if (env.TETHER_SEND) {
       await attempt('sent', async () => {
-        await c.send(JSON.parse(env.TETHER_SEND));
+        await c.send(encode(JSON.parse(env.TETHER_SEND)));
         // The server runs a connection's commands in order: once a later RPC is answered
         // the send was handled (a close right after it would cancel what is queued).
-        await c.rpc(required('TETHER_RPC_METHOD'), null);
+        await c.rpc(required('TETHER_RPC_METHOD'), encode(null));
         return {};
       });
     }

@@ -1,10 +1,9 @@
-"""The backend hooks' JSON shapes (pure) and the channel names that name users."""
+"""The backend hooks' JSON shapes (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tether.protocol.channels import users_of
 from tether.proxy import wire
 
 
@@ -49,17 +48,3 @@ def test_payloads_are_raw_json_or_base64() -> None:
         wire.payload(wire.Raw(), "***", "data")
     assert wire.json_or_b64(b'{"a":1}', "json") == (wire.Raw(b'{"a":1}'), "")
     assert wire.json_or_b64(b"\x00", "binary") == (None, "AA==")
-
-
-@pytest.mark.parametrize(
-    ("channel", "users"),
-    [
-        ("#alice", ("alice",)),
-        ("dm:42#alice,bob", ("alice", "bob")),
-        ("chat:room", ()),
-        ("dm:#", ()),
-        ("dm:x#alice,,bob,", ("alice", "bob")),
-    ],
-)
-def test_a_channel_names_the_users_after_its_boundary(channel: str, users: tuple[str, ...]) -> None:
-    assert users_of(channel) == users
