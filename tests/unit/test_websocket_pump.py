@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 from tether.core.transport import ClientTransport, TransportLimits, WireFormat
@@ -81,6 +82,8 @@ class FakeGateway:
         self.admitted: list[str] = []
         self.released: list[str] = []
         self.sessions: list[RecordingSession] = []
+        self.headers: list[dict[str, str]] = []
+        """The upgrade headers each session was opened with (for the backend hooks)."""
 
     def admit(self, ip: str) -> int | None:
         if self.retry_after is None:
@@ -90,8 +93,14 @@ class FakeGateway:
     def release(self, ip: str) -> None:
         self.released.append(ip)
 
-    def open_session(self, transport: ClientTransport, wire_format: WireFormat) -> RecordingSession:
+    def open_session(
+        self,
+        transport: ClientTransport,
+        wire_format: WireFormat,
+        headers: Mapping[str, str] | None = None,
+    ) -> RecordingSession:
         session = RecordingSession(transport, wire_format)
+        self.headers.append(dict(headers or {}))
         self.sessions.append(session)
         return session
 
@@ -117,6 +126,13 @@ async def test_an_accepted_upgrade_opens_one_session_that_gets_whole_messages() 
     conn.data_received(frame[5:])
     assert session.messages == [b'{"id":1,"connect":{}}']
     assert gateway.admitted == ["10.0.0.7"]
+
+
+async def test_the_session_gets_the_upgrade_headers_for_the_backend_hooks() -> None:
+    gateway = FakeGateway()
+    connect(gateway, cookie="session=abc")
+    [headers] = gateway.headers
+    assert headers["cookie"] == "session=abc"
 
 
 async def test_the_session_writes_through_the_connection_and_is_paused_with_the_socket() -> None:
