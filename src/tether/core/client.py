@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -111,6 +112,20 @@ class SessionContext:
     """The app's backend hooks (tether.core.hooks), or None."""
     events: Events | None = None
     """Where this node's connection events go (webhooks), or None."""
+    forwarded_headers: frozenset[str] = frozenset()
+    """Upgrade headers (lower-case) some backend hook forwards; a session keeps only
+    these (``cookie`` among them when a hook forwards cookies)."""
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def _forwarded(headers: Mapping[str, str] | None, names: frozenset[str]) -> Mapping[str, str]:
+    """The ``headers`` named in ``names``: what the backend hooks may forward. Without
+    hooks nothing is kept, so an idle connection does not carry its upgrade headers."""
+    if not headers or not names:
+        return _NO_HEADERS
+    return {name: value for name, value in headers.items() if name in names}
 
 
 class Client(OutboundQueue):
@@ -157,11 +172,12 @@ class Client(OutboundQueue):
         self._publish_bucket: TokenBucket | None = None  # made at the first publish
         self._inbox: deque[Command] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self.headers: Mapping[str, str] = headers or {}
-        """Headers of the upgrade request (lower-case names), for the backend hooks."""
+        self.headers: Mapping[str, str] = _forwarded(headers, ctx.forwarded_headers)
+        """The upgrade request's headers that a backend hook forwards (lower-case names);
+        an idle connection keeps no others."""
         self.meta: bytes | None = None
         """``meta`` the connect hook returned, passed to every later hook."""
-        self._refreshers: dict[str, asyncio.Task[None]] = {}
+        self._refreshers: dict[str, asyncio.Task[None]] | None = None  # at the first
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} {self.state.value}>"
@@ -264,7 +280,7 @@ class Client(OutboundQueue):
         was_connected = self.state is ConnectionState.CONNECTED
         self.state = advance(self.state, ConnectionState.CLOSED)
         self.ctx.registry.count_end(ended_by)
-        for refresher in self._refreshers.values():
+        for refresher in (self._refreshers or {}).values():
             if refresher is not asyncio.current_task():
                 refresher.cancel()
         events = self.ctx.events
@@ -552,6 +568,8 @@ class Client(OutboundQueue):
     def _watch_expiry(self, channel: str, expire_at: float) -> None:
         """Refresh the connection (``channel`` "") or one subscription through the
         backend when ``expire_at`` comes (server-side, as Centrifugo's refresh proxy)."""
+        if self._refreshers is None:
+            self._refreshers = {}
         old = self._refreshers.pop(channel, None)
         if old is not None:
             old.cancel()
@@ -560,7 +578,7 @@ class Client(OutboundQueue):
         task.add_done_callback(lambda t: self._forget_refresher(channel, t))
 
     def _forget_refresher(self, channel: str, task: asyncio.Task[None]) -> None:
-        if self._refreshers.get(channel) is task:
+        if self._refreshers is not None and self._refreshers.get(channel) is task:
             del self._refreshers[channel]
         if not task.cancelled() and task.exception() is not None:
             log.error("refresh failed", client=self.id, exc_info=task.exception())
@@ -726,7 +744,7 @@ class Client(OutboundQueue):
         if sub is not None:
             sub.on(SubscriptionEvent.LEFT)
             self.ctx.channels.leave(self, sub)
-            refresher = self._refreshers.pop(channel, None)
+            refresher = self._refreshers.pop(channel, None) if self._refreshers else None
             if refresher is not None and refresher is not asyncio.current_task():
                 refresher.cancel()
             if self.ctx.events is not None:

@@ -165,6 +165,7 @@ class Node:
             spawn=self.spawn,
             backend=self.backend,
             events=self.events,
+            forwarded_headers=_forwarded_header_names(self.config),
         )
         self.channels.events = self.events
         await self.broker.start(self)
@@ -410,3 +411,11 @@ class Node:
     @property
     def version(self) -> str:
         return __version__
+
+
+def _forwarded_header_names(config: Config) -> frozenset[str]:
+    """Upgrade headers (lower-case) some backend hook forwards (see ``[proxies.NAME]``)."""
+    names = {name.lower() for proxy in config.proxies.values() for name in proxy.headers}
+    if any(proxy.cookies for proxy in config.proxies.values()):
+        names.add("cookie")
+    return frozenset(names)
