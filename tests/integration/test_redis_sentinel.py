@@ -148,6 +148,7 @@ async def test_a_planned_sentinel_failover_moves_commands_and_the_subscriber_to_
         before = await broker.publish("chat:planned", publication(1), _OPTIONS)
         async with asyncio.timeout(10):
             await redis.wait_replicated()
+        await asyncio.to_thread(watching.wait_replica_known)
         async with Redis(host=watching.host, port=watching.ports[0]) as sentinel:
             await sentinel.execute_command("SENTINEL", "FAILOVER", watching.master)
         async with asyncio.timeout(30):

@@ -275,6 +275,35 @@ class RedisSentinels:
         except redis.RedisError:
             return False
 
+    def wait_replica_known(self, timeout: float = 30) -> None:
+        """Wait until every Sentinel knows a replica it could promote (listed, flags
+        ``slave`` only, link to the master up). A Sentinel learns of replicas from the
+        primary's INFO and then asks each replica itself, a few seconds after it starts;
+        a ``SENTINEL FAILOVER`` before that fails with NOGOODSLAVE. Raises
+        :class:`RedisServerError` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while not self._knows_a_replica(port):
+                if time.monotonic() > deadline:
+                    raise RedisServerError(f"sentinel on port {port} knows no good replica")
+                time.sleep(0.1)
+
+    def _knows_a_replica(self, port: int) -> bool:
+        try:
+            with redis.Redis(
+                host=self.host, port=port, socket_timeout=1, decode_responses=True
+            ) as sentinel:
+                replicas = sentinel.execute_command("SENTINEL", "REPLICAS", self.master)
+        except redis.RedisError:
+            return False
+        for replica in replicas or []:
+            # redis-py parses each replica into a dict (flags as a set of names)
+            flags = replica.get("flags")
+            flags = set(flags.split(",")) if isinstance(flags, str) else set(flags or ())
+            if flags == {"slave"} and replica.get("master-link-status") == "ok":
+                return True
+        return False
+
     def master_address(self) -> tuple[str, int] | None:
         """The primary's address as the first Sentinel that answers sees it."""
         for port in self.ports:
