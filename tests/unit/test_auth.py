@@ -11,6 +11,7 @@ from typing import Any
 
 import jwt
 import pytest
+from jwt.warnings import InsecureKeyLengthWarning
 
 from tether.auth import (
     VerifiedTokens,
@@ -220,3 +221,144 @@ def test_the_verified_tokens_are_bounded_oldest_first() -> None:
     assert len(verified) == 2
     assert verified.get(tokens[0], SECRET) is None
     assert verified.get(tokens[2], SECRET) is not None
+
+
+# -- the fast path agrees with PyJWT ------------------------------------------------------
+# verify_* take a fast path for the common token and ask PyJWT about everything else; the
+# verdict must be PyJWT's for every token, including the ones built to slip through.
+
+_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+
+
+def signed(header: dict[str, Any], body: bytes, secret: str = SECRET) -> str:
+    """A token with this header and raw payload bytes, signed with the header's HS* alg
+    (SHA-256 for any other alg)."""
+    hash_ = _HASHES.get(str(header.get("alg")), hashlib.sha256)
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(body)}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hash_).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def claims_token(claims: dict[str, Any], alg: str = "HS256", **header: Any) -> str:
+    return signed({"alg": alg, "typ": "JWT", **header}, json.dumps(claims).encode())
+
+
+NOW = int(time.time())
+GOOD = claims_token({"sub": "u"})
+EDGE_TOKENS = {
+    "plain": GOOD,
+    "hs384": claims_token({"sub": "u", "exp": NOW + 60}, "HS384"),
+    "hs512": claims_token({"sub": "u", "exp": NOW + 60}, "HS512"),
+    "no typ": signed({"alg": "HS256"}, b'{"sub": "u"}'),
+    "every time claim valid": claims_token({"sub": "u", "iat": NOW, "nbf": NOW, "exp": NOW + 9}),
+    "float exp": claims_token({"sub": "u", "exp": NOW + 60.5}),
+    "expired": claims_token({"sub": "u", "exp": NOW - 1}),
+    "expired float": claims_token({"sub": "u", "exp": NOW - 0.5}),
+    "exp as digits": claims_token({"sub": "u", "exp": str(NOW + 60)}),
+    "exp as a word": claims_token({"sub": "u", "exp": "soon"}),
+    "exp true": claims_token({"sub": "u", "exp": True}),
+    "exp null": claims_token({"sub": "u", "exp": None}),
+    "exp huge": claims_token({"sub": "u", "exp": 10**30}),
+    "exp NaN": signed({"alg": "HS256"}, b'{"sub": "u", "exp": NaN}'),
+    "exp Infinity": signed({"alg": "HS256"}, b'{"sub": "u", "exp": Infinity}'),
+    "exp 1e400": signed({"alg": "HS256"}, b'{"sub": "u", "exp": 1e400}'),
+    "nbf ahead": claims_token({"sub": "u", "nbf": NOW + 60}),
+    "nbf as digits ahead": claims_token({"sub": "u", "nbf": str(NOW + 60)}),
+    "iat ahead": claims_token({"sub": "u", "iat": NOW + 60}),
+    "iat a list": claims_token({"sub": "u", "iat": [1]}),
+    "sub a number": claims_token({"sub": 7}),
+    "jti a number": claims_token({"sub": "u", "jti": 7}),
+    "aud": claims_token({"sub": "u", "aud": "someone"}),
+    "duplicate exp, last expired": signed(
+        {"alg": "HS256"}, f'{{"sub": "u", "exp": {NOW + 60}, "exp": {NOW - 60}}}'.encode()
+    ),
+    "lone surrogate": signed({"alg": "HS256"}, b'{"sub": "\\ud800"}'),
+    "byte order mark": signed({"alg": "HS256"}, b'\xef\xbb\xbf{"sub": "u"}'),
+    "payload a list": signed({"alg": "HS256"}, b'["u"]'),
+    "payload not json": signed({"alg": "HS256"}, b"sub=u"),
+    "alg none": claims_token({"sub": "u"}, "none"),
+    "alg lower case": claims_token({"sub": "u"}, "hs256"),
+    "alg RS256": claims_token({"sub": "u"}, "RS256"),
+    "alg missing": signed({"typ": "JWT"}, b'{"sub": "u"}'),
+    "alg a list": signed({"alg": ["HS256"]}, b'{"sub": "u"}'),
+    "kid": claims_token({"sub": "u"}, kid="k1"),
+    "kid a number": claims_token({"sub": "u"}, kid=1),
+    "crit b64": claims_token({"sub": "u"}, crit=["b64"], b64=False),
+    "crit unknown": claims_token({"sub": "u"}, crit=["exp"]),
+    "header a list": f"{b64url(b'[1]')}.{GOOD.split('.', 1)[1]}",
+    "another secret": signed({"alg": "HS256"}, b'{"sub": "u"}', OTHER_SECRET),
+    "signature cut": GOOD[:-2],
+    "signature padded": GOOD + "=",
+    "signature in standard base64": GOOD.replace("-", "+").replace("_", "/"),
+    "signature missing": GOOD.rsplit(".", 1)[0] + ".",
+    "two segments": GOOD.rsplit(".", 1)[0],
+    "four segments": GOOD + ".x",
+    "non-ascii": GOOD[:-1] + "é",
+    "empty payload segment": f"{GOOD.split('.')[0]}..{GOOD.split('.')[2]}",
+}
+
+
+def pyjwt_verdict(tok: str) -> tuple[str, str, int | None] | str:
+    """What PyJWT alone says of ``tok``, with the options Tether verifies with."""
+    try:
+        claims = jwt.decode(
+            tok, SECRET, algorithms=["HS256", "HS384", "HS512"], options={"verify_aud": False}
+        )
+    except jwt.ExpiredSignatureError:
+        return "expired"
+    except jwt.PyJWTError:
+        return "invalid"
+    sub = claims.get("sub", "")
+    if not isinstance(sub, str):
+        return "invalid"
+    exp = claims.get("exp")
+    return ("ok", sub, int(exp) if exp is not None else None)
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_TOKENS))
+def test_a_token_gets_pyjwts_verdict(case: str) -> None:
+    tok = EDGE_TOKENS[case]
+    expected = pyjwt_verdict(tok)
+    verdict: tuple[str, str, int | None] | str
+    try:
+        claims = verify_connection_token(tok, SECRET, VerifiedTokens())
+    except TokenError as exc:
+        verdict = "expired" if exc.expired else "invalid"
+    else:
+        verdict = ("ok", claims.user, claims.expire_at)
+    assert verdict == expected
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_TOKENS))
+def test_a_subscription_token_gets_pyjwts_verdict(case: str) -> None:
+    tok = EDGE_TOKENS[case]
+    expected = pyjwt_verdict(tok)
+    try:
+        verify_subscription_token(tok, SECRET)
+    except TokenError as exc:
+        # No channel claim in these tokens: an accepted one fails on that instead.
+        verdict = (
+            "expired" if exc.expired else ("no channel" if "channel" in str(exc) else "invalid")
+        )
+    else:
+        verdict = "accepted without a channel"
+    assert verdict == ("no channel" if isinstance(expected, tuple) else expected)
+
+
+def test_a_rejected_token_says_what_pyjwt_says() -> None:
+    with pytest.raises(TokenError, match="invalid token: Signature verification failed"):
+        verify_connection_token(EDGE_TOKENS["another secret"], SECRET, VerifiedTokens())
+
+
+def test_a_short_secret_still_gets_pyjwts_key_length_warning() -> None:
+    short = "short"
+    tok = signed({"alg": "HS256"}, b'{"sub": "u"}', short)
+    with pytest.warns(InsecureKeyLengthWarning):
+        assert verify_connection_token(tok, short, VerifiedTokens()).user == "u"
+
+
+def test_a_pem_key_as_secret_is_refused_as_pyjwt_refuses_it() -> None:
+    pem = "-----BEGIN PUBLIC KEY-----\n" + "A" * 64 + "\n-----END PUBLIC KEY-----"
+    tok = signed({"alg": "HS256"}, b'{"sub": "u"}', pem)
+    with pytest.raises(TokenError, match="invalid token"):
+        verify_connection_token(tok, pem, VerifiedTokens())
