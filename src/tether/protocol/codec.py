@@ -14,7 +14,8 @@ frames.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 import msgspec
@@ -138,12 +139,17 @@ JSON: Final[Codec] = JsonCodec()
 """The JSON codec."""
 
 
+_requests: Callable[[Command], tuple[object, ...]] = operator.attrgetter(*REQUEST_FIELDS)
+"""A command's request fields, in :data:`REQUEST_FIELDS` order (one C call per command)."""
+
+
 def check_command(command: Command) -> bool:
     """The rules every encoding shares for a decoded command: False for a pong (an empty
     command), True for a command to run. Raises :class:`ProtocolViolation` for an empty
     command with an id, more than one request, an id beyond uint32, or a missing id
     (only ``send`` may omit it)."""
-    present = sum(1 for name in REQUEST_FIELDS if getattr(command, name) is not None)
+    requests = _requests(command)
+    present = len(requests) - requests.count(None)
     if present == 0:
         if command.id:
             raise ProtocolViolation("command has an id but no request")
@@ -159,8 +165,7 @@ def check_command(command: Command) -> bool:
 
 def request_of(command: Command) -> tuple[str, object]:
     """The name and value of the one request a decoded command holds."""
-    for name in REQUEST_FIELDS:
-        value = getattr(command, name)
+    for name, value in zip(REQUEST_FIELDS, _requests(command), strict=True):
         if value is not None:
             return name, value
     raise ProtocolViolation("command holds no request")  # decode_commands prevents this

@@ -55,13 +55,20 @@ def negotiate(request: wire.UpgradeRequest) -> Negotiated:
     parameter; JSON otherwise, the protocol's default (other offered subprotocols are not
     selected). Raises :class:`~tether.transports.websocket.wire.HandshakeError` (400)
     for a format parameter that names neither encoding."""
-    offered = request.headers.get("sec-websocket-protocol", "")
-    if PROTOBUF_SUBPROTOCOL in (p.strip() for p in offered.split(",")):
-        return Negotiated(WIRE_FORMATS[PROTOBUF.name], PROTOBUF_SUBPROTOCOL)
+    offered = request.headers.get("sec-websocket-protocol")
+    if offered and PROTOBUF_SUBPROTOCOL in (p.strip() for p in offered.split(",")):
+        return _PROTOBUF_SUBPROTOCOL
+    if not request.query:
+        return _JSON  # the usual upgrade: nothing to parse
     query = parse_qs(request.query, keep_blank_values=True)
     asked = {value for name in FORMAT_PARAMETERS for value in query.get(name, ())}
     if asked - {JSON.name, PROTOBUF.name}:
         raise wire.HandshakeError(400, "Unknown Format")
     if PROTOBUF.name in asked:
-        return Negotiated(WIRE_FORMATS[PROTOBUF.name])
-    return Negotiated(WIRE_FORMATS[JSON.name])
+        return _PROTOBUF
+    return _JSON
+
+
+_JSON = Negotiated(WIRE_FORMATS[JSON.name])
+_PROTOBUF = Negotiated(WIRE_FORMATS[PROTOBUF.name])
+_PROTOBUF_SUBPROTOCOL = Negotiated(WIRE_FORMATS[PROTOBUF.name], PROTOBUF_SUBPROTOCOL)

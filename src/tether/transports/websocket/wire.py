@@ -58,6 +58,14 @@ class UpgradeRequest:
         return self.headers["sec-websocket-key"]
 
 
+def _lists(value: str, token: str) -> bool:
+    """The comma-separated header ``value`` lists ``token`` (lower case), in any case."""
+    value = value.lower()
+    if value == token:  # what nearly every client sends: no list to split
+        return True
+    return token in (t.strip() for t in value.split(","))
+
+
 def parse_upgrade(head: bytes) -> UpgradeRequest:
     """Validate an HTTP/1.1 upgrade request (``head`` without the blank line).
 
@@ -81,9 +89,9 @@ def parse_upgrade(head: bytes) -> UpgradeRequest:
         name = name.lower()
         value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    upgrade = {t.strip().lower() for t in headers.get("upgrade", "").split(",")}
-    connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    if "websocket" not in upgrade or "upgrade" not in connection:
+    if not _lists(headers.get("upgrade", ""), "websocket") or not _lists(
+        headers.get("connection", ""), "upgrade"
+    ):
         raise HandshakeError(426, "WebSocket upgrade required")
     if headers.get("sec-websocket-version") != "13":
         raise HandshakeError(426, "Sec-WebSocket-Version 13 required")
