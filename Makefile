@@ -80,6 +80,13 @@ bench-main: $(STAMP) bench/js/node_modules/.installed
 bench-resilience: $(STAMP)
 	timeout 600 $(BIN)/tether-bench compare --resilience --out docs/benchmarks.md
 
+## Only the hook-outage section of docs/benchmarks.md (issue 14: plain fan-out while a
+## hook backend hangs, about 1 minute); the other sections are kept from
+## docs/benchmarks.json. `make bench` and `make bench-main` run it too.
+.PHONY: bench-hooks
+bench-hooks: $(STAMP)
+	timeout 300 $(BIN)/tether-bench compare --hooks --out docs/benchmarks.md
+
 ## Scale-out measurements (issues 3 and 4): `tether serve --workers 1/2/3` over Redis, a
 ## 3-node cluster behind HAProxy (rooms, reconnect storms, a node killed), 50,000
 ## connections; about 8 minutes, stopped at 15. Rewrites only the scale section of

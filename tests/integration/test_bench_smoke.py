@@ -7,12 +7,18 @@ publication exactly once and in order, and report the fields scripts rely on.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tether.config import NamespaceConfig
+from tether.config import NamespaceConfig, ProxyConfig
 from tether.server import Server
+from tether.testing.backend import free_port
 from tether.testing.servers import TEST_API_KEY, TEST_SECRET, make_config, running_server
 from tether_bench import BenchOptions, run_bench
 from tether_bench.deltabytes import measure as measure_delta_bytes
@@ -272,3 +278,102 @@ async def test_delta_bytes_counts_every_update_for_all_four_subscribers() -> Non
     assert set(report["bytes"]) == {"json", "json_delta", "protobuf", "protobuf_delta"}
     assert report["bytes"]["json_delta"] < report["bytes"]["json"]
     assert report["bytes"]["protobuf_delta"] < report["bytes"]["protobuf"]
+
+
+# -- hook-outage: a hanging backend, a real HTTP server process ------------------------------
+
+
+@pytest.fixture
+def hook_backend() -> Iterator[str]:
+    """tether_bench.peers.hook_backend in a process of its own; its root URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether_bench.peers.hook_backend", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        end = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, "the hook backend exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < end, "the hook backend did not open its port"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+async def hooks_server(hook_backend: str) -> Any:
+    proxy = ProxyConfig(
+        url=hook_backend + "/hooks",
+        timeout=0.3,
+        max_in_flight=4,
+        breaker_failures=3,
+        breaker_reset=1.0,
+    )
+    config = make_config(
+        proxies={"app": proxy},
+        rpc_proxy="app",
+        namespaces={
+            "default": NamespaceConfig(),
+            "bench": BENCH_NAMESPACE,
+            "hooked": NamespaceConfig(publish_proxy="app"),
+        },
+    )
+    async with running_server(config) as srv:
+        yield srv
+
+
+async def test_hook_outage_opens_the_breaker_and_fanout_gets_everything(
+    hooks_server: Server, hook_backend: str
+) -> None:
+    report = await run_bench(
+        _options(
+            hooks_server,
+            "hook-outage",
+            connections=10,
+            rate=20,
+            duration=1.5,
+            bursts=1,
+            hook_clients=4,
+            hook_rate=20,
+            backend_url=hook_backend,
+        )
+    )
+
+    _assert_exact(report)
+    for phase in ("baseline", "hang"):
+        assert report[phase]["deliveries"] == report[phase]["expected_deliveries"] > 0
+        assert report[phase]["latency"]["samples"] > 0
+    [opened] = report["breaker_opened_after_s"]
+    assert opened is not None  # /metrics showed the publish hook's breaker open
+    # open, or half-open while its probe (breaker_reset 1 s) waits on the hung backend
+    assert report["breaker_state_end_of_hang"][0] in ("open", "half_open")
+    assert report["breaker_closed_after_heal_s"][0] is not None
+    publish = report["hook_publish"]
+    # Every hooked publish during the hang: refused with error 100, temporary (a call still
+    # waiting when the backend was healed may have been accepted after all).
+    assert publish["answered"] == publish["temporary_100"] + publish["ok"] > 0
+    assert publish["other_errors"] == 0
+    assert report["hook_publish_open"]["temporary_100"] > 0
+    assert report["hook_calls_unanswered"] == 0
+    # The RPC hook has its own bulkhead and breaker: every RPC got its result.
+    rpc = report["hook_rpc"]
+    assert rpc["answered"] == rpc["ok"] > 0
+    assert report["rpc_hook_failures_server"] == 0
+    # The backend's own count: the requests the node sent (each timed out at the node).
+    counters = report["publish_hook_server"]
+    reached = (
+        report["backend_publish_requests_before_open"]
+        + report["backend_publish_requests_after_open"]
+    )
+    assert reached == counters["requests"] >= 3
+    assert counters["timeouts"] >= 3
+    assert counters["circuit_open"] > 0
+    assert report["p99_ratio"] is not None

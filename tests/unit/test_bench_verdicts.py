@@ -15,6 +15,7 @@ from tether_bench.verdicts import (
     cluster_rooms_finding,
     fifty_delivered_clause,
     fifty_verdict,
+    hook_outage_verdicts,
     issue11_verdicts,
     node_crash_finding,
     publish_burst_note,
@@ -318,3 +319,88 @@ def test_before_after_takes_the_median_of_the_before_runs() -> None:
     assert rows["Tether ÷ per-tick ceiling, deliveries/s"] == ("0.50x", "0.80x")
     assert rows["Tether (memory) deliveries per server CPU-s"] == ("500k", "1.60M")
     assert rows["connects per server CPU-s, Redis"][0] == "-"
+
+
+def hook_outage(**changes: Any) -> dict[str, Any]:
+    """A hook-outage report whose every figure meets issue 14's must-show."""
+
+    def calls(answered: int, refused: int, slow: int = 0) -> dict[str, Any]:
+        return {
+            "answered": answered,
+            "ok": answered - refused,
+            "temporary_100": refused,
+            "other_errors": 0,
+            "queued": 0,
+            "unqueued": answered,
+            "slow_unqueued": slow,
+            "answer": {"p50_ms": 1.0, "p99_ms": 9.0},
+        }
+
+    r: dict[str, Any] = {
+        "row": "tether-hooks",
+        "scenario": "hook-outage",
+        "proxy": {"timeout": 1.0, "max_in_flight": 10, "breaker_failures": 5, "breaker_reset": 3},
+        "hook_publish_rate": 50.0,
+        "breaker_opened_after_s": [1.13, 1.14],
+        "breaker_closed_after_heal_s": [2.1, 2.2],
+        "hook_publish_open": calls(480, 480, slow=2),
+        "backend_publish_requests_after_open": 2,
+        "hook_calls_unanswered": 0,
+        "hook_rpc": calls(120, 0),
+        "rpc_hook_failures_server": 0,
+        "baseline": {"latency": {"p99_ms": 10.0}, "round_p99_ms": [9.0, 14.0]},
+        "hang": {"latency": {"p99_ms": 11.0}},
+        **CLEAN,
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(r.get(key), dict):
+            r[key] = {**r[key], **value}
+        else:
+            r[key] = value
+    return r
+
+
+def test_a_hanging_backend_run_that_shows_everything_meets_every_target() -> None:
+    lines = hook_outage_verdicts(hook_outage())
+
+    assert len(lines) == 5
+    assert all("**met**" in line for line in lines), lines
+    assert "window 1.35 s" in lines[0]  # 1 s timeout + 5 failures at 50/s + 0.25 s
+
+
+def test_a_breaker_that_opens_late_or_never_misses_the_window() -> None:
+    for opened in ([1.13, 1.9], [None, 1.1]):
+        [first, *_] = hook_outage_verdicts(hook_outage(breaker_opened_after_s=opened))
+        assert "**MISSED**" in first
+
+
+def test_slow_refusals_beyond_the_probes_are_not_at_once() -> None:
+    late = hook_outage(hook_publish_open={"slow_unqueued": 5})  # 5 slow, 2 probes
+    assert "**MISSED**" in hook_outage_verdicts(late)[1]
+    accepted = hook_outage(hook_publish_open={"other_errors": 3})
+    assert "**MISSED**" in hook_outage_verdicts(accepted)[1]
+
+
+def test_a_failed_rpc_during_the_hang_means_the_other_hook_did_not_keep_working() -> None:
+    assert "**MISSED**" in hook_outage_verdicts(hook_outage(hook_rpc={"ok": 119}))[2]
+    assert "**MISSED**" in hook_outage_verdicts(hook_outage(rpc_hook_failures_server=1))[2]
+
+
+def test_fanout_latency_is_unchanged_within_the_bar_or_the_baselines_own_rounds() -> None:
+    # 1.3x the pooled baseline, but inside the baseline rounds' range (9 to 14 ms)
+    within_rounds = hook_outage(hang={"latency": {"p99_ms": 13.0}})
+    assert "**met**" in hook_outage_verdicts(within_rounds)[3]
+    slower = hook_outage(hang={"latency": {"p99_ms": 20.0}})
+    assert "**MISSED**" in hook_outage_verdicts(slower)[3]
+    lossy = hook_outage(losses=1)
+    assert "**MISSED**" in hook_outage_verdicts(lossy)[3]
+
+
+def test_a_breaker_that_stays_open_after_healing_is_reported() -> None:
+    line = hook_outage_verdicts(hook_outage(breaker_closed_after_heal_s=[2.1, None]))[4]
+    assert "**MISSED**" in line
+    assert "not within 30 s" in line
+
+
+def test_a_failed_hook_outage_run_gives_no_verdict() -> None:
+    assert hook_outage_verdicts({"row": "tether-hooks", "error": "bench timed out"}) == []

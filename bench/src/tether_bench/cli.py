@@ -31,7 +31,7 @@ def run(
         str,
         typer.Argument(
             help="fanout, rooms, idle, latency, connect-cost; resilience: slow-consumers, "
-            "typing-storm, reconnect-storm, publish-burst."
+            "typing-storm, reconnect-storm, publish-burst; hook-outage (a hanging backend)."
         ),
     ],
     url: Annotated[
@@ -71,12 +71,14 @@ def run(
             "publish-burst 200).",
         ),
     ] = 0,
-    duration: Annotated[float, typer.Option(help="Seconds of measurement.")] = 10.0,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of measurement (hook-outage: per phase and round).")
+    ] = 10.0,
     rate: Annotated[
         float,
         typer.Option(
             help="Publications/s (rooms; latency: 0 = calibrate, use --fraction; "
-            "slow-consumers 200, typing-storm 50 chat, reconnect-storm 100; "
+            "slow-consumers 200, typing-storm 50 chat, reconnect-storm 100, hook-outage 20; "
             "publish-burst: 0 = factor x the calibrated rate)."
         ),
     ] = 0.0,
@@ -89,8 +91,8 @@ def run(
     bursts: Annotated[
         int,
         typer.Option(
-            help="fanout: bursts (the median is reported); typing-storm: interleaved rounds "
-            "of each phase."
+            help="fanout: bursts (the median is reported); typing-storm, hook-outage: "
+            "interleaved rounds of each phase."
         ),
     ] = 5,
     calibrate: Annotated[
@@ -158,6 +160,20 @@ def run(
     metrics_url: Annotated[
         str, typer.Option(help="Target's /metrics (default: next to --api-url).")
     ] = "",
+    backend_url: Annotated[
+        str,
+        typer.Option(
+            help="hook-outage: the hook backend's http://host:port (tether_bench.peers."
+            "hook_backend), which the target's [proxies.app] url points at (+ /hooks)."
+        ),
+    ] = "",
+    hook_clients: Annotated[
+        int, typer.Option(help="hook-outage: connections calling the hooked publish and RPC.")
+    ] = 20,
+    hook_rate: Annotated[
+        float,
+        typer.Option(help="hook-outage: hooked client publications/s (RPCs: a fifth of it)."),
+    ] = 50.0,
     connect_concurrency: Annotated[int, typer.Option(help="Connection setups in flight.")] = 256,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
@@ -199,6 +215,9 @@ def run(
         factor=factor,
         http_connections=http_connections,
         metrics_url=metrics_url,
+        backend_url=backend_url,
+        hook_clients=hook_clients,
+        hook_rate=hook_rate,
         connect_concurrency=connect_concurrency,
         progress=not quiet,
     )

@@ -6,6 +6,7 @@ docs/benchmarks.md (and the raw reports to docs/benchmarks.json). Every process 
 runs in its own session and is stopped by its process-group id, whatever happens.
 
 usage: tether-bench compare [--quick] [--out docs/benchmarks.md] [--only NAME ...]
+       [--render-only | --resilience | --no-resilience | --hooks]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from tether.config import Config
+from tether.config import Config, ProxyConfig
 from tether_bench import plots
 from tether_bench.paths import checkout
 from tether_bench.verdicts import (
@@ -40,6 +41,7 @@ from tether_bench.verdicts import (
     ceiling_note,
     correctness,
     fmt,
+    hook_outage_verdicts,
     issue11_verdicts,
     resilience_notes,
     resilience_verdicts,
@@ -64,6 +66,15 @@ UNLIMITED_ADMISSION = {
 
 Target = dict[str, Any]
 """How to start one target server and point the bench at it."""
+
+HOOKS_TEMPLATE = Path("bench/tether.hooks.toml")
+"""The hook-outage target's config; its proxy url names :data:`HOOKS_TEMPLATE_BACKEND`."""
+HOOKS_TEMPLATE_BACKEND = "http://127.0.0.1:18799"
+HOOK_BACKEND_PORT = BASE_PORT + 99
+"""The hook backend of the hook-outage target (the main plan's servers use BASE_PORT to
++79, the resilience section's +100 to +179)."""
+HOOKS_CONFIG = Path(tempfile.gettempdir()) / "tether-bench-hooks.toml"
+"""bench/tether.hooks.toml with its proxy url pointed at :data:`HOOK_BACKEND_PORT`."""
 
 
 def targets(port: int) -> dict[str, Target]:
@@ -172,6 +183,18 @@ def targets(port: int) -> dict[str, Target]:
         },
     }
     out["tether-resilience-10k"] = out["tether-resilience"]
+    backend = f"http://127.0.0.1:{HOOK_BACKEND_PORT}"
+    out["tether-hooks"] = {
+        **out["tether"],
+        "label": "Tether (bench/tether.hooks.toml), its hook backend in a process of its own",
+        "cmd": [TETHER, "serve", "--config", str(HOOKS_CONFIG)],
+        "extra": [*out["tether"]["extra"], "--backend-url", backend],
+        "backend": {
+            "cmd": [PY, "-m", "tether_bench.peers.hook_backend", str(HOOK_BACKEND_PORT)],
+            "port": HOOK_BACKEND_PORT,
+            "url": backend,
+        },
+    }
     # The same Tether, with Protobuf subscribers (what the native mobile SDKs speak), and
     # with half JSON, half Protobuf on one channel (one frame per encoding and publication).
     out["tether-protobuf"] = {
@@ -205,6 +228,9 @@ EQUAL_RATE = 5
 sustains it (python-socketio, the slowest, tops out near 20/s here)."""
 CURVE_FRACTIONS = (0.25,)
 """Fractions of each target's own maximum for the latency curve, besides 0.5."""
+HOOKS_RATE = 20
+"""Publications/s of the hook-outage fan-out (x 1,000 subscribers): a moderate load, the
+same in every phase."""
 PROFILE_DIR = Path(tempfile.gettempdir()) / "tether-bench-profiles"
 """py-spy's collapsed stacks of the profiled runs (summaries go in the reports)."""
 
@@ -223,6 +249,11 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
         rooms = ["-n", "2000", "--duration", "8", "--rate", "2000"]
         idle = ["-n", "10000", "--duration", "5"]
     con = ["-n", "500"] if quick else ["-n", "5000"]
+    hooks = (
+        ["-n", "200", "--duration", "2", "--bursts", "1"]
+        if quick
+        else ["-n", "1000", "--rate", str(HOOKS_RATE), "--duration", "8", "--bursts", "2"]
+    )
     out: list[tuple[str, str, list[str]]] = []
     for i in range(1 if quick else FAN_RUNS):  # rounds, the ceilings and Tether interleaved
         for name in ["ceiling", "ceiling-batch10", "tether", "tether-redis"]:
@@ -251,6 +282,7 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
     for name in MAIN_PEERS:
         out.append(("idle", name, idle))
     out.append(("idle", "tether-protobuf", idle))
+    out.append(("hook-outage", "tether-hooks", hooks))
     return out
 
 
@@ -303,6 +335,28 @@ def resilience_ephemeral_window() -> float:
     raw = tomllib.loads(Path("bench/tether.resilience.toml").read_text())
     field = next(f for f in msgspec.structs.fields(Config) if f.name == "ephemeral_window")
     return float(raw.get("ephemeral_window", field.default))
+
+
+def hooks_proxy_limits() -> dict[str, Any]:
+    """The limits of bench/tether.hooks.toml's ``[proxies.app]`` (else Tether's defaults):
+    what the hook-outage verdicts judge the run against."""
+    raw = tomllib.loads((ROOT / HOOKS_TEMPLATE).read_text())
+    proxy = msgspec.convert(raw["proxies"]["app"], ProxyConfig)
+    return {
+        "timeout": proxy.timeout,
+        "max_in_flight": proxy.max_in_flight,
+        "breaker_failures": proxy.breaker_failures,
+        "breaker_reset": proxy.breaker_reset,
+    }
+
+
+def write_hooks_config() -> None:
+    """:data:`HOOKS_CONFIG`: the template with its proxy url at the backend's port."""
+    text = (ROOT / HOOKS_TEMPLATE).read_text()
+    if HOOKS_TEMPLATE_BACKEND not in text:
+        raise RuntimeError(f"{HOOKS_TEMPLATE} no longer names {HOOKS_TEMPLATE_BACKEND}")
+    url = f"http://127.0.0.1:{HOOK_BACKEND_PORT}"
+    HOOKS_CONFIG.write_text(text.replace(HOOKS_TEMPLATE_BACKEND, url))
 
 
 def keep_median_runs(
@@ -444,7 +498,16 @@ def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) 
         # What a connection costs, not what admission control lets through per second.
         spec = dict(spec, env={**spec.get("env", {}), **UNLIMITED_ADMISSION})
     load0 = loadavg()
-    server = Server(spec, port, logdir / f"{row}-{scenario}.log")
+    backend: Server | None = None
+    if "backend" in spec:  # the hook backend first: the server's proxy points at it
+        write_hooks_config()
+        backend = Server(spec["backend"], spec["backend"]["port"], logdir / f"{row}-backend.log")
+    try:
+        server = Server(spec, port, logdir / f"{row}-{scenario}.log")
+    except BaseException:
+        if backend is not None:
+            backend.stop()
+        raise
     try:
         time.sleep(0.5)
         cmd = [
@@ -483,11 +546,15 @@ def run_one(scenario: str, row: str, extra: list[str], port: int, logdir: Path) 
             load_after=loadavg(),
             command=" ".join(["tether-bench", *cmd[1:]]).replace(str(ROOT) + "/", ""),
         )
+        if backend is not None:
+            report["proxy"] = hooks_proxy_limits()
         return report
     except subprocess.TimeoutExpired:
         return {"row": row, "scenario": scenario, "error": "bench timed out"}
     finally:
         server.stop()
+        if backend is not None:
+            backend.stop()
 
 
 def machine() -> dict[str, Any]:
@@ -747,6 +814,7 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
         w(f"- {line}")
     w("")
     L.extend(issue11_markdown(by, out))
+    L.extend(hook_outage_markdown(by))
     L.extend(resilience_markdown(by, meta))
     w("## How the numbers are made")
     w("")
@@ -788,6 +856,17 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     w(
         "- "
         + batch_cost_note(by.get(("fanout", "tether"), {}), by.get(("fanout", "tether-batch1"), {}))
+    )
+    w(
+        "- Hanging backend (`hook-outage`, `bench/src/tether_bench/hooks.py`): Tether with "
+        "`bench/tether.hooks.toml` (namespace `hooked` with `publish_proxy`, `rpc_proxy`), its "
+        "backend a real HTTP server in a process of its own "
+        "(`bench/src/tether_bench/peers/hook_backend.py`) that the bench tells to hang "
+        "`/publish` (accept, never answer) and later to answer again. The fan-out part is "
+        "the latency scenario's paced publisher and subscribers, on a channel with no hook; "
+        "the hook clients are other connections of the same bench process. Breaker state and "
+        "hook counters come from `/metrics` (read every 50 ms in every measured phase), the "
+        "requests that reached the backend from the backend's own count."
     )
     w(f"- Raw reports of every run: `docs/benchmarks.json`. {meta['fifty_k']}")
     w("")
@@ -984,6 +1063,135 @@ def reconnect_storm_markdown(r: Report, w: Callable[[str], None]) -> None:
     w(f"| clients that failed to reconnect | {r['reconnect_errors']} |")
     w(f"| loss / dup / order (offsets checked on every client) | **{correctness(r)}** |")
     w("")
+
+
+def _lat_row(label: str, p: Report) -> str:
+    lat = p.get("latency")
+    rounds = ", ".join(f"{v:g}" for v in p.get("round_p99_ms", []) if v is not None)
+    return (
+        f"| {label} | {p.get('seconds', 0):g} s | {fmt(p.get('publications'))} | "
+        f"{_ms(lat, 'p50_ms')} | **{_ms(lat, 'p99_ms')}** | {_ms(lat, 'p999_ms')} | "
+        f"{_ms(lat, 'max_ms')} | {fmt((lat or {}).get('samples'))} | {rounds or '-'} ms |"
+    )
+
+
+def hook_outage_markdown(by: ByRow) -> list[str]:
+    """Issue 14's hanging backend: plain fan-out latency before and during the hang, what
+    the hook clients got, the breaker, the backend's count; then the verdicts."""
+    r = by.get(("hook-outage", "tether-hooks"))
+    if r is None:
+        return []
+    L = ["## Backend hooks: plain fan-out while the backend hangs", ""]
+    w = L.append
+    if "error" in r:
+        w(f"hook-outage: error: `{r['error'][:300]!r}`")
+        w("")
+        return L
+    proxy = r.get("proxy") or {}
+    limits = (
+        f"`timeout` {proxy['timeout']:g} s, `max_in_flight` {proxy['max_in_flight']}, "
+        f"`breaker_failures` {proxy['breaker_failures']}, `breaker_reset` "
+        f"{proxy['breaker_reset']:g} s"
+        if proxy
+        else "limits not recorded"
+    )
+    w(
+        f"{r['subscribers']:,} subscribers of a plain channel (no hook on its path), "
+        f"{r['rate']:g} publications/s through `POST /api/publish`, one per call, in every "
+        f"phase ({r['rate'] * r['subscribers']:,.0f} deliveries/s). The node's `[proxies.app]` "
+        f"({limits}) is a real HTTP server in a process of its own. {r['rounds']} "
+        f"round{'s' * (r['rounds'] != 1)} of: "
+        f"**baseline** ({r['phase_s']:g} s: backend healthy, no hook traffic), then **hang** "
+        f"({r['phase_s']:g} s: the backend accepts `/publish` requests and never answers, "
+        f"while {r['hook_clients']} connections publish into the hooked namespace at "
+        f"{r['hook_publish_rate']:g}/s and {max(1, r['hook_clients'] // 4)} others call an RPC "
+        f"at {r['hook_rpc_rate']:g}/s), then recovery (the backend answers again; not "
+        "measured). The hang is split where `/metrics` first shows the publish hook's breaker "
+        "open. Latency from each publication's scheduled send time, on "
+        f"{r['checked_connections']} checked subscribers, pooled over the rounds. Command: "
+        f"`{shown_command(r.get('command', ''))}`."
+    )
+    w("")
+    w("| phase | seconds | publications | p50 | p99 | p99.9 | max | samples | p99 per round |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    w(_lat_row("baseline (backend healthy, no hook traffic)", r["baseline"]))
+    w(_lat_row("hang, whole", r["hang"]))
+    w(_lat_row("hang, until the breaker opened", r["hang_opening"]))
+    w(_lat_row("hang, breaker open", r["hang_open"]))
+    w("")
+    ratio, p50 = r.get("p99_ratio"), r.get("p50_ratio")
+    if ratio is not None and p50 is not None:
+        w(f"Hang / baseline: p99 **{ratio:.2f}x**, p50 {p50:.2f}x.")
+        w("")
+    pub, opening, opened, rpc = (
+        r["hook_publish"],
+        r["hook_publish_opening"],
+        r["hook_publish_open"],
+        r["hook_rpc"],
+    )
+    counters = r["publish_hook_server"]
+    w("| during the hang | value |")
+    w("|---|---|")
+    w(
+        "| breaker opened after (each round) | "
+        + ", ".join("never" if x is None else f"{x:g} s" for x in r["breaker_opened_after_s"])
+        + " |"
+    )
+    w(
+        "| breaker state at the end of the hang (`tether_proxy_breaker_state`) | "
+        + ", ".join(str(x) for x in r["breaker_state_end_of_hang"])
+        + " |"
+    )
+    w(
+        f"| hooked publishes answered | {pub['answered']:,}: **{pub['temporary_100']:,} error "
+        f"100 (temporary)**, {pub['ok']:,} accepted, {pub['other_errors']} other errors, "
+        f"{r['hook_calls_unanswered']} unanswered |"
+    )
+    w(
+        f"| until the breaker opened: reply time p50 / max | "
+        f"{_ms(opening.get('answer'), 'p50_ms')} / {_ms(opening.get('answer'), 'max_ms')} "
+        f"({opening['answered']:,} calls, {opening['queued']:,} queued behind an earlier call "
+        "of their connection) |"
+    )
+    w(
+        f"| breaker open: reply time p50 / p99 / max, calls on a connection with no call "
+        f"pending | {_ms(opened.get('unqueued_answer'), 'p50_ms')} / "
+        f"{_ms(opened.get('unqueued_answer'), 'p99_ms')} / "
+        f"{_ms(opened.get('unqueued_answer'), 'max_ms')} ({opened['unqueued']:,} calls; "
+        f"{opened['slow_unqueued']} over 100 ms) |"
+    )
+    w(
+        f"| `/publish` requests that reached the backend | "
+        f"{r['backend_publish_requests_before_open']:,} before the breaker opened, "
+        f"**{r['backend_publish_requests_after_open']:,} after** (its probes) |"
+    )
+    w(
+        f"| publish hook (`tether_proxy_*_total` deltas) | {counters['requests']:,} requests, "
+        f"{counters['timeouts']:,} timeouts, {counters['bulkhead_full']:,} bulkhead_full, "
+        f"{counters['circuit_open']:,} circuit_open |"
+    )
+    w(
+        f"| RPCs (own hook, own connections) | {rpc['ok']:,} of {rpc['answered']:,} answered "
+        f"with their result, p50 / p99 {_ms(rpc.get('answer'), 'p50_ms')} / "
+        f"{_ms(rpc.get('answer'), 'p99_ms')}; rpc hook failures at the node "
+        f"{r['rpc_hook_failures_server']} |"
+    )
+    w(
+        "| breaker closed again after the backend answered (each round) | "
+        + ", ".join(
+            "not within 30 s" if x is None else f"{x:g} s" for x in r["breaker_closed_after_heal_s"]
+        )
+        + " |"
+    )
+    w(f"| fan-out loss / dup / order | **{correctness(r)}** |")
+    w("")
+    lines = hook_outage_verdicts(r)
+    if lines:
+        w("### Targets of issue 14 (hanging backend)")
+        w("")
+        L.extend(f"- {line}" for line in lines)
+        w("")
+    return L
 
 
 def resilience_markdown(by: ByRow, meta: dict[str, Any]) -> list[str]:
@@ -1224,6 +1432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only the resilience section; the other sections are kept from the .json",
     )
     section.add_argument(
+        "--hooks",
+        action="store_true",
+        help="run only the hook-outage scenario; every other section is kept from the .json",
+    )
+    section.add_argument(
         "--no-resilience",
         action="store_true",
         help="do not run the resilience section; keep it from the .json",
@@ -1256,6 +1469,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
         for line in resilience_verdicts({(r["scenario"], r["row"]): r for r in results}):
             print("  " + line.replace("**", ""), file=sys.stderr)
+        return 0
+    if args.hooks:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        steps = [s for s in plan(args.quick) if s[0] == "hook-outage"]
+        fresh = run_steps(steps, logdir)
+        results = [r for r in saved["results"] if r["scenario"] != "hook-outage"] + fresh
+        write_markdown(results, saved["meta"], out)
+        out.with_suffix(".json").write_text(
+            json.dumps({"meta": saved["meta"], "results": results}, indent=1)
+        )
+        print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+        for r in fresh:
+            for line in hook_outage_verdicts(r):
+                print("  " + line.replace("**", ""), file=sys.stderr)
         return 0
     t0 = time.time()
     load_start = loadavg()
@@ -1300,7 +1527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_markdown(results, meta, out)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
-    for line in meta["verdicts"] + resilience_verdicts(by):
+    hooks = hook_outage_verdicts(by.get(("hook-outage", "tether-hooks"), {}))
+    for line in meta["verdicts"] + resilience_verdicts(by) + hooks:
         print("  " + line.replace("**", ""), file=sys.stderr)
     return 0
 
@@ -1362,6 +1590,8 @@ def run_steps(
             summary += f" p99 {r['latency']['p99_ms']} ms"
         if scenario in RESILIENCE and "error" not in r:
             summary = f"loss/dup/order {correctness(r)}"
+        if scenario == "hook-outage" and "error" not in r:
+            summary = f"p99 hang/baseline {r.get('p99_ratio')}, loss/dup/order {correctness(r)}"
         print(
             f" {summary}  (load {r.get('load_before', '?')}->{r.get('load_after', '?')})",
             file=sys.stderr,

@@ -66,8 +66,10 @@ SCENARIOS = (
     "typing-storm",
     "reconnect-storm",
     "publish-burst",
+    "hook-outage",
 )
-"""The last four are the resilience scenarios (:mod:`tether_bench.resilience`)."""
+"""slow-consumers to publish-burst are the resilience scenarios (:mod:`tether_bench.resilience`);
+hook-outage is :mod:`tether_bench.hooks`."""
 GROUP_SIZE = 10
 
 
@@ -126,6 +128,13 @@ class BenchOptions:
     """Resilience scenarios: keep-alive sockets of the API client (0: scenario default)."""
     metrics_url: str = ""
     """The target's Prometheus metrics (empty: ``/metrics`` next to ``api_url``)."""
+    backend_url: str = ""
+    """hook-outage: the hook backend's ``http://host:port`` (its control endpoints)."""
+    hook_clients: int = 20
+    """hook-outage: connections that call the hooked paths (publish, rpc)."""
+    hook_rate: float = 50.0
+    """hook-outage: client publications per second into the hooked namespace (RPCs: a
+    fifth of it)."""
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
 
 
@@ -139,6 +148,7 @@ DEFAULT_CONNECTIONS = {
     "typing-storm": 300,
     "reconnect-storm": 2000,
     "publish-burst": 200,
+    "hook-outage": 1000,
 }
 
 
@@ -874,9 +884,10 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run one scenario against a running target; returns the report (a JSON object).
 
     Raises ConnectionError when no connection could be set up."""
+    from tether_bench.hooks import RUNNERS as hook_runners
     from tether_bench.resilience import RUNNERS as resilience_runners
 
-    runners = {**_RUNNERS, **resilience_runners}
+    runners = {**_RUNNERS, **resilience_runners, **hook_runners}
     if options.scenario not in runners:
         raise ValueError(f"unknown scenario {options.scenario!r} (one of {', '.join(SCENARIOS)})")
     if not options.connections:

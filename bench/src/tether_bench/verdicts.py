@@ -696,3 +696,100 @@ def before_after_rows(before: Sequence[Report], after: ByRow) -> list[tuple[str,
         return f"{v:.2f}x" if unit == "x" else fmt(round(v))
 
     return [(label, show(fb[key], unit), show(fa[key], unit)) for key, label, unit in names]
+
+
+OPEN_SLACK_S = 0.25
+"""hook-outage: beyond the configured window, what the breaker may take to show ``open``
+in ``/metrics`` (read every 50 ms) on a shared machine."""
+FANOUT_UNCHANGED = 1.2
+"""hook-outage: fan-out p99 during the hang within 20% of the baseline's is "unchanged"
+(the typing storm's bar), as is a p99 within the range of the baseline's own rounds."""
+
+
+def breaker_window_s(r: Mapping[str, Any]) -> float | None:
+    """When the publish hook's breaker should be open after the backend starts hanging:
+    the first ``breaker_failures`` calls are sent within ``breaker_failures / rate``
+    seconds and each fails ``timeout`` seconds after it was sent (None: the run did not
+    record the proxy's limits)."""
+    proxy = r.get("proxy") or {}
+    rate = r.get("hook_publish_rate") or 0
+    if not proxy or not rate:
+        return None
+    return float(proxy["timeout"]) + float(proxy["breaker_failures"]) / float(rate) + OPEN_SLACK_S
+
+
+def fanout_unchanged(r: Mapping[str, Any]) -> tuple[bool, str]:
+    """Is fan-out p99 during the hang the baseline's? (ok, why)"""
+    base = r["baseline"].get("latency") or {}
+    hang = r["hang"].get("latency") or {}
+    if not base or not hang:
+        return False, "no latency samples"
+    ratio = hang["p99_ms"] / base["p99_ms"]
+    rounds = [v for v in r["baseline"].get("round_p99_ms", []) if v is not None]
+    if ratio <= FANOUT_UNCHANGED:
+        return True, f"{ratio:.2f}x the baseline's p99, within {FANOUT_UNCHANGED:g}x"
+    if rounds and len(rounds) > 1 and hang["p99_ms"] <= max(rounds):
+        return True, (
+            f"{ratio:.2f}x the pooled baseline p99, but within the baseline rounds' own range "
+            f"({min(rounds):g} to {max(rounds):g} ms)"
+        )
+    return False, f"{ratio:.2f}x the baseline's p99, beyond {FANOUT_UNCHANGED:g}x"
+
+
+def hook_outage_verdicts(r: Mapping[str, Any]) -> list[str]:
+    """Issue 14's must-show for a hanging backend, judged on one hook-outage run."""
+    if not r or "error" in r:
+        return []
+    out = []
+    window = breaker_window_s(r)
+    opened = r["breaker_opened_after_s"]
+    shown = ", ".join("never" if x is None else f"{x:g} s" for x in opened)
+    if window is None:
+        out.append(f"Breaker opened after {shown} (the proxy's limits were not recorded).")
+    else:
+        ok = all(x is not None and x <= window for x in opened)
+        proxy = r["proxy"]
+        out.append(
+            f"The publish hook's breaker opens within the configured window: {_met(ok)} "
+            f"(opened {shown} after the backend began to hang; window {window:.2f} s = "
+            f"timeout {proxy['timeout']:g} s + {proxy['breaker_failures']} failures at "
+            f"{r['hook_publish_rate']:g} calls/s + {OPEN_SLACK_S:g} s)."
+        )
+    pub = r["hook_publish_open"]
+    probes = r["backend_publish_requests_after_open"]
+    clean = pub["other_errors"] == 0 and r["hook_calls_unanswered"] == 0
+    refused = pub["temporary_100"]
+    slow = pub["slow_unqueued"]
+    out.append(
+        "While it was open, clients got error 100 (temporary) at once: "
+        f"{_met(clean and refused > 0 and slow <= probes)} ({refused:,} of "
+        f"{pub['answered']:,} calls answered 100; of the {pub['unqueued']:,} sent on a "
+        f"connection with no call pending, {slow} took over 100 ms; {probes} "
+        f"request{'s' * (probes != 1)} reached the backend while it was open: the "
+        "breaker's probes, each waiting out the timeout)."
+    )
+    rpc = r["hook_rpc"]
+    rpc_ok = (
+        rpc["answered"] > 0 and rpc["ok"] == rpc["answered"] and not r["rpc_hook_failures_server"]
+    )
+    out.append(
+        f"Another hook (rpc) kept working: {_met(rpc_ok)} ({rpc['ok']:,} of "
+        f"{rpc['answered']:,} RPCs during the hang answered with their result; p99 "
+        f"{(rpc.get('answer') or {}).get('p99_ms', '-')} ms)."
+    )
+    ok, why = fanout_unchanged(r)
+    out.append(
+        f"Plain fan-out latency unchanged during the hang: {_met(ok and exact(r))} "
+        f"(p99 {(r['hang'].get('latency') or {}).get('p99_ms', '-')} ms vs "
+        f"{(r['baseline'].get('latency') or {}).get('p99_ms', '-')} ms: {why}; "
+        f"loss / dup / order {correctness(r)})."
+    )
+    closed = r.get("breaker_closed_after_heal_s") or []
+    if closed:
+        back = all(x is not None for x in closed)
+        out.append(
+            f"The breaker closes again once the backend answers: {_met(back)} ("
+            + ", ".join("not within 30 s" if x is None else f"{x:g} s" for x in closed)
+            + " after it was healed)."
+        )
+    return out
