@@ -145,6 +145,7 @@ class Hub(Generic[M]):
 
     __slots__ = (
         "_batched",
+        "_delta_live",
         "_live",
         "_pending",
         "_pending_delta",
@@ -164,9 +165,12 @@ class Hub(Generic[M]):
         self._pending: dict[str, dict[M, list[tuple[int, bytes, Hashable]]]] = {}
         self._pending_delta: dict[str, set[M]] = {}
         """Pending subscribers that negotiated delta (they buffer full delta-form frames)."""
+        self._delta_live: dict[str, int] = {}
+        """Channel -> its number of delta audiences (absent: none): a publication asks this
+        dict once instead of walking the channel's audiences."""
         self._previous: dict[str, Publication] = {}
-        """Channel -> its latest publication, kept while it has delta subscribers: the base
-        of the next delta."""
+        """Channel -> its latest publication, kept while it has delta subscribers (live or
+        pending): the base of the next delta."""
         self._batched: list[_Audience[M]] = []
         """Audiences with an open tick batch (closed by :meth:`end_tick`)."""
         self._windowed: list[_Audience[M]] = []
@@ -228,6 +232,8 @@ class Hub(Generic[M]):
             audience = _Audience(wire_format, delta)
             audience.next = head
             self._live[channel] = audience
+            if delta:
+                self._delta_live[channel] = self._delta_live.get(channel, 0) + 1
         if audience.fresh is not None:
             audience.fresh.add(client)
         window = audience.window
@@ -252,6 +258,8 @@ class Hub(Generic[M]):
                 if audience.fresh is not None:
                     audience.fresh.discard(client)
                 if not audience:  # unlink it
+                    if audience.delta:
+                        self._forget_delta_audience(channel)
                     if previous is not None:
                         previous.next = after
                     elif after is not None:
@@ -268,10 +276,16 @@ class Hub(Generic[M]):
             if not pending:
                 del self._pending[channel]
         self._forget_pending_delta(channel, client)
-        gone = not self.has_local(channel)
-        if gone:
-            self._previous.pop(channel, None)
-        return gone
+        if channel not in self._delta_live and channel not in self._pending_delta:
+            self._previous.pop(channel, None)  # no delta subscriber left: no base to keep
+        return not self.has_local(channel)
+
+    def _forget_delta_audience(self, channel: str) -> None:
+        left = self._delta_live[channel] - 1
+        if left:
+            self._delta_live[channel] = left
+        else:
+            del self._delta_live[channel]
 
     def _forget_pending_delta(self, channel: str, client: M) -> None:
         waiting = self._pending_delta.get(channel)
@@ -341,13 +355,11 @@ class Hub(Generic[M]):
         built: dict[_AudienceKey, bytes] | None = {} if pending else None
         frames: _PublicationFrames | None = None
         if isinstance(message, Publication) and (
-            self._pending_delta.get(channel) or any(a.delta for a in _chain(head))
+            channel in self._delta_live or channel in self._pending_delta
         ):
             previous = self._previous.get(channel) if delta else None
             frames = _PublicationFrames(channel, message, previous)
             self._previous[channel] = message
-        else:
-            self._previous.pop(channel, None)
         if head is not None:
             for audience in _chain(head):
                 wire_format = audience.wire_format
