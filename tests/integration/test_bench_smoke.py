@@ -21,6 +21,7 @@ from tether.server import Server
 from tether.testing.backend import free_port
 from tether.testing.servers import TEST_API_KEY, TEST_SECRET, make_config, running_server
 from tether_bench import BenchOptions, run_bench
+from tether_bench.compare import hook_outage_markdown
 from tether_bench.deltabytes import measure as measure_delta_bytes
 
 pytestmark = pytest.mark.integration
@@ -377,3 +378,11 @@ async def test_hook_outage_opens_the_breaker_and_fanout_gets_everything(
     assert counters["timeouts"] >= 3
     assert counters["circuit_open"] > 0
     assert report["p99_ratio"] is not None
+
+    # docs/benchmarks.md's section is rendered from this report (as compare records it)
+    report.update(row="tether-hooks", command="tether-bench run hook-outage")
+    limits = {"timeout": 0.3, "max_in_flight": 4, "breaker_failures": 3, "breaker_reset": 1}
+    report["proxy"] = limits
+    page = "\n".join(hook_outage_markdown({("hook-outage", "tether-hooks"): report}))
+    assert f"**{publish['temporary_100']:,} error 100 (temporary)**" in page
+    assert "### Targets of issue 14 (hanging backend)" in page

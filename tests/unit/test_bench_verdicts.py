@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tether_bench.hooks import breaker_state, hook_counter
 from tether_bench.verdicts import (
     batch_cost_note,
     before_after_rows,
@@ -404,3 +405,23 @@ def test_a_breaker_that_stays_open_after_healing_is_reported() -> None:
 
 def test_a_failed_hook_outage_run_gives_no_verdict() -> None:
     assert hook_outage_verdicts({"row": "tether-hooks", "error": "bench timed out"}) == []
+
+
+METRICS = {
+    'tether_proxy_breaker_state{hook="publish",proxy="app",state="closed"}': 0.0,
+    'tether_proxy_breaker_state{hook="publish",proxy="app",state="open"}': 1.0,
+    'tether_proxy_breaker_state{hook="rpc",proxy="app",state="closed"}': 1.0,
+    'tether_proxy_breaker_state{hook="rpc",proxy="app",state="open"}': 0.0,
+    'tether_proxy_rejections_total{hook="publish",proxy="app",reason="circuit_open"}': 7.0,
+    'tether_proxy_rejections_total{hook="publish",proxy="app",reason="bulkhead_full"}': 2.0,
+    'tether_proxy_rejections_total{hook="rpc",proxy="app",reason="circuit_open"}': 5.0,
+}
+
+
+def test_the_hook_outage_reads_each_hooks_breaker_and_counters_from_metrics() -> None:
+    assert breaker_state(METRICS, "publish") == "open"
+    assert breaker_state(METRICS, "rpc") == "closed"
+    assert breaker_state(METRICS, "connect") is None
+    assert hook_counter(METRICS, "rejections", "publish", "circuit_open") == 7
+    assert hook_counter(METRICS, "rejections", "publish") == 9
+    assert hook_counter(METRICS, "rejections", "rpc") == 5

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -167,13 +168,14 @@ class HookClients:
     _sockets: list[aiohttp.ClientWebSocketResponse] = field(default_factory=list)
     _busy: list[int] = field(default_factory=list)
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
+    _writes: set[asyncio.Task[None]] = field(default_factory=set)
     _next_id: int = 100
 
     async def open(self, session: aiohttp.ClientSession, first_index: int) -> None:
         url = self.run.o.url
         kinds = ["publish"] * self.count + ["rpc"] * max(1, self.count // 4)
         for i, kind in enumerate(kinds):
-            ws = await session.ws_connect(url, autoping=True, max_msg_size=0)
+            ws = await _ws_connect(session, url)
             token = self.run.token(first_index + i)
             await ws.send_str(json.dumps({"id": 1, "connect": {"token": token}}))
             reply = json.loads((await ws.receive(timeout=10)).data.split("\n")[0])
@@ -225,8 +227,12 @@ class HookClients:
         self._pending[cid] = (kind, time.perf_counter(), now_us(), index, self._busy[index] > 0)
         self._busy[index] += 1
         self.sent[kind] += 1
-        # send_str only buffers the frame (the socket write is not awaited by anything).
-        asyncio.get_running_loop().create_task(self._sockets[index].send_str(json.dumps(command)))
+        # send_str only buffers the frame; the task is kept until it is done.
+        task = asyncio.get_running_loop().create_task(
+            self._sockets[index].send_str(json.dumps(command))
+        )
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def traffic(self, stop: asyncio.Event, publish_rate: float, rpc_rate: float) -> None:
         """Open loop until ``stop``: publish at ``publish_rate``, rpc at ``rpc_rate``."""
@@ -258,6 +264,22 @@ class HookClients:
         for task in self._readers:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+async def _ws_connect(
+    session: aiohttp.ClientSession, url: str, retries: int = 10
+) -> aiohttp.ClientWebSocketResponse:
+    """The upgrade; refused with 503 (admission control), retried after ``Retry-After``
+    with jitter, as an SDK does."""
+    for _ in range(retries):
+        try:
+            return await session.ws_connect(url, autoping=True, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status != 503:
+                raise
+            wait = exc.headers.get("Retry-After", "1") if exc.headers else "1"
+            await asyncio.sleep(float(wait) * random.uniform(0.5, 1.5))
+    return await session.ws_connect(url, autoping=True, max_msg_size=0)
 
 
 def answers_summary(answers: list[Answer], kind: str) -> dict[str, Any]:
