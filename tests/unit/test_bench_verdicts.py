@@ -14,6 +14,7 @@ from tether_bench.verdicts import (
     ceiling_note,
     client_storm_finding,
     cluster_rooms_finding,
+    encoding_verdicts,
     fifty_delivered_clause,
     fifty_verdict,
     hook_outage_verdicts,
@@ -425,3 +426,29 @@ def test_the_hook_outage_reads_each_hooks_breaker_and_counters_from_metrics() ->
     assert hook_counter(METRICS, "rejections", "publish", "circuit_open") == 7
     assert hook_counter(METRICS, "rejections", "publish") == 9
     assert hook_counter(METRICS, "rejections", "rpc") == 5
+
+
+def encoding_runs(json_dps: list[float], mixed_dps: list[float]) -> dict[tuple[str, str], Any]:
+    return {
+        ("fanout", "tether"): {**fanout(json_dps[0]), "run_deliveries_per_s": json_dps},
+        ("fanout", "tether-mixed"): {**fanout(mixed_dps[0]), "run_deliveries_per_s": mixed_dps},
+    }
+
+
+def test_an_encoding_within_ten_percent_of_json_by_the_run_medians_meets_the_goal() -> None:
+    # the first runs alone would say 0.5x: the medians of the runs decide
+    (line,) = encoding_verdicts(encoding_runs([1e6, 2e6, 2e6], [1e6, 1.9e6, 1.8e6]))
+    assert "half JSON, half Protobuf" in line
+    assert "**met**" in line
+    assert "0.90x" in line
+    assert "3 runs" in line
+
+
+def test_an_encoding_more_than_ten_percent_below_json_misses_the_goal() -> None:
+    (line,) = encoding_verdicts(encoding_runs([2e6, 2e6, 2e6], [1.7e6, 1.9e6, 1.75e6]))
+    assert "**MISSED**" in line
+    assert "0.88x" in line
+
+
+def test_no_encoding_rows_give_no_encoding_verdict() -> None:
+    assert encoding_verdicts({("fanout", "tether"): fanout(1e6)}) == []

@@ -40,6 +40,7 @@ from tether_bench.verdicts import (
     before_after_rows,
     ceiling_note,
     correctness,
+    encoding_verdicts,
     fmt,
     hook_outage_verdicts,
     issue11_verdicts,
@@ -216,7 +217,7 @@ MAIN_PEERS = [p for p in PEERS if p != "ceiling-batch10"]
 and equal-load row only)."""
 ENCODING_ROWS = ["tether-protobuf", "tether-mixed"]
 """Tether's fan-out again with Protobuf subscribers, and half JSON, half Protobuf (issue 10:
-within 10% of JSON deliveries/s)."""
+within 10% of JSON deliveries/s), in the same interleaved rounds as the JSON row."""
 LATENCY_RUNS = 3
 """Latency runs per target (interleaved rounds); the page shows each target's median."""
 FAN_RUNS = 3
@@ -256,15 +257,14 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
     )
     out: list[tuple[str, str, list[str]]] = []
     for i in range(1 if quick else FAN_RUNS):  # rounds, the ceilings and Tether interleaved
-        for name in ["ceiling", "ceiling-batch10", "tether", "tether-redis"]:
-            profile = ["--profile", f"{PROFILE_DIR}/{name}-fanout.txt"] if i == 0 else []
-            out.append(("fanout", name, [*fan, *(profile if name.startswith("tether") else [])]))
+        for name in ["ceiling", "ceiling-batch10", "tether", *ENCODING_ROWS, "tether-redis"]:
+            profiled = i == 0 and name in ("tether", "tether-redis")
+            profile = ["--profile", f"{PROFILE_DIR}/{name}-fanout.txt"] if profiled else []
+            out.append(("fanout", name, [*fan, *profile]))
     for name in PEERS:
         if name not in ("ceiling", "ceiling-batch10", "tether"):
             out.append(("fanout", name, fan))
     out.append(("fanout", "tether-batch1", [*fan, "--batch", "1", "--concurrency", "8"]))
-    for name in ENCODING_ROWS:
-        out.append(("fanout", name, fan))
     for i in range(1 if quick else CONNECT_RUNS):
         for name in ["tether", "tether-redis"]:
             profile = ["--profile", f"{PROFILE_DIR}/{name}-connect.txt"] if i == 0 else []
@@ -704,12 +704,12 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
         )
     w("")
     w(
-        f"The ceilings and Tether ran {FAN_RUNS} times, interleaved; each of those rows is "
+        f"The ceilings and Tether (each encoding, and over Redis) ran {FAN_RUNS} times, interleaved; each of those rows is "
         "its run with the median deliveries per server CPU-s (every run: "
         + "; ".join(
             f"{by[('fanout', row)]['label']} "
             + ", ".join(fmt(v) for v in by[("fanout", row)].get("run_per_cpu_s", []))
-            for row in ("ceiling", "ceiling-batch10", "tether", "tether-redis")
+            for row in ("ceiling", "ceiling-batch10", "tether", *ENCODING_ROWS, "tether-redis")
             if by.get(("fanout", row), {}).get("run_per_cpu_s")
         )
         + "). *x ceiling* is against the per-tick ceiling of the same run."
@@ -813,6 +813,12 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     for line in meta["verdicts"]:
         w(f"- {line}")
     w("")
+    if encoding := encoding_verdicts(by):
+        w("## Targets of issue 10 (encodings)")
+        w("")
+        for line in encoding:
+            w(f"- {line}")
+        w("")
     L.extend(issue11_markdown(by, out))
     L.extend(hook_outage_markdown(by))
     L.extend(resilience_markdown(by, meta))

@@ -659,6 +659,47 @@ def issue11_verdicts(by: ByRow) -> list[str]:
     return out
 
 
+ENCODING_GOAL = 0.9
+"""Issue 10: fan-out with Protobuf, and with half JSON half Protobuf, within 10% of JSON."""
+
+
+def _runs_median(r: Mapping[str, Any], runs: str, single: str) -> float | None:
+    values = [v for v in r.get(runs) or () if v is not None]
+    if not values:
+        values = [r[single]] if r.get(single) is not None else []
+    return _median(values) if values else None
+
+
+def encoding_verdicts(by: ByRow) -> list[str]:
+    """Issue 10's fan-out goal: each encoding row against Tether's JSON row of the same
+    session, by the median of their interleaved runs' deliveries/s (and per server CPU-s,
+    shown beside it)."""
+    json_row = by.get(("fanout", "tether"), {})
+    base = _runs_median(json_row, "run_deliveries_per_s", "deliveries_per_s")
+    base_cpu = _runs_median(json_row, "run_per_cpu_s", "deliveries_per_server_cpu_s")
+    out = []
+    for row, label in (
+        ("tether-protobuf", "Protobuf"),
+        ("tether-mixed", "half JSON, half Protobuf"),
+    ):
+        r = by.get(("fanout", row), {})
+        got = _runs_median(r, "run_deliveries_per_s", "deliveries_per_s")
+        if not got or not base:
+            continue
+        x = got / base
+        cpu = _ratio(_runs_median(r, "run_per_cpu_s", "deliveries_per_server_cpu_s"), base_cpu)
+        runs = len(r.get("run_deliveries_per_s") or [got])
+        out.append(
+            f"Fan-out with {label} subscribers within 10% of JSON deliveries/s: "
+            f"**{'met' if x >= ENCODING_GOAL else 'MISSED'}** ({x:.2f}x: {fmt(got)} against "
+            f"{fmt(base)}, "
+            + (f"medians of {_plural(runs, 'run')}" if runs > 1 else "one run each")
+            + (f"; {cpu:.2f}x per server CPU-s" if cpu is not None else "")
+            + ")."
+        )
+    return out
+
+
 def before_after_rows(before: Sequence[Report], after: ByRow) -> list[tuple[str, str, str]]:
     """(figure, before, after) for issue 11's figures: ``before`` is the raw reports of the
     runs measured on main before the work (medians of their repeated runs)."""
