@@ -12,8 +12,9 @@ from functools import partial
 
 import msgspec
 import pytest
+from redis.asyncio import Redis
 
-from tether.brokers.base import Broker, PresenceStore, PublishOptions, PublishResult
+from tether.brokers.base import Broker, PresenceStore, PublishItem, PublishOptions, PublishResult
 from tether.brokers.redis import RedisBroker, RedisPresenceStore
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
@@ -251,6 +252,45 @@ async def test_a_position_from_before_a_redis_restart_is_unrecoverable(
         assert after.position.epoch != before.position.epoch
         with pytest.raises(UnrecoverablePosition):
             await broker.history(ch, since=before.position, limit=-1)
+    finally:
+        await broker.close()
+
+
+async def test_publishes_sent_together_to_a_server_without_the_script_are_all_stored_in_order(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    # A restarted or promoted server's script cache is empty: the pipelined EVALSHAs are
+    # refused (NOSCRIPT) and sent again whole, in order.
+    ch = channel("a")
+    handler = RecordingHandler()
+    broker = await _started(own_redis.url, _prefix(), handler)
+    try:
+        await broker.subscribe(ch)
+        await broker.publish(ch, publication(0), _options())
+        admin = Redis.from_url(own_redis.url)
+        await admin.script_flush()  # what a restart does to the script cache
+        await admin.aclose()
+        items = [PublishItem(ch, publication(i), _options()) for i in range(1, 6)]
+        results = await broker.publish_many(items)
+        assert [r.position.offset for r in results] == [2, 3, 4, 5, 6]
+        async with asyncio.timeout(5):
+            await handler.wait_until(lambda: len(handler.publications.get(ch, [])) >= 6)
+        assert handler.offsets(ch) == [1, 2, 3, 4, 5, 6]
+        page = await broker.history(ch, limit=-1)
+        assert [msgspec.json.decode(p.data) for p in page.publications] == [0, 1, 2, 3, 4, 5]
+    finally:
+        await broker.close()
+
+
+async def test_publishes_sent_together_while_redis_is_down_raise_broker_unavailable(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    broker = await _started(own_redis.url, _prefix(), RecordingHandler())
+    try:
+        await asyncio.to_thread(own_redis.kill)
+        items = [PublishItem(channel("a"), publication(i), _options()) for i in range(3)]
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish_many(items)
     finally:
         await broker.close()
 

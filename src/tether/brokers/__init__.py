@@ -10,13 +10,16 @@ See ``docs/reference/extension-points.md``.
 """
 
 from tether.brokers.base import (
+    BatchPublisher,
     Broker,
     BrokerEventHandler,
     HistoryPage,
     PresenceStore,
+    PublishItem,
     PublishOptions,
     PublishResult,
     StreamPosition,
+    publish_all,
     select_history,
 )
 from tether.brokers.guarded import GuardedBroker
@@ -24,6 +27,7 @@ from tether.brokers.memory import MemoryBroker, MemoryPresenceStore
 from tether.brokers.sharded import HashRing, ShardedBroker, ShardedPresenceStore
 
 __all__ = [
+    "BatchPublisher",
     "Broker",
     "BrokerEventHandler",
     "GuardedBroker",
@@ -32,10 +36,12 @@ __all__ = [
     "MemoryBroker",
     "MemoryPresenceStore",
     "PresenceStore",
+    "PublishItem",
     "PublishOptions",
     "PublishResult",
     "ShardedBroker",
     "ShardedPresenceStore",
     "StreamPosition",
+    "publish_all",
     "select_history",
 ]

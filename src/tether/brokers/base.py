@@ -25,7 +25,7 @@ below it continues in the new one; a position above it saw writes that are gone
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from tether.errors import UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
@@ -56,6 +56,14 @@ class PublishResult(NamedTuple):
     position: StreamPosition
     duplicate: bool
     """True when the idempotency key matched an earlier publish (nothing was stored)."""
+
+
+class PublishItem(NamedTuple):
+    """One publish of :meth:`BatchPublisher.publish_many`."""
+
+    channel: str
+    publication: Publication
+    options: PublishOptions
 
 
 class HistoryPage(NamedTuple):
@@ -207,6 +215,28 @@ class Broker(Protocol):
 
     async def channels(self) -> set[str]:
         """Channels with subscribers on this node (the memory broker) or on any node."""
+
+
+@runtime_checkable
+class BatchPublisher(Protocol):
+    """A broker that can publish several publications in one round trip (optional: use
+    :func:`publish_all`, which falls back to one :meth:`Broker.publish` after another)."""
+
+    async def publish_many(self, items: Sequence[PublishItem]) -> list[PublishResult]:
+        """Publish ``items`` in order, as the same number of :meth:`Broker.publish` calls
+        one after another would: each keeps ``publish``'s contract, and the publications
+        of one channel get their offsets (and reach subscribers) in the order given.
+        Raises ``BrokerUnavailable`` if any of them could not be confirmed; any of them
+        may then be stored, as a single ``publish`` that raises it may be."""
+        ...
+
+
+async def publish_all(broker: Broker, items: Sequence[PublishItem]) -> list[PublishResult]:
+    """:meth:`BatchPublisher.publish_many` on ``broker`` if it has it, else one
+    :meth:`Broker.publish` after another."""
+    if len(items) > 1 and isinstance(broker, BatchPublisher):
+        return await broker.publish_many(items)
+    return [await broker.publish(*item) for item in items]
 
 
 class PresenceStore(Protocol):

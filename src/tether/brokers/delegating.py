@@ -9,16 +9,18 @@ once, through one method a subclass writes, :meth:`DelegatingBroker.around`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from tether.brokers.base import (
     Broker,
     BrokerEventHandler,
     HistoryPage,
+    PublishItem,
     PublishOptions,
     PublishResult,
     StreamPosition,
+    publish_all,
 )
 from tether.protocol.messages import ClientInfo, Publication
 
@@ -64,6 +66,11 @@ class DelegatingBroker:
         return await self.around(
             "publish", lambda: self.inner.publish(channel, publication, options)
         )
+
+    async def publish_many(self, items: Sequence[PublishItem]) -> list[PublishResult]:
+        """One call of ``around("publish", ...)`` for the whole batch (one round trip
+        when the inner broker pipelines, :func:`~tether.brokers.base.publish_all`)."""
+        return await self.around("publish", lambda: publish_all(self.inner, items))
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self.around("publish_join", lambda: self.inner.publish_join(channel, info))

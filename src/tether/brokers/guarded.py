@@ -24,12 +24,19 @@ breaker counts them).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from prometheus_client import Histogram
 
-from tether.brokers.base import Broker, BrokerEventHandler, PublishOptions, PublishResult
+from tether.brokers.base import (
+    Broker,
+    BrokerEventHandler,
+    PublishItem,
+    PublishOptions,
+    PublishResult,
+    publish_all,
+)
 from tether.brokers.delegating import DelegatingBroker
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import ClientInfo, Publication
@@ -115,6 +122,17 @@ class GuardedBroker(DelegatingBroker):
             return self.inner.publish(channel, publication, options)
 
         if options.idempotency_key:
+            return await call_with_retries(
+                lambda: self._guarded("publish", call), budget=self.budget
+            )
+        return await self._guarded("publish", call)
+
+    async def publish_many(self, items: Sequence[PublishItem]) -> list[PublishResult]:
+        # One guarded call for the batch; retried only if every publish has a key.
+        def call() -> Awaitable[list[PublishResult]]:
+            return publish_all(self.inner, items)
+
+        if all(item.options.idempotency_key for item in items):
             return await call_with_retries(
                 lambda: self._guarded("publish", call), budget=self.budget
             )

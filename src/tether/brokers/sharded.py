@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from tether.brokers.addresses import shard_address
@@ -44,9 +44,11 @@ from tether.brokers.base import (
     BrokerEventHandler,
     HistoryPage,
     PresenceStore,
+    PublishItem,
     PublishOptions,
     PublishResult,
     StreamPosition,
+    publish_all,
 )
 from tether.protocol.messages import ClientInfo, Publication
 
@@ -141,6 +143,14 @@ class ShardedBroker:
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> PublishResult:
         return await self._broker(channel).publish(channel, publication, options)
+
+    async def publish_many(self, items: Sequence[PublishItem]) -> list[PublishResult]:
+        """In one batch when every channel is on one shard, else one by one (in order)."""
+        shards = {id(self._broker(item.channel)): self._broker(item.channel) for item in items}
+        if len(shards) == 1:
+            [shard] = shards.values()
+            return await publish_all(shard, items)
+        return [await self.publish(*item) for item in items]
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self._broker(channel).publish_join(channel, info)

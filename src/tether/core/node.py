@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -20,7 +20,7 @@ from tether import __version__
 from tether.brokers.base import Broker, PresenceStore, PublishResult
 from tether.config import Config
 from tether.core.admission import Admission
-from tether.core.channels import Channels
+from tether.core.channels import Channels, PublishRequest
 from tether.core.client import Client, SessionContext
 from tether.core.hooks import Backend, Events
 from tether.core.hub import Hub
@@ -35,7 +35,7 @@ from tether.core.transport import (
     TransportLimits,
     WireFormat,
 )
-from tether.errors import BrokerUnavailable
+from tether.errors import BrokerUnavailable, ClientError
 from tether.protocol.codes import DisconnectCode, DisconnectInfo, UnsubscribeCode
 from tether.protocol.messages import (
     ClientInfo,
@@ -337,6 +337,12 @@ class Node:
             skip_history=skip_history,
             coalesce_key=coalesce_key,
         )
+
+    async def publish_many(
+        self, requests: Sequence[PublishRequest]
+    ) -> list[PublishResult | ClientError]:
+        """:meth:`Channels.publish_many <tether.core.channels.Channels.publish_many>`."""
+        return await self.channels.publish_many(requests)
 
     async def history(
         self,

@@ -53,9 +53,11 @@ import pytest
 from tether.brokers.base import (
     Broker,
     PresenceStore,
+    PublishItem,
     PublishOptions,
     PublishResult,
     StreamPosition,
+    publish_all,
 )
 from tether.core.recovery import RecoveryCache, recover
 from tether.errors import UnrecoverablePosition
@@ -308,6 +310,50 @@ class BrokerContract:
         )
         assert sorted(r.position.offset for r in results) == list(range(1, 51))
         assert len({r.position.epoch for r in results}) == 1
+
+    # -- several publishes at once (publish_all: publish_many where the broker has it) ---
+
+    async def test_publishes_sent_together_get_offsets_in_the_order_given_per_channel(
+        self, broker: Broker, handler: RecordingHandler, channel: Callable[[str], str]
+    ) -> None:
+        a, b = channel("a"), channel("b")
+        await broker.subscribe(a)
+        await broker.subscribe(b)
+        options = self.options()
+        items = [PublishItem(a if i % 3 else b, publication(i), options) for i in range(12)]
+        results = await publish_all(broker, items)
+        assert [r.position.offset for r in results] == [1, 1, 2, 2, 3, 4, 3, 5, 6, 4, 7, 8]
+        assert not any(r.duplicate for r in results)
+        assert await self.wait_for_offsets(handler, a, 8) == list(range(1, 9))
+        assert payloads(handler.publications[a]) == [i for i in range(12) if i % 3]
+        assert await self.wait_for_offsets(handler, b, 4) == [1, 2, 3, 4]
+        page = await broker.history(a, limit=-1)
+        assert payloads(page.publications) == [i for i in range(12) if i % 3]
+        assert page.position == results[-1].position
+
+    async def test_publishes_sent_together_keep_each_ones_idempotency_and_history(
+        self, broker: Broker, handler: RecordingHandler, channel: Callable[[str], str]
+    ) -> None:
+        ch, plain = channel("a"), channel("plain")
+        await broker.subscribe(ch)
+        first = await broker.publish(ch, publication("x"), self.options(idempotency_key="k1"))
+        results = await publish_all(
+            broker,
+            [
+                PublishItem(ch, publication("x"), self.options(idempotency_key="k1")),
+                PublishItem(ch, publication("y"), self.options(idempotency_key="k2")),
+                PublishItem(ch, publication("y"), self.options(idempotency_key="k2")),
+                PublishItem(plain, publication("z"), PublishOptions(history_size=0)),
+            ],
+        )
+        assert results[0] == PublishResult(first.position, duplicate=True)
+        assert results[1].position.offset == 2
+        assert not results[1].duplicate
+        assert results[2] == PublishResult(results[1].position, duplicate=True)
+        assert results[3].position.offset == 0
+        assert await self.wait_for_offsets(handler, ch, 2) == [1, 2]
+        assert payloads((await broker.history(ch, limit=-1)).publications) == ["x", "y"]
+        assert (await broker.history(plain, limit=-1)).publications == []
 
     async def test_channel_without_history_gives_offset_zero_and_stores_nothing(
         self, broker: Broker, channel: Callable[[str], str]
