@@ -133,3 +133,27 @@ async def test_sdk_rebuilds_fossil_delta_publications_to_the_full_documents(
 
     assert [p.data for p in received] == documents
     assert [p.delta for p in received] == [False, True, True, True, True]
+
+
+async def test_a_publish_asking_for_delta_reaches_delta_subscribers_as_one(
+    server: Server, sdk: SdkClients, http: HttpApi
+) -> None:
+    # patch: delta allowed, no delta_publish: only a publish with "delta": true (the
+    # server API field cent sends) goes as a delta, against the channel's previous one.
+    client, _ = await sdk.connect(server.port)
+    _, events, _ = await subscribe(client, "patch:board", delta=DeltaType.FOSSIL)
+    documents = [
+        {"board": "sprint", "items": [{"id": i, "done": i < v} for i in range(40)]}
+        for v in range(1, 5)
+    ]
+    asked = [False, True, True, False]
+    for document, delta in zip(documents, asked, strict=True):
+        await http.call("publish", {"channel": "patch:board", "data": document, "delta": delta})
+
+    received = await events.next_publications(4)
+
+    assert [p.data for p in received] == documents
+    assert [p.delta for p in received] == asked
+    history = await http.call("history", {"channel": "patch:board", "limit": -1})
+    assert [p["data"] for p in history["publications"]] == documents
+    assert not any("delta" in p for p in history["publications"])

@@ -50,6 +50,10 @@ class PublishOptions(NamedTuple):
     raise ``BrokerUnavailable`` after ``wait_timeout`` seconds (it may then be stored
     but not replicated: retry with the same idempotency key). 0: do not wait."""
     wait_timeout: float = 0.5
+    delta: bool = False
+    """Deliver it as a fossil delta to the subscribers that negotiated one (the server
+    API's per-publish ``delta``): the publication reaches the event handler with
+    ``delta=True``; what the stream stores and history returns never carries the flag."""
 
 
 class PublishResult(NamedTuple):
@@ -130,7 +134,9 @@ class BrokerEventHandler(Protocol):
 
     def on_publication(self, channel: str, publication: Publication) -> None:
         """A publication for a channel this node subscribed to. Per channel, calls come in
-        offset order, each publication exactly once."""
+        offset order, each publication exactly once. ``publication.delta`` is set when it
+        was published with ``PublishOptions.delta`` (the handler's own copy: it may clear
+        it)."""
 
     def on_join(self, channel: str, info: ClientInfo) -> None: ...
 

@@ -12,6 +12,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
+
 from tether.brokers.base import (
     BrokerEventHandler,
     HistoryPage,
@@ -129,6 +131,8 @@ class MemoryBroker:
         if options.idempotency_key:
             self._dedup_store(channel, options.idempotency_key, position, options.idempotency_ttl)
         if self._handler is not None and channel in self._subscribed:
+            if options.delta:  # the stream keeps the publication as it is
+                publication = msgspec.structs.replace(publication, delta=True)
             self._handler.on_publication(channel, publication)
         return PublishResult(position, duplicate=False)
 

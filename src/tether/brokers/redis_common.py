@@ -86,7 +86,8 @@ _PUBLISH = (
     + """
 -- KEYS: 1 history list, 2 meta hash, 3 idempotency key (or the meta key when unused)
 -- ARGV: 1 pubsub channel, 2 publication json, 3 history size, 4 history ttl ms,
---       5 meta ttl ms, 6 epoch for a new stream, 7 idempotency ttl ms, 8 "1" if idempotent
+--       5 meta ttl ms, 6 epoch for a new stream, 7 idempotency ttl ms, 8 "1" if idempotent,
+--       9 "d" to deliver it as a delta (the pub/sub message only; the stream never has it)
 if ARGV[8] == "1" then
   local seen = redis.call("get", KEYS[3])
   if seen then return {seen, 1} end
@@ -102,7 +103,7 @@ if size > 0 then
   redis.call("pexpire", KEYS[1], ARGV[4])
   redis.call("pexpire", KEYS[2], ARGV[5])
 end
-redis.call("publish", ARGV[1], "p" .. offset .. " " .. ARGV[2])
+redis.call("publish", ARGV[1], "p" .. offset .. ARGV[9] .. " " .. ARGV[2])
 local result = offset .. " " .. epoch
 if ARGV[8] == "1" then redis.call("set", KEYS[3], result, "px", ARGV[7]) end
 return {result, 0}
@@ -179,6 +180,7 @@ def publish_call(
         secrets.token_hex(4),
         max(1, int(options.idempotency_ttl * 1000)),
         "1" if idempotent else "0",
+        "d" if options.delta else "",
     ]
     return script_keys, args
 
@@ -257,13 +259,21 @@ def decode_info(raw: bytes) -> ClientInfo:
 
 
 def dispatch(handler: BrokerEventHandler, channel: str, message: bytes) -> None:
-    """Hand one pub/sub message of ``channel`` (``p<offset> <json>``, ``j<json>``,
-    ``l<json>``) to ``handler``."""
+    """Hand one pub/sub message of ``channel`` (``p<offset> <json>``, or ``p<offset>d
+    <json>`` for a publication to deliver as a delta; ``j<json>``, ``l<json>``) to
+    ``handler``. A node of an older version reads the ``d`` form as a message it cannot
+    take: its subscribers resync from the stream, nothing is lost silently."""
     kind = message[:1]
     try:
         if kind == b"p":
             space = message.index(b" ")
-            publication = decode_publication(message[space + 1 :], int(message[1:space]))
+            head = message[1:space]
+            delta = head.endswith(b"d")
+            publication = decode_publication(
+                message[space + 1 :], int(head[:-1] if delta else head)
+            )
+            if delta:
+                publication.delta = True
             handler.on_publication(channel, publication)
         elif kind == b"j":
             handler.on_join(channel, decode_info(message[1:]))

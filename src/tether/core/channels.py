@@ -92,6 +92,7 @@ class PublishRequest(NamedTuple):
     tags: dict[str, str] | None = None
     skip_history: bool = False
     coalesce_key: str = ""
+    delta: bool = False
 
 
 @dataclass(slots=True)
@@ -321,14 +322,19 @@ class Channels(Generic[M]):
     def deliver(self, channel: str, publication: Publication) -> None:
         """A publication from the broker: the recovery cache's tail first, then every
         local subscriber through the hub (ephemeral ones coalesced by their key; as a
-        fossil delta to those that negotiated it, in a namespace with delta_publish)."""
+        fossil delta to those that negotiated it, in a namespace with delta_publish or when
+        its publisher asked: the broker then hands it over with ``delta`` set, a flag
+        this clears, since from here on ``delta`` means the wire's "data is a delta")."""
+        asked_delta = publication.delta
+        if asked_delta:
+            publication.delta = False  # a copy of the broker's own: the stream's is clear
         self.recovery.on_publication(channel, publication)
         ns = self._config.namespace(namespace_of(channel))
         lane = Lane.named(ns.lane) if ns is not None else Lane.STANDARD
         key = None
         if lane.coalesced and publication.tags:
             key = publication.tags.get(COALESCE_TAG)
-        delta = ns is not None and ns.delta_publish
+        delta = asked_delta or (ns is not None and ns.delta_publish)
         self._hub.broadcast_publication(channel, publication, lane, key, delta=delta)
 
     def deliver_join(self, channel: str, info: ClientInfo) -> None:
@@ -357,16 +363,19 @@ class Channels(Generic[M]):
         tags: dict[str, str] | None = None,
         skip_history: bool = False,
         coalesce_key: str = "",
+        delta: bool = False,
     ) -> PublishResult:
         """Publish raw JSON ``data``. Raises ClientError, BrokerUnavailable.
 
         ``skip_history`` delivers without storing (offset 0, not recoverable).
         ``coalesce_key`` (ephemeral lane only): frames with the same key replace each
         other within an ephemeral window and in a slow client's queue (newest wins).
+        ``delta``: delivered as a fossil delta to the subscribers that negotiated one, as
+        the namespace's ``delta_publish`` does for every publication.
         Refused with error 111 (temporary) before any work when the channel's lane
         already has its limit of publishes in flight (load shedding)."""
         request = PublishRequest(
-            channel, data, info, idempotency_key, tags, skip_history, coalesce_key
+            channel, data, info, idempotency_key, tags, skip_history, coalesce_key, delta
         )
         lane, item = self._admit(request)
         try:
@@ -424,6 +433,7 @@ class Channels(Generic[M]):
             idempotency_ttl=self._config.idempotency_ttl,
             wait_replicas=ns.wait_replicas,
             wait_timeout=ns.wait_timeout,
+            delta=request.delta,
         )
         return lane, PublishItem(request.channel, publication, options)
 

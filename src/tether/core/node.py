@@ -326,6 +326,7 @@ class Node:
         tags: dict[str, str] | None = None,
         skip_history: bool = False,
         coalesce_key: str = "",
+        delta: bool = False,
     ) -> PublishResult:
         """:meth:`Channels.publish <tether.core.channels.Channels.publish>`."""
         return await self.channels.publish(
@@ -336,6 +337,7 @@ class Node:
             tags=tags,
             skip_history=skip_history,
             coalesce_key=coalesce_key,
+            delta=delta,
         )
 
     async def publish_many(

@@ -448,6 +448,21 @@ class BrokerContract:
             await broker.publish(ch, publication("x"), options)
         assert await self.wait_for_offsets(handler, ch, 1) == [1]
 
+    async def test_a_publication_asked_as_a_delta_is_delivered_flagged_and_stored_plain(
+        self, broker: Broker, handler: RecordingHandler, channel: Callable[[str], str]
+    ) -> None:
+        ch = channel("a")
+        await broker.subscribe(ch)
+        await broker.publish(ch, publication("x"), self.options())
+        await broker.publish(ch, publication("y"), self.options(delta=True))
+        assert await self.wait_for_offsets(handler, ch, 2) == [1, 2]
+        assert [p.delta for p in handler.publications[ch]] == [False, True]
+        page = await broker.history(ch, limit=-1)
+        assert [(bytes(p.data), p.delta) for p in page.publications] == [
+            (b'"x"', False),
+            (b'"y"', False),
+        ]
+
     async def test_concurrent_publishes_with_one_idempotency_key_store_exactly_one(
         self, broker: Broker, channel: Callable[[str], str]
     ) -> None:

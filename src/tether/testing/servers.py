@@ -30,14 +30,16 @@ OPEN = NamespaceConfig(
 def make_config(**overrides: Any) -> Config:
     """A config for tests: loopback, ephemeral ports, fixed secrets, namespaces
     ``default`` (closed), ``chat`` (:data:`OPEN`), ``nohistory`` (open, no history),
-    ``private`` (history, subscription token required) and ``doc`` (:data:`OPEN` with
-    fossil delta compression: ``allowed_delta_types``, ``delta_publish``)."""
+    ``private`` (history, subscription token required), ``doc`` (:data:`OPEN` with
+    fossil delta compression: ``allowed_delta_types``, ``delta_publish``) and ``patch``
+    (delta allowed, but only for publications that ask for it: no ``delta_publish``)."""
     namespaces = {
         "default": NamespaceConfig(),
         "chat": OPEN,
         "nohistory": msgspec.structs.replace(OPEN, history_size=0, history_ttl=0, recover=False),
         "private": msgspec.structs.replace(OPEN, allow_subscribe=False),
         "doc": msgspec.structs.replace(OPEN, allowed_delta_types=("fossil",), delta_publish=True),
+        "patch": msgspec.structs.replace(OPEN, allowed_delta_types=("fossil",)),
     }
     base: dict[str, Any] = {
         "host": "127.0.0.1",

@@ -55,6 +55,8 @@ class PublishBody(_Body):
     idempotency_key: str = ""
     coalesce_key: str = ""
     """Tether extension (ephemeral lane): queued frames with the same key replace each other."""
+    delta: bool = False
+    """Deliver as a fossil delta to the subscribers that negotiated one (Centrifugo v6)."""
 
 
 class BroadcastBody(_Body):
@@ -65,6 +67,7 @@ class BroadcastBody(_Body):
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
     coalesce_key: str = ""
+    delta: bool = False
 
 
 class UserChannelBody(_Body):
@@ -136,6 +139,7 @@ async def _publish(node: Node, body: PublishBody) -> dict[str, Any]:
         tags=body.tags,
         skip_history=body.skip_history,
         coalesce_key=body.coalesce_key,
+        delta=body.delta,
     )
     return {"offset": result.position.offset, "epoch": result.position.epoch}
 
@@ -152,6 +156,7 @@ async def _broadcast(node: Node, body: BroadcastBody) -> dict[str, Any]:
                 tags=body.tags,
                 skip_history=body.skip_history,
                 coalesce_key=body.coalesce_key,
+                delta=body.delta,
             )
         except ClientError as exc:
             responses.append({"error": {"code": exc.code, "message": exc.message}})
@@ -298,6 +303,7 @@ async def _publish_run(node: Node, bodies: list[bytes]) -> list[dict[str, Any]]:
                 tags=body.tags,
                 skip_history=body.skip_history,
                 coalesce_key=body.coalesce_key,
+                delta=body.delta,
             )
         )
     replies: list[dict[str, Any]] = []
