@@ -19,7 +19,7 @@ import pytest
 
 from tether import server
 from tether.auth import mint_connection_token
-from tether.brokers.base import PublishOptions, StreamPosition
+from tether.brokers.base import PublishItem, PublishOptions, StreamPosition
 from tether.brokers.guarded import GuardedBroker
 from tether.brokers.memory import MemoryBroker
 from tether.config import load_config
@@ -380,6 +380,27 @@ async def test_guarded_broker_retries_a_publish_with_idempotency_key_and_stores_
     assert result.position.offset == 1
     page = await inner.history("chat:room", limit=-1)
     assert [p.offset for p in page.publications] == [1]
+
+
+async def test_guarded_broker_retries_publishes_sent_together_only_if_each_has_a_key() -> None:
+    inner = FaultyBroker()
+    broker = _guarded(inner, FakeClock())
+    keyed = [
+        PublishItem("chat:room", _publication(n), OPTIONS._replace(idempotency_key=f"m{n}"))
+        for n in range(3)
+    ]
+    inner.fail("publish", times=1)
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish_many([*keyed[:2], PublishItem("chat:room", _publication(9), OPTIONS)])
+    assert inner.calls["publish"] == 1
+
+    inner.fail("publish", times=1)
+    results = await broker.publish_many(keyed)
+
+    assert inner.calls["publish"] == 3
+    assert [r.position.offset for r in results] == [1, 2, 3]
+    page = await inner.history("chat:room", limit=-1)
+    assert [p.offset for p in page.publications] == [1, 2, 3]
 
 
 async def test_guarded_broker_retries_history_reads() -> None:
