@@ -102,9 +102,17 @@ def run(
         int,
         typer.Option(
             help="fanout: publications ahead of the average subscriber "
-            "(0: adaptive, ~0.1 s of deliveries)."
+            "(0: adaptive, --lag seconds of deliveries)."
         ),
     ] = 0,
+    lag: Annotated[
+        float,
+        typer.Option(
+            help="fanout, adaptive window: seconds of the measured delivery rate kept in "
+            "flight. The rate found is about capacity x (1 - base latency / lag): a lag "
+            "near the target's own publish-to-delivery latency throttles it."
+        ),
+    ] = 0.1,
     concurrency: Annotated[
         int, typer.Option(help="Publish requests in flight (0: fanout 4, others 64).")
     ] = 0,
@@ -202,6 +210,7 @@ def run(
         bursts=bursts,
         calibrate=calibrate,
         window=window,
+        lag=lag,
         concurrency=concurrency,
         check_sample=check_sample,
         server_pid=server_pid,
