@@ -131,16 +131,22 @@ def _payload(data: msgspec.Raw, b64data: str) -> bytes:
         raise ApiError(400, ErrorCode.BAD_REQUEST, "b64data is not base64") from None
 
 
-async def _publish(node: Node, body: PublishBody) -> dict[str, Any]:
-    result = await node.publish(
-        body.channel,
-        _payload(body.data, body.b64data),
+def _request(body: PublishBody | BroadcastBody, channel: str, payload: bytes) -> PublishRequest:
+    """What a publish or broadcast body asks of one channel."""
+    return PublishRequest(
+        channel,
+        payload,
         idempotency_key=body.idempotency_key,
         tags=body.tags,
         skip_history=body.skip_history,
         coalesce_key=body.coalesce_key,
         delta=body.delta,
     )
+
+
+async def _publish(node: Node, body: PublishBody) -> dict[str, Any]:
+    request = _request(body, body.channel, _payload(body.data, body.b64data))
+    result = await node.publish(**request._asdict())
     return {"offset": result.position.offset, "epoch": result.position.epoch}
 
 
@@ -149,15 +155,7 @@ async def _broadcast(node: Node, body: BroadcastBody) -> dict[str, Any]:
     responses: list[dict[str, Any]] = []
     for channel in body.channels:
         try:
-            result = await node.publish(
-                channel,
-                payload,
-                idempotency_key=body.idempotency_key,
-                tags=body.tags,
-                skip_history=body.skip_history,
-                coalesce_key=body.coalesce_key,
-                delta=body.delta,
-            )
+            result = await node.publish(**_request(body, channel, payload)._asdict())
         except ClientError as exc:
             responses.append({"error": {"code": exc.code, "message": exc.message}})
         else:
@@ -295,17 +293,7 @@ async def _publish_run(node: Node, bodies: list[bytes]) -> list[dict[str, Any]]:
     requests = []
     for raw in bodies:
         body: PublishBody = _decode("publish", raw)
-        requests.append(
-            PublishRequest(
-                body.channel,
-                _payload(body.data, body.b64data),
-                idempotency_key=body.idempotency_key,
-                tags=body.tags,
-                skip_history=body.skip_history,
-                coalesce_key=body.coalesce_key,
-                delta=body.delta,
-            )
-        )
+        requests.append(_request(body, body.channel, _payload(body.data, body.b64data)))
     replies: list[dict[str, Any]] = []
     for answer in await node.publish_many(requests):
         if isinstance(answer, ClientError):
