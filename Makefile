@@ -87,13 +87,14 @@ bench-resilience: $(STAMP)
 bench-hooks: $(STAMP)
 	timeout 300 $(BIN)/tether-bench compare --hooks --out docs/benchmarks.md
 
-## Scale-out measurements (issues 3 and 4): `tether serve --workers 1/2/3` over Redis, a
-## 3-node cluster behind HAProxy (rooms, reconnect storms, a node killed), 50,000
-## connections; about 8 minutes, stopped at 15. Rewrites only the scale section of
+## Scale-out measurements (issues 3, 4 and 11): `tether serve --workers 1/2/3` over Redis, a
+## 3-node cluster behind HAProxy (rooms, reconnect storms, a node killed), 100,000
+## connections (7 workers, 6 bench processes); about 12 minutes, stopped at 25 (the 50,000
+## run of issue 3: `tether-bench scale --only fifty`). Rewrites only the scale section of
 ## docs/benchmarks.md (between <!-- scale:begin/end -->) and docs/benchmarks-scale.json.
 .PHONY: bench-scale
 bench-scale: $(STAMP)
-	timeout 900 $(BIN)/tether-bench scale --out docs/benchmarks.md
+	timeout 1500 $(BIN)/tether-bench scale --out docs/benchmarks.md
 
 ## Regenerate the Protobuf code of the client protocol (src/tether/protocol/_pb/) from its
 ## client.proto with the pinned protoc; commit the result.

@@ -1,7 +1,8 @@
 """`tether-bench run rooms --start-file`: several bench processes start publishing together.
 
-`make bench-scale` (tether-bench scale) runs three bench processes against one server for the
-50,000-connection run; each connects, then waits for the start file before it publishes.
+`make bench-scale` (tether-bench scale) runs six bench processes against one server for the
+100,000-connection run (three for the 50,000 one); each connects, then waits for the start
+file before it publishes.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from tether_bench.verdicts import (
     fifty_delivered_clause,
     fifty_verdict,
     hook_outage_verdicts,
+    hundred_verdict,
     issue11_verdicts,
     node_crash_finding,
     publish_burst_note,
@@ -237,9 +238,9 @@ def test_rooms_through_the_balancer_are_lossless_only_if_nothing_was_lost() -> N
     assert "2,000/s 2 / 0 / 0" in text
 
 
-def fifty(connected: int, delivered: int) -> dict[str, Any]:
+def fifty(connected: int, delivered: int, asked: int = 50_000) -> dict[str, Any]:
     return {
-        "connections": 50_000,
+        "connections": asked,
         "connected": connected,
         "alive_at_end": connected,
         "deliveries": delivered,
@@ -256,6 +257,21 @@ def test_fifty_thousand_connections_are_met_only_with_all_of_them_and_every_deli
     assert fifty_verdict(fifty(50_000, 296_000)) == "**50,000 connections: MISSED.**"
     assert fifty_delivered_clause(fifty(50_000, 296_950)).startswith("every publication")
     assert fifty_delivered_clause(fifty(50_000, 296_000)).startswith("not every publication")
+
+
+def test_a_hundred_thousand_connections_are_met_only_when_every_one_held_and_checked() -> None:
+    met = fifty(100_000, 296_950, asked=100_000)
+    assert hundred_verdict(met) == "**100,000 connections: met.**"
+    assert fifty_verdict(met) == "**50,000 connections: met.**"  # more than issue 3 asked
+    missed = "**100,000 connections: MISSED.**"
+    assert hundred_verdict(fifty(50_000, 296_950)) == missed  # all of a smaller run held
+    assert hundred_verdict(fifty(99_999, 296_950, asked=100_000)) == missed
+    assert hundred_verdict({**met, "alive_at_end": 99_999}) == missed
+    assert hundred_verdict({**met, "checked_connections": 1_000}) == missed
+    assert hundred_verdict({**met, "duplicates": 1}) == missed
+    assert hundred_verdict({**met, "order_violations": 1}) == missed
+    assert hundred_verdict({**met, "errors": ["bench timed out"]}) == missed
+    assert hundred_verdict({**met, "deliveries": 0, "expected_deliveries": 0}) == missed
 
 
 def test_no_tether_run_gives_no_zero_loss_verdict() -> None:

@@ -1,6 +1,7 @@
-"""`make bench-scale`: Tether scaled out on one machine, measured (issues 3 and 4).
+"""`make bench-scale`: Tether scaled out on one machine, measured (issues 3, 4 and 11).
 
-Three parts, each with a Redis of its own (``tether_bench.redisserver``, a free port):
+Four parts (`make bench-scale` runs the first three), each with a Redis of its own
+(``tether_bench.redisserver``, a free port):
 
 ``workers``
     ``tether serve --workers N`` for N = 1, 2, 3 over one Redis; the same ``tether-bench run
@@ -14,11 +15,16 @@ Three parts, each with a Redis of its own (``tether_bench.redisserver``, a free 
     recovery, as the SDKs do) under a steady publish stream, one node killed with SIGKILL;
     time until every client of the dead node has resubscribed and recovered, refused
     connects, losses and duplicates.
+``hundred``
+    100,000 connections (issue 11): ``tether serve --workers 7`` (one process holds at most
+    20,000 file descriptors here, so about 14,300 each) and six ``tether-bench run rooms``
+    processes of about 16,667 connections each, spread over source addresses 127.0.0.2-9
+    (12,500 each, under the ~28,000 ephemeral ports of one address), started together
+    (``--start-file``); every publication's delivery and every offset is checked on every
+    connection; RSS and CPU of the workers and of Redis, while connecting and publishing.
 ``fifty``
-    50,000 connections: ``tether serve --workers 3`` (one process holds at most 20,000 file
-    descriptors here) and three ``tether-bench run rooms`` processes of 16,667 connections each,
-    spread over source addresses 127.0.0.2-5, started together (``--start-file``); every
-    publication's delivery is checked on every connection; RSS and CPU of the workers.
+    The same with 50,000 connections, 3 workers, 3 bench processes and 127.0.0.2-5 (issue
+    3; ``--only fifty``: its figures are kept in the JSON and on the page from its last run).
 
 Results go to docs/benchmarks-scale.json and into docs/benchmarks.md between the
 ``<!-- scale:begin -->`` and ``<!-- scale:end -->`` markers (the rest of the page belongs to
@@ -26,9 +32,10 @@ tether-bench compare, which keeps this section when it rewrites the page).
 
 Every process started here runs in its own session and is stopped by its pid or process
 group id (workers: by their own pids, they have process groups of their own), whatever
-happens; the whole run is bounded (``make bench-scale`` adds ``timeout 900``).
+happens; the whole run is bounded (``make bench-scale`` adds ``timeout 1500``).
 
-usage: tether-bench scale [--only workers cluster fifty] [--quick] [--out docs/benchmarks.md]
+usage: tether-bench scale [--only workers cluster hundred fifty] [--quick]
+                          [--out docs/benchmarks.md]
        tether-bench scale --render-only
 """
 
@@ -70,12 +77,14 @@ from tether_bench.cluster import (
 from tether_bench.paths import checkout
 from tether_bench.redisserver import RedisServer
 from tether_bench.verdicts import (
+    FIFTY_K,
+    HUNDRED_K,
     caught_up_sentence,
     client_storm_finding,
     cluster_rooms_finding,
+    connections_verdict,
     correctness,
     fifty_delivered_clause,
-    fifty_verdict,
     fmt,
     node_crash_finding,
     redis_share_clause,
@@ -93,6 +102,8 @@ BASE_PORT = int(os.environ.get("BENCH_SCALE_PORT", "18950"))
 TOKEN_SECRET = "bench-token-secret-" + "b" * 24
 API_KEY = "bench-api-key"
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+CONNECTION_PARTS = (("hundred", HUNDRED_K), ("fifty", FIFTY_K))
+"""The connection-count parts, largest first, with the goal each one's verdict is against."""
 
 BENCH_NAMESPACE = """
 [namespaces.bench]
@@ -650,21 +661,76 @@ async def _storm(quick: bool, nodes: list[NodeProcess], lb: HAProxy) -> dict[str
     return out
 
 
-# -- part 3: 50,000 connections -----------------------------------------------------------
+# -- parts 3 and 4: 50,000 and 100,000 connections ----------------------------------------
+
+EPHEMERAL_PORTS = 28_000
+"""About what 32768-60999 (this machine's ip_local_port_range) gives each source address."""
 
 
 def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
-    total = 3000 if quick else 50_000
-    procs = 3
-    rate = 100 if quick else 300
-    duration = 10 if quick else 60
+    """Issue 3: 50,000 connections, 3 workers, 3 bench processes, 4 source addresses."""
+    if quick:
+        return part_connections(3000, 3, 3, 4, 100, 10, BASE_PORT + 60, "fifty", workdir)
+    return part_connections(50_000, 3, 3, 4, 300, 60, BASE_PORT + 60, "fifty", workdir)
+
+
+def part_hundred(quick: bool, workdir: Path) -> dict[str, Any]:
+    """Issue 11: 100,000 connections, 7 workers (about 14,300 sockets each, under the
+    20,000 open files one process may hold), 6 bench processes of about 16,667, over 8
+    source addresses (12,500 each, under the ~28,000 ephemeral ports); 150 publications/s
+    per bench process, so the same 900/s in all as the 50,000 run."""
+    if quick:
+        return part_connections(3000, 3, 3, 4, 50, 10, BASE_PORT + 80, "hundred", workdir)
+    return part_connections(100_000, 7, 6, 8, 150, 60, BASE_PORT + 80, "hundred", workdir)
+
+
+def part_connections(
+    total: int,
+    n_workers: int,
+    procs: int,
+    spread: int,
+    rate: int,
+    duration: int,
+    port: int,
+    name: str,
+    workdir: Path,
+) -> dict[str, Any]:
+    """``total`` connections, each in a personal and a 10-member group channel, held by
+    ``tether serve --workers n_workers`` over a Redis of its own and opened by ``procs``
+    ``tether-bench run rooms`` processes over ``spread`` source addresses, which start
+    publishing together (``--start-file``), each at ``rate``/s for ``duration`` s; every
+    publication's delivery and every offset checked on every connection."""
+    import resource
+
     sizes = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
-    port = BASE_PORT + 60
-    start_file = workdir / "fifty.start"
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(sizes) + 200 > soft or total // n_workers + 500 > soft:
+        raise RuntimeError(
+            f"RLIMIT_NOFILE is {soft}: {max(sizes):,} connections per bench process or "
+            f"{total // n_workers:,} per worker do not fit; use more processes/workers"
+        )
+    if total / spread > EPHEMERAL_PORTS:
+        raise RuntimeError(
+            f"{total:,} connections over {spread} source addresses exceed the ~"
+            f"{EPHEMERAL_PORTS:,} ephemeral ports of each"
+        )
+    start_file = workdir / f"{name}.start"
     start_file.unlink(missing_ok=True)
-    out: dict[str, Any] = {"connections": total, "bench_processes": procs, "rate_per_process": rate}
+    out: dict[str, Any] = {
+        "connections": total,
+        "bench_processes": procs,
+        "bench_sizes": sizes,
+        "source_addresses": spread,
+        "rate_per_process": rate,
+        "duration_s": duration,
+        "nofile_soft": soft,
+        "measured": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+    # Setup is bounded by the workers' CPU (about 1.3 ms per connection over Redis) and
+    # admission control (2,000 connects/s per worker): give it time in proportion.
+    setup_limit = 240 * max(1.0, total / 50_000)
     with RedisServer() as redis:
-        server = start_workers(3, redis.url, port, workdir)
+        server = start_workers(n_workers, redis.url, port, workdir)
         benches: list[subprocess.Popen[str]] = []
         try:
             workers = server_pids(server)
@@ -683,7 +749,7 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
                         "--duration",
                         str(duration),
                         "--source-addresses",
-                        "4",
+                        str(spread),
                         "--start-file",
                         str(start_file),
                     ],
@@ -729,13 +795,15 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
             for thread in readers:
                 thread.start()
             with Sampler(workers) as sampler:
-                end = time.monotonic() + 240
+                end = time.monotonic() + setup_limit
                 while any(p != "ready" for p in phases) and time.monotonic() < end:
                     if any(b.poll() is not None for b in benches):
                         break
                     time.sleep(0.2)
                 connect_s = time.monotonic() - t0
                 cpu_b = cpu_seconds([*workers, rpid])
+                load_connected = loadavg()
+                redis_rss1 = rss_bytes([rpid]).get(rpid, 0)
                 time.sleep(3)  # settle: setup garbage collected, queues empty
                 rss1 = rss_bytes(workers)
                 fd1 = fds(workers)
@@ -749,6 +817,7 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
                         b.wait()
                 cpu_d, t_d = cpu_seconds([*workers, rpid]), time.monotonic()
                 rss2 = rss_bytes(workers)
+                redis_rss2 = rss_bytes([rpid]).get(rpid, 0)
             for thread in readers:
                 thread.join(5)
             reports: list[dict[str, Any]] = []
@@ -763,10 +832,12 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
 
             connected = sum(r.get("connected", 0) for r in reports)
             wall = t_d - t_c
+            worker_cpu_connect = span(cpu_a, cpu_b, workers)
             out.update(
-                workers=3,
+                workers=n_workers,
                 worker_pids=workers,
                 connected=connected,
+                connected_per_process=[r.get("connected", 0) for r in reports],
                 connect_errors=sum(r.get("connect_errors", 0) for r in reports),
                 connect_error_sample=[
                     s for r in reports for s in r.get("connect_error_sample", [])
@@ -785,7 +856,12 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
                 rss_per_connection_kib=round(
                     (sum(rss1.values()) - sum(rss0.values())) / max(connected, 1) / 1024, 2
                 ),
-                worker_cpu_connect_s=round(span(cpu_a, cpu_b, workers), 1),
+                worker_cpu_connect_s=round(worker_cpu_connect, 1),
+                worker_cpu_connect_percent=round(100 * worker_cpu_connect / connect_s, 1),
+                worker_cpu_per_connect_ms=round(1000 * worker_cpu_connect / max(connected, 1), 2),
+                redis_cpu_connect_s=round(span(cpu_a, cpu_b, [rpid]), 1),
+                redis_rss_connected_mib=round(redis_rss1 / 2**20, 1),
+                redis_rss_end_mib=round(redis_rss2 / 2**20, 1),
                 worker_cpu_publish_percent=round(100 * span(cpu_c, cpu_d, workers) / wall, 1),
                 redis_cpu_publish_percent=round(100 * span(cpu_c, cpu_d, [rpid]) / wall, 1),
                 bench_client_cpu_percent=[r.get("client_cpu_percent") for r in reports],
@@ -802,15 +878,18 @@ def part_fifty(quick: bool, workdir: Path) -> dict[str, Any]:
                 latency_p50_ms=[(r.get("latency") or {}).get("p50_ms") for r in reports],
                 latency_p99_ms=[(r.get("latency") or {}).get("p99_ms") for r in reports],
                 load_before=load0,
+                load_connected=load_connected,
                 load_after=loadavg(),
                 errors=[r["error"] for r in reports if "error" in r],
                 reports=reports,
             )
             log(
-                f"  50k: connected {connected}, alive {out['alive_at_end']}, RSS "
+                f"  {name}: connected {connected}, alive {out['alive_at_end']}, RSS "
                 f"{out['rss_connected_mib']} MiB ({out['rss_per_connection_kib']} KiB/conn), "
                 f"deliveries {out['deliveries']}/{out['expected_deliveries']}, loss/dup "
-                f"{out['losses']}/{out['duplicates']}"
+                f"{out['losses']}/{out['duplicates']}/{out['order_violations']}; setup "
+                f"{out['connect_all_s']} s, {out['worker_cpu_connect_s']} worker CPU-s; fds "
+                f"{out['fds_per_worker']}"
             )
         finally:
             for b in benches:
@@ -840,18 +919,33 @@ def render(data: dict[str, Any]) -> str:
     meta = data.get("meta", {})
     L: list[str] = []
     w = L.append
-    w("## Scale-out on one machine: workers, a 3-node cluster, 50,000 connections")
+    counts = [data[k].get("connections") or g for k, g in CONNECTION_PARTS if k in data]
+    title = "## Scale-out on one machine: workers, a 3-node cluster"
+    if counts:  # the largest run (the heading stays the same while that part does)
+        title += f", {max(counts):,} connections"
+    w(title)
     w("")
+    measured = meta.get("measured") or {}
+    when = "; ".join(
+        f"{part} {measured.get(part, meta.get('date'))}"
+        for part in ("workers", "cluster", *(k for k, _ in CONNECTION_PARTS))
+        if part in data
+    )
     w(
-        f"Measured {meta.get('date')} with `make bench-scale` ({meta.get('wall_min')} min; "
-        f"load average (1/5/15 min) {meta.get('load_start')} at start, {meta.get('load_end')} "
-        f"at end). This section is written by `tether-bench scale` (raw figures: "
-        "`docs/benchmarks-scale.json`); `make bench` keeps it."
+        f"Measured with `make bench-scale` ({when}; the last run, "
+        f"`{meta.get('command', 'make bench-scale')}`, "
+        f"took {meta.get('wall_min')} min, load average (1/5/15 min) {meta.get('load_start')} "
+        f"at its start, {meta.get('load_end')} at its end). This section is written by "
+        "`tether-bench scale` (raw figures: `docs/benchmarks-scale.json`); `make bench` "
+        "keeps it."
     )
     w("")
     w("```sh")
-    w("make bench-scale                     # all three parts, about 8 minutes (stopped at 15)")
-    w(".venv/bin/tether-bench scale --only workers      # or: cluster, fifty")
+    w(
+        "make bench-scale                     # workers, cluster, hundred: about 12 minutes "
+        "(stopped at 25)"
+    )
+    w(".venv/bin/tether-bench scale --only workers      # or: cluster, hundred, fifty")
     w(".venv/bin/tether-bench scale --render-only       # rewrite this section from the .json")
     w("```")
     w("")
@@ -868,7 +962,10 @@ def render(data: dict[str, Any]) -> str:
     L += _render_findings(data)
     L += _render_workers(data.get("workers", {}))
     L += _render_cluster(data.get("cluster", {}))
-    L += _render_fifty(data.get("fifty", {}))
+    for key, goal in CONNECTION_PARTS:
+        if key in data:
+            issue = 3 if goal == FIFTY_K else 11
+            L += _render_connections(data[key], goal, issue, meta.get("nofile_hard"))
     return "\n".join(L) + "\n"
 
 
@@ -950,41 +1047,15 @@ def _render_findings(data: dict[str, Any]) -> list[str]:
     rr = {float(r.get("rate") or 0): r for r in cluster.get("rooms_runs", [])}
     if rr:
         w(cluster_rooms_finding(rr))
-    f = data.get("fifty", {})
-    if f and "error" not in f:
-        late = [r.get("publisher_late") or 0 for r in f.get("reports", [])]
-        per_publisher = f.get("publications", 0) // max(len(late), 1)
-        p99 = max(v for v in f.get("latency_p99_ms") or [0] if v is not None)
-        p50 = min(v for v in f.get("latency_p50_ms") or [0] if v is not None)
-        setup_rate = round(f.get("connected", 0) / max(f.get("connect_all_s") or 1, 1))
-        latency = f"latency p99 {p99} ms (p50 {p50} ms) from the scheduled send time"
-        if any(late):
-            latency += (
-                "; the bench publishers were late for "
-                + ", ".join(f"{n:,}" for n in late)
-                + f" of their {per_publisher:,} publications each (all 64 requests in "
-                "flight), so the API path stalled now and then; the cause was not established"
-            )
-        else:
-            latency += f"; no publisher was late for any of its {per_publisher:,} publications"
-        w(
-            f"- {fifty_verdict(f)} {f.get('connected'):,} set up, "
-            f"{f.get('alive_at_end'):,} alive at the end, {fifty_delivered_clause(f)}; "
-            f"server RSS {f.get('rss_connected_mib')} MiB for the three workers "
-            f"({f.get('rss_per_connection_kib')} KiB per connection with 2 channels, the "
-            f"workers' own {round(f.get('rss_before_mib', 0) / 3)} MiB each before any "
-            "connection excluded), workers' CPU "
-            f"{f.get('worker_cpu_publish_percent')}% of a core while publishing. Setting up "
-            f"{f.get('connected', 0):,} connections took {f.get('connect_all_s')} s (about "
-            f"{setup_rate:,}/s, {f.get('worker_cpu_connect_s')} CPU-s in the workers: token "
-            "check, two subscriptions and a Redis SUBSCRIBE for each new channel); "
-            f"{latency}."
-        )
+    for key, goal in CONNECTION_PARTS:
+        f = data.get(key, {})
+        if f and "error" not in f:
+            w(_connections_finding(f, goal))
     w(
         "- Not done: more than one machine (every figure here includes the client's and the "
         "other processes' share of the same cores); a storm large enough to hit "
-        "admission control through the balancer; a repeat of the cluster and 50k parts "
-        "(one run each, so no medians there)."
+        "admission control through the balancer; a repeat of the cluster and the "
+        "connection-count parts (one run each, so no medians there)."
     )
     w("")
     return L
@@ -1219,42 +1290,106 @@ def _render_cluster(part: dict[str, Any]) -> list[str]:
     return L
 
 
-def _render_fifty(f: dict[str, Any]) -> list[str]:
+def _connections_finding(f: dict[str, Any], goal: int) -> str:
+    late = [r.get("publisher_late") or 0 for r in f.get("reports", [])]
+    per_publisher = f.get("publications", 0) // max(len(late), 1)
+    p99 = max((v for v in f.get("latency_p99_ms") or [] if v is not None), default=None)
+    p50 = min((v for v in f.get("latency_p50_ms") or [] if v is not None), default=None)
+    setup_rate = round(f.get("connected", 0) / max(f.get("connect_all_s") or 1, 1))
+    n = f.get("workers", 0)
+    latency = f"latency p99 {p99} ms (p50 {p50} ms) from the scheduled send time"
+    if any(late):
+        scheduled = f.get("duration_s", 60)
+        latency += (
+            "; the publishers fell behind their schedule: all 64 API requests were in flight "
+            "on " + ", ".join(f"{n:,}" for n in late) + " of their 1-ms scheduling ticks, and the "
+            f"{scheduled} s of publications took {f.get('publish_phase_s')} s (with the "
+            "drain), so latency from the scheduled time includes the wait for a request slot; "
+            "the cause (the API path, or the machine's other load) was not established"
+        )
+    else:
+        latency += f"; no publisher was late for any of its {per_publisher:,} publications"
+    per_connect = f.get("worker_cpu_per_connect_ms")
+    per_connect_text = f", {per_connect} ms per connection" if per_connect is not None else ""
+    return (
+        f"- {connections_verdict(f, goal)} {f.get('connected'):,} set up, "
+        f"{f.get('alive_at_end'):,} alive at the end, {fifty_delivered_clause(f)}; "
+        f"server RSS {f.get('rss_connected_mib')} MiB for the {n} workers "
+        f"({f.get('rss_per_connection_kib')} KiB per connection with 2 channels, the "
+        f"workers' own {round(f.get('rss_before_mib', 0) / max(n, 1))} MiB each before any "
+        "connection excluded), workers' CPU "
+        f"{f.get('worker_cpu_publish_percent')}% of a core while publishing. Setting up "
+        f"{f.get('connected', 0):,} connections took {f.get('connect_all_s')} s (about "
+        f"{setup_rate:,}/s, {f.get('worker_cpu_connect_s')} CPU-s in the workers"
+        f"{per_connect_text}: token check, two subscriptions and a Redis SUBSCRIBE for each "
+        f"new channel; {f.get('refused_retried') or 0:,} upgrades refused with 503 by "
+        f"admission control and retried); {latency}."
+    )
+
+
+def _count_words(n: int) -> str:
+    return {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven",
+            8: "eight"}.get(n, f"{n}")  # fmt: skip
+
+
+def _render_connections(
+    f: dict[str, Any], goal: int, issue: int, nofile: int | None = None
+) -> list[str]:
     L: list[str] = []
     w = L.append
-    w("### 50,000 connections on this 2-core machine (issue 3)")
+    total = f.get("connections") or goal
+    w(f"### {total:,} connections on this 2-core machine (issue {issue})")
     w("")
     if "error" in f:
         return [*L, f"Not measured: {f['error']}", ""]
-    if not f:
+    if not f or "connected" not in f:
         return L
+    n, procs = f.get("workers", 0), f.get("bench_processes", 0)
+    spread = f.get("source_addresses") or 4
+    sizes = f.get("bench_sizes") or [
+        total // max(procs, 1) + (1 if i < total % max(procs, 1) else 0) for i in range(procs)
+    ]
+    fd = f.get("fds_per_worker") or []
+    soft = f.get("nofile_soft") or nofile
+    limit = f"{soft:,}" if soft else "a fixed number of"
+    when = f" Measured {f['measured']}." if f.get("measured") else ""
     w(
-        "One process may hold at most 20,000 file descriptors here, so the server is "
-        "`tether serve --workers 3` (Redis broker; the kernel spreads connections over the "
-        "workers with SO_REUSEPORT) and the simulator is three `tether-bench run rooms` processes "
-        f"of about {f.get('connections', 0) // 3:,} connections each, their source addresses "
-        "spread over 127.0.0.2-127.0.0.5 (`--source-addresses 4`: about 12,500 connections "
-        "per source address, under the 28,000 ephemeral ports). Every connection subscribes "
-        "to a personal channel and a 10-member group channel (100,000 subscriptions); the "
-        "three processes connect, wait for each other (`--start-file`), then each publishes "
-        f"{f.get('rate_per_process')} publications/s for 60 s, alternately to a personal and "
-        "a group channel, through the HTTP API. Offsets (loss, duplicates, order) are checked "
-        "on **every** connection, and every group channel receives at least one publication, "
-        "so every connection must receive something. The connections stay open for the whole "
-        "run (heartbeats every 25 s answered)."
+        f"One process may hold at most {limit} open files here, so the server is "
+        f"`tether serve --workers {n}` (Redis broker; the kernel spreads connections over the "
+        f"workers with SO_REUSEPORT; at most {max(fd, default=0):,} file descriptors in one "
+        f"worker) and the simulator is {_count_words(procs)} `tether-bench run rooms` "
+        f"processes of about {max(sizes, default=0):,} connections each, their source "
+        f"addresses spread over 127.0.0.2-127.0.0.{1 + spread} (`--source-addresses "
+        f"{spread}`: about {round(total / spread):,} connections per source address, under "
+        f"the {EPHEMERAL_PORTS:,} ephemeral ports of each). Every connection subscribes to a "
+        f"personal channel and a 10-member group channel ({2 * total:,} subscriptions); the "
+        f"{_count_words(procs)} processes connect, wait for each other (`--start-file`), then "
+        f"each publishes {f.get('rate_per_process')} publications/s for "
+        f"{f.get('duration_s', 60)} s, alternately to a personal and a group channel, through "
+        "the HTTP API. Offsets (loss, duplicates, order) are checked on **every** connection, "
+        "and every group channel receives at least one publication, so every connection must "
+        f"receive something. The connections stay open for the whole run (heartbeats every "
+        f"25 s answered).{when}"
     )
     w("")
     w("| figure | value |")
     w("|---|---|")
+    per_connect = f.get("worker_cpu_per_connect_ms")
+    connect_cpu = f"{f.get('worker_cpu_connect_s')} CPU-s"
+    if f.get("worker_cpu_connect_percent") is not None:
+        connect_cpu += (
+            f" ({f.get('worker_cpu_connect_percent')}% of one core over the setup, "
+            f"{per_connect} ms per connection)"
+        )
     rows = [
         ("connections set up / asked", f"**{f.get('connected'):,} / {f.get('connections'):,}**"),
         ("connect errors", f"{f.get('connect_errors')} {f.get('connect_error_sample') or ''}"),
         ("upgrades refused with 503 and retried", f.get("refused_retried")),
         ("alive at the end", f"**{f.get('alive_at_end'):,}**"),
         ("time to set up every connection", f"{f.get('connect_all_s')} s"),
-        ("file descriptors per worker", f.get("fds_per_worker")),
+        ("file descriptors per worker", fd),
         (
-            "server RSS (sum of 3 workers): before → all connected → end (peak)",
+            f"server RSS (sum of {n} workers): before → all connected → end (peak)",
             f"{f.get('rss_before_mib')} → **{f.get('rss_connected_mib')}** → "
             f"{f.get('rss_end_mib')} MiB ({f.get('rss_peak_mib')} MiB)",
         ),
@@ -1263,12 +1398,22 @@ def _render_fifty(f: dict[str, Any]) -> list[str]:
             "server RSS per connection (2 channels each)",
             f"**{f.get('rss_per_connection_kib')} KiB**",
         ),
-        ("workers' CPU while connecting", f"{f.get('worker_cpu_connect_s')} CPU-s"),
+        ("workers' CPU while connecting", connect_cpu),
         (
-            "workers' CPU while publishing (sum of 3, % of one core)",
+            f"workers' CPU while publishing (sum of {n}, % of one core)",
             f"{f.get('worker_cpu_publish_percent')}% over {f.get('publish_phase_s')} s",
         ),
         ("Redis CPU while publishing", f"{f.get('redis_cpu_publish_percent')}%"),
+    ]
+    if f.get("redis_rss_connected_mib") is not None:
+        rows.append(
+            (
+                "Redis: CPU while connecting; RSS connected → end",
+                f"{f.get('redis_cpu_connect_s')} CPU-s; {f.get('redis_rss_connected_mib')} → "
+                f"{f.get('redis_rss_end_mib')} MiB",
+            )
+        )
+    rows += [
         ("bench clients' CPU (each)", f"{f.get('bench_client_cpu_percent')} %"),
         (
             "publications accepted / publish errors",
@@ -1281,11 +1426,25 @@ def _render_fifty(f: dict[str, Any]) -> list[str]:
         ("loss / dup / order (checked on every connection)", f"**{correctness(f)}**"),
         ("connections checked", f"{f.get('checked_connections'):,}"),
         (
-            "latency p50 / p99 per bench process",
+            "latency p50 / p99 per bench process (from the scheduled send time)",
             f"{f.get('latency_p50_ms')} / {f.get('latency_p99_ms')} ms",
         ),
-        ("load average before → after", _load(f)),
+        (
+            "publishers' 1-ms ticks with all 64 API requests in flight (each)",
+            [r.get("publisher_late") for r in f.get("reports", [])],
+        ),
     ]
+    if f.get("load_connected"):
+        rows.append(
+            (
+                "load average before → all connected → after",
+                f"{f.get('load_before', ['?'])[0]} → {f['load_connected'][0]} → "
+                f"{f.get('load_after', ['?'])[0]}",
+            )
+        )
+    else:
+        rows.append(("load average before → after", _load(f)))
+    rows.append(("whole part, wall time", f"{f.get('elapsed_s')} s"))
     for name, value in rows:
         w(f"| {name} | {value} |")
     w("")
@@ -1293,12 +1452,13 @@ def _render_fifty(f: dict[str, Any]) -> list[str]:
         w(f"Bench errors: `{f['errors']}`")
         w("")
     w(
-        "Commands (three bench processes at once, `-n` 16,667 / 16,667 / 16,666; "
-        "`scale.toml` as in the workers part):"
+        f"Commands ({_count_words(procs)} bench processes at once, `-n` "
+        + " / ".join(f"{s:,}" for s in sizes)
+        + "; `scale.toml` as in the workers part):"
     )
     w("")
     w("```sh")
-    w("tether serve --config scale.toml --workers 3")
+    w(f"tether serve --config scale.toml --workers {n}")
     cmd = re.sub(r":\d+", ":PORT", shown_command(f.get("command", "")))
     w(re.sub(r"PORT/api", "HTTP_PORT/api", cmd))
     w("```")
@@ -1321,7 +1481,7 @@ def write_section(out: Path, section: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tether-bench scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=["workers", "cluster", "fifty"])
+    parser.add_argument("--only", nargs="*", choices=["workers", "cluster", "hundred", "fifty"])
     parser.add_argument("--quick", action="store_true", help="tiny runs (a harness smoke test)")
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("--json", default="docs/benchmarks-scale.json")
@@ -1336,19 +1496,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
-    parts = args.only or ["workers", "cluster", "fifty"]
+    parts = args.only or ["workers", "cluster", "hundred"]
     previous = json.loads(json_path.read_text()) if json_path.exists() and args.only else {}
     data: dict[str, Any] = previous or {}
+    # When each kept part was measured (parts from before this was recorded: the date of
+    # the run that wrote them).
+    old_meta = data.get("meta", {})
+    measured = dict(old_meta.get("measured") or {})
+    for part in ("workers", "cluster", "hundred", "fifty"):
+        if part in data and part not in measured and old_meta.get("date"):
+            measured[part] = old_meta["date"]
     t0 = time.time()
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    measured.update(dict.fromkeys(parts, now))
     data["meta"] = {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "date": now,
         "load_start": loadavg(),
         "nproc": os.cpu_count(),
         "nofile_hard": hard,
         "quick": args.quick,
         "parts": parts,
+        "measured": measured,
+        "command": "make bench-scale"
+        if not args.only
+        else "tether-bench scale --only " + " ".join(parts),
     }
-    runners = {"workers": part_workers, "cluster": part_cluster, "fifty": part_fifty}
+    runners = {
+        "workers": part_workers,
+        "cluster": part_cluster,
+        "hundred": part_hundred,
+        "fifty": part_fifty,
+    }
     with tempfile.TemporaryDirectory(prefix="tether-scale-") as tmp:
         for part in parts:
             log(f"[{part}] ...")
