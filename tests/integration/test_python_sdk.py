@@ -10,6 +10,7 @@ Recovery across reconnects is in ``test_python_sdk_recovery.py``.
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import cent
 import msgspec
@@ -46,6 +47,17 @@ async def test_client_connects_with_jwt_and_receives_publications_sent_over_http
     assert [p.offset for p in pubs] == [1, 2]
     assert client.client_id in server.node.clients
     assert server.node.clients[client.client_id].user == "alice"
+
+
+async def test_each_connection_gets_its_own_random_uuid_as_client_id(
+    server: Server, sdk: SdkClients
+) -> None:
+    ids = [(await sdk.connect(server.port, "alice"))[0].client_id for _ in range(3)]
+
+    assert len(set(ids)) == 3
+    for client_id in ids:
+        parsed = uuid.UUID(client_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (client_id, 4, uuid.RFC_4122)
 
 
 async def test_client_receives_publications_sent_with_cent(
