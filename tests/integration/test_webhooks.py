@@ -1,6 +1,6 @@
 """Webhooks through a real node: events POSTed in batches to a real HTTP receiver, at least
-once, unique ids, a bounded buffer across a 30 s outage (memory broker, and Redis with a
-node restarted during the outage)."""
+once, unique ids, a bounded buffer across a 30 s outage (memory broker, and Redis or a
+Redis Cluster with a node restarted during the outage)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ from tether.config import Config, WebhookConfig
 from tether.server import Server
 from tether.testing.backend import ScriptedBackend, free_port
 from tether.testing.servers import make_config, running_server
-from tether_bench.redisserver import RedisServer
+from tether_bench.redisserver import RedisClusterNodes, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -179,17 +179,31 @@ async def test_a_full_buffer_drops_new_events_and_says_so() -> None:
             await receiver.until_numbers(set(range(50)), 20)  # the oldest were kept
 
 
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    with RedisClusterNodes() as nodes:
+        yield nodes
+
+
+@pytest.mark.parametrize("store", ["redis", "redis-cluster"])
 async def test_on_redis_a_node_restarted_during_the_outage_loses_nothing(
-    redis_server: RedisServer,
+    store: str, request: pytest.FixtureRequest
 ) -> None:
+    # One Redis, or a Redis Cluster (the stream on the shard of its key's slot).
+    if store == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        where: dict[str, Any] = {"redis_url": redis_server.url}
+    else:
+        nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        where = {"redis_url": nodes.url, "redis_cluster": True}
     port = free_port()
     prefix = f"t-{uuid.uuid4().hex[:8]}"
 
     def config() -> Config:
         return make_config(
             broker="redis",
-            redis_url=redis_server.url,
             redis_prefix=prefix,
+            **where,
             node_name="node-a",
             webhook=webhook_config(port, events=["publication"]),
         )

@@ -42,8 +42,9 @@ Presence = Callable[[str], Awaitable[Mapping[str, ClientInfo]]]
 
 
 def make_store(config: Config, name: str, outbox: OutboxConfig, node: str) -> OutboxStore:
-    """A Redis stream shared by the nodes with a (non-Cluster) Redis broker, else memory."""
-    if config.broker == "redis" and not config.redis_cluster:
+    """A Redis stream shared by the nodes with a Redis broker (one server, the first
+    shard, or the Cluster), else memory."""
+    if config.broker == "redis":
         from tether.proxy.redis_outbox import RedisStore
 
         url = config.redis_urls[0] if config.redis_urls else config.redis_url
@@ -53,6 +54,7 @@ def make_store(config: Config, name: str, outbox: OutboxConfig, node: str) -> Ou
             node,
             max_buffered=outbox.max_buffered,
             claim_idle=max(30.0, 2 * outbox.timeout),
+            cluster=config.redis_cluster,
         )
     return MemoryStore(outbox.max_buffered)
 

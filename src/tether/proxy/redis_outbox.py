@@ -1,7 +1,9 @@
 """The outbox buffer in a Redis stream shared by every node (``broker = "redis"``).
 
 One stream per receiver (``{prefix}:outbox:{name}``) and one consumer group ``tether``:
-each node adds its events and takes batches as the group's consumer ``node_name``.
+each node adds its events and takes batches as the group's consumer ``node_name``. On a
+Redis Cluster (``redis_cluster``) the stream is one key, so it lives on the shard of its
+slot; every command and script here touches that key alone.
 
 * ``put`` stages the event in the process (at most ``max_buffered`` staged) and a writer
   adds it with a script that refuses it when the stream already holds ``max_buffered``
@@ -27,6 +29,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from tether.proxy.tasks import stop_task
@@ -46,6 +49,10 @@ for i = 2, #ARGV do
 end
 return n
 """
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
 
 
 class RedisStore:
@@ -57,6 +64,7 @@ class RedisStore:
         *,
         max_buffered: int,
         claim_idle: float = 30.0,
+        cluster: bool = False,
     ) -> None:
         self.max_buffered = max_buffered
         self.key = key
@@ -65,7 +73,8 @@ class RedisStore:
         self.dropped = 0
         """Events the stream refused (full) after ``put`` had staged them."""
         self._url = url
-        self._redis: Redis | None = None
+        self._cluster = cluster
+        self._redis: Redis | RedisCluster | None = None
         self._staged: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._written = asyncio.Event()
@@ -74,8 +83,10 @@ class RedisStore:
         self._length = 0
 
     async def start(self) -> None:
-        self._redis = Redis.from_url(self._url, socket_timeout=5, socket_connect_timeout=5)
+        client = RedisCluster if self._cluster else Redis
+        self._redis = client.from_url(self._url, socket_timeout=5, socket_connect_timeout=5)
         self._put = self._redis.register_script(_PUT)
+        self._ack = self._redis.register_script(_ACK)
         self._writer = asyncio.get_running_loop().create_task(self._write(), name=self.key)
 
     async def close(self) -> None:
@@ -127,7 +138,7 @@ class RedisStore:
     def buffered(self) -> int:
         return self._length + len(self._staged)
 
-    async def _ensure_group(self, redis: Redis) -> None:
+    async def _ensure_group(self, redis: Redis | RedisCluster) -> None:
         try:
             await redis.xgroup_create(self.key, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -171,7 +182,9 @@ class RedisStore:
                     await self._written.wait()
         return entries
 
-    async def _group_read(self, redis: Redis, limit: int, start: str) -> list[tuple[str, bytes]]:
+    async def _group_read(
+        self, redis: Redis | RedisCluster, limit: int, start: str
+    ) -> list[tuple[str, bytes]]:
         answer: Any = await redis.xreadgroup(GROUP, self.consumer, {self.key: start}, count=limit)
         if not answer:
             return []
@@ -179,14 +192,9 @@ class RedisStore:
         return _events(entries)
 
     async def ack(self, keys: Sequence[str]) -> None:
-        redis = self._redis
-        assert redis is not None
         while True:
             try:
-                async with redis.pipeline(transaction=True) as pipe:
-                    pipe.xack(self.key, GROUP, *keys)
-                    pipe.xdel(self.key, *keys)
-                    await pipe.execute()
+                await self._ack(keys=[self.key], args=[GROUP, *keys])  # both, atomically
                 break
             except (RedisError, OSError) as exc:
                 # Unacknowledged, the batch would be sent again: retry the ack instead.
