@@ -275,3 +275,33 @@ async def test_a_bad_backend_answer_is_a_temporary_error_and_the_connection_live
             assert (failed.value.code, failed.value.temporary) == (100, True)
             app_backend(backend)
             assert data_of((await client.rpc("sum", sdk.payload({"n": [1]}))).data) == {"sum": 1}
+
+
+async def test_the_connect_hooks_subs_subscribe_server_side_with_their_info_and_data(
+    backend: ScriptedBackend, sdk: SdkClients
+) -> None:
+    # Centrifugo's connect result: "channels" plus "subs" (channel -> info, data).
+    backend.answer(
+        "/connect",
+        {
+            "result": {
+                "user": "alice",
+                "channels": ["chat:news"],
+                "subs": {"chat:room": {"info": {"role": "admin"}, "data": {"welcome": 1}}},
+            }
+        },
+    )
+    async with running_server(hooked_config(backend.url)) as server:
+        client, events = sdk.new(server.port, token="", headers=COOKIES)
+        await client.connect()
+        await next_event(events.connected)
+        subscribed = {}
+        for _ in range(2):
+            ctx = await next_event(events.subscribed)
+            subscribed[ctx.channel] = data_of(ctx.data) if ctx.data else None
+        assert subscribed == {"chat:news": None, "chat:room": {"welcome": 1}}
+        async with aiohttp.ClientSession() as session:
+            presence = await HttpApi(session, server).call("presence", {"channel": "chat:room"})
+        [entry] = presence["presence"].values()
+        assert (entry["user"], entry["chan_info"]) == ("alice", {"role": "admin"})
+        await client.disconnect()

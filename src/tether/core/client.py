@@ -32,7 +32,7 @@ from tether.auth import verify_connection_token, verify_subscription_token
 from tether.config import Config, NamespaceConfig
 from tether.core.admission import TokenBucket
 from tether.core.channels import Channels, Subscription
-from tether.core.hooks import Backend, Connection, Events
+from tether.core.hooks import Backend, Connection, Events, ServerSubscription
 from tether.core.lanes import may_shed_standard
 from tether.core.outbound import OutboundQueue, QueueLimits
 from tether.core.registry import ENDED_BY_CLIENT, Registry
@@ -454,6 +454,7 @@ class Client(OutboundQueue):
         backend = self.ctx.backend
         reply_data: bytes | None = None
         refreshed_by_backend = False
+        server_subs: Mapping[str, ServerSubscription] = {}
         via_backend = not request.token and backend is not None and backend.hooked("connect")
         if via_backend and backend is not None:
             # The connect hook instead of a JWT (a connect with a token uses the token).
@@ -465,7 +466,8 @@ class Client(OutboundQueue):
                 channels=list(request.subs),
             )
             user, expire_at, info = outcome.user, outcome.expire_at, outcome.info
-            channels = tuple(outcome.channels)
+            server_subs = outcome.subs
+            channels = (*outcome.channels, *(c for c in server_subs if c not in outcome.channels))
             self.meta, reply_data = outcome.meta, outcome.data
             if expire_at is not None and expire_at <= time.time():
                 raise ClientError(ErrorCode.EXPIRED, "connect result expired already")
@@ -487,7 +489,7 @@ class Client(OutboundQueue):
             for channel in channels:
                 sub_request = request.subs.get(channel) or SubscribeRequest(channel=channel)
                 result, after = await self._prepare_subscription(
-                    channel, sub_request, authorized=True
+                    channel, sub_request, authorized=True, server=server_subs.get(channel)
                 )
                 prepared.append((channel, result, after))
         except BaseException:
@@ -656,10 +658,12 @@ class Client(OutboundQueue):
         request: SubscribeRequest,
         *,
         authorized: bool,
+        server: ServerSubscription | None = None,
     ) -> tuple[SubscribeResult, int]:
         """Check, join the hub as pending, read the stream. Returns the reply and the
         offset the reply brings the client to; the caller sends the reply, then calls
-        :meth:`go_live` (with no await in between)."""
+        :meth:`go_live` (with no await in between). ``server``: the channel info and data
+        a connect hook gave this server-side subscription."""
         ns = self.ctx.channels.namespace(channel)
         if channel in self.subs:
             raise ClientError(ErrorCode.ALREADY_SUBSCRIBED)
@@ -671,6 +675,8 @@ class Client(OutboundQueue):
         checked_by_backend = False
         backend = self.ctx.backend
         namespace = namespace_of(channel)
+        if server is not None:
+            token_info, reply_data = server.info, server.data
         if request.token:
             expire_at, token_info = self._verify_sub_token(channel, request.token, subscribing=True)
         elif not authorized and backend is not None and backend.hooked("subscribe", namespace):

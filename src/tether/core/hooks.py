@@ -57,7 +57,20 @@ class ConnectOutcome:
     data: bytes | None = None
     channels: Sequence[str] = ()
     """Channels the connection is subscribed to by the server."""
+    subs: Mapping[str, ServerSubscription] = field(default_factory=dict)
+    """More server-side subscriptions, each with its channel info and push data."""
     meta: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSubscription:
+    """A server-side subscription a connect hook asked for (Centrifugo's ``subs``)."""
+
+    info: bytes | None = None
+    """Channel info of this subscriber (``chan_info`` in presence, join, publications)."""
+    data: bytes | None = None
+    """Sent to the client with the subscription (the ``subscribe`` of the connect
+    result's ``subs``)."""
 
 
 @dataclass(frozen=True, slots=True)

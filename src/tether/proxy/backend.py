@@ -28,6 +28,7 @@ from tether.core.hooks import (
     ConnectOutcome,
     PublishOutcome,
     RefreshOutcome,
+    ServerSubscription,
     SubscribeOutcome,
 )
 from tether.errors import BackendUnavailable, ClientError, DisconnectRequested
@@ -199,6 +200,13 @@ class HttpBackend:
         try:
             info = wire.payload(result.info, result.b64info, "info")
             reply_data = wire.payload(result.data, result.b64data, "data")
+            subs = {
+                channel: ServerSubscription(
+                    info=wire.payload(options.info, options.b64info, f"subs.{channel}.info"),
+                    data=wire.payload(options.data, options.b64data, f"subs.{channel}.data"),
+                )
+                for channel, options in result.subs.items()
+            }
         except wire.BadAnswer as exc:
             raise self._bad("connect", "", str(exc)) from None
         return ConnectOutcome(
@@ -207,6 +215,7 @@ class HttpBackend:
             info=info,
             data=reply_data,
             channels=tuple(result.channels),
+            subs=subs,
             meta=wire.payload(result.meta, "", "meta"),
         )
 

@@ -106,6 +106,16 @@ class Disconnect(msgspec.Struct):
     reason: str = ""
 
 
+class SubscribeOptions(msgspec.Struct):
+    """One entry of a connect result's ``subs``: a server-side subscription with its
+    channel info and the data of its subscribe push (``override`` is not applied)."""
+
+    info: Raw = Raw()
+    b64info: str = ""
+    data: Raw = Raw()
+    b64data: str = ""
+
+
 class ConnectResult(msgspec.Struct):
     user: str = ""
     expire_at: int = 0
@@ -114,6 +124,7 @@ class ConnectResult(msgspec.Struct):
     data: Raw = Raw()
     b64data: str = ""
     channels: list[str] = []
+    subs: dict[str, SubscribeOptions] = {}
     meta: Raw = Raw()
 
 
