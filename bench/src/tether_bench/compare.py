@@ -1512,8 +1512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (
             "This machine caps open files per process at "
             f"{hard} (hard RLIMIT_NOFILE, not raisable here), so one server process cannot "
-            "hold 50,000 connections: the 50,000-connection run uses `tether serve --workers "
-            "3` and three bench processes (`make bench-scale`, section below)."
+            "hold 50,000 or 100,000 connections: those runs use `tether serve --workers` "
+            "and several bench processes (`make bench-scale`, section below)."
         )
         if hard < 50_500
         else ""
