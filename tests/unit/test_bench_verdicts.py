@@ -339,6 +339,20 @@ def test_before_after_takes_the_median_of_the_before_runs() -> None:
     assert rows["connects per server CPU-s, Redis"][0] == "-"
 
 
+def test_before_after_compares_the_fanout_measured_with_the_before_harness() -> None:
+    before = [
+        {"scenario": "fanout", "row": "ceiling", **fanout(1_000_000, 2_000_000)},
+        {"scenario": "fanout", "row": "tether", **fanout(500_000, 500_000)},
+    ]
+    after = issue11_runs(1.6e6, 1e6, 1)  # the new harness: Tether at 0.80x
+    after[("fanout", "tether@old")] = {"scenario": "fanout", "row": "tether@old", **fanout(6e5)}
+    after[("fanout", "ceiling@old")] = {"scenario": "fanout", "row": "ceiling@old", **fanout(1e6)}
+    rows = {name: (b, a) for name, b, a in before_after_rows(before, after)}
+    assert rows["Tether ÷ per-tick ceiling, deliveries/s"] == ("0.50x", "0.60x")
+    (line,) = [v for v in issue11_verdicts(after) if "harness of the before" in v]
+    assert "0.60x by deliveries/s" in line
+
+
 def hook_outage(**changes: Any) -> dict[str, Any]:
     """A hook-outage report whose every figure meets issue 14's must-show."""
 

@@ -222,6 +222,19 @@ LATENCY_RUNS = 3
 """Latency runs per target (interleaved rounds); the page shows each target's median."""
 FAN_RUNS = 3
 """Fan-out runs of the ceilings and Tether (interleaved rounds): the median per CPU-s."""
+FAN_HARNESS = ["--lag", "0.5", "--concurrency", "40"]
+"""How every fan-out row publishes: up to 0.5 s of the measured delivery rate ahead of
+the average subscriber (at most 400 publications), and for Tether's HTTP API up to 40
+requests of 10 in flight, so that only that window bounds it, as it alone bounds the
+peers' fire-and-forget WebSocket publishers. The rate an adaptive window finds is about
+capacity x (1 - publish-to-delivery latency / lag): with the 0.1 s lag and 4 requests
+in flight of the first pages, Tether (whose publishes wait for HTTP answers from a
+client process busy reading 2,000 sockets) was throttled by the bench itself."""
+OLD_HARNESS = ["--lag", "0.1", "--concurrency", "4"]
+"""The fan-out harness of issue 11's before figures: the ``@old`` rows run the per-tick
+ceiling, Tether and Tether over Redis with it again, so that before and after compare
+like with like."""
+OLD_HARNESS_ROWS = ("ceiling", "tether", "tether-redis")
 CONNECT_RUNS = 3
 """connect-cost runs per broker (interleaved): the median connects per server CPU-s."""
 EQUAL_RATE = 5
@@ -260,11 +273,15 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
         for name in ["ceiling", "ceiling-batch10", "tether", *ENCODING_ROWS, "tether-redis"]:
             profiled = i == 0 and name in ("tether", "tether-redis")
             profile = ["--profile", f"{PROFILE_DIR}/{name}-fanout.txt"] if profiled else []
-            out.append(("fanout", name, [*fan, *profile]))
+            out.append(("fanout", name, [*fan, *FAN_HARNESS, *profile]))
+        for name in OLD_HARNESS_ROWS:
+            out.append(("fanout", f"{name}@old", [*fan, *OLD_HARNESS]))
     for name in PEERS:
         if name not in ("ceiling", "ceiling-batch10", "tether"):
-            out.append(("fanout", name, fan))
-    out.append(("fanout", "tether-batch1", [*fan, "--batch", "1", "--concurrency", "8"]))
+            out.append(("fanout", name, [*fan, *FAN_HARNESS]))
+    # One publication per request, 64 requests in flight (the paced scenarios' default).
+    batch1 = [*fan, "--lag", "0.5", "--batch", "1", "--concurrency", "64"]
+    out.append(("fanout", "tether-batch1", batch1))
     for i in range(1 if quick else CONNECT_RUNS):
         for name in ["tether", "tether-redis"]:
             profile = ["--profile", f"{PROFILE_DIR}/{name}-connect.txt"] if i == 0 else []
@@ -830,6 +847,15 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
         "`bytes.count` per read; a declared sample (64 of 2,000 in fan-out, 100 in latency, all "
         "in rooms) cuts frames and checks every offset (loss, duplicate, order) and latency. "
         "Connections outside the sample add losses and duplicates by count."
+    )
+    w(
+        f"- Fan-out publishes with `{' '.join(FAN_HARNESS)}` (every row): the adaptive window "
+        "keeps that many seconds of the delivery rate measured so far ahead of the average "
+        "subscriber (at most 400 publications), and Tether's HTTP publisher may have that many "
+        "requests of 10 publications in flight, so the window alone bounds it, as it bounds "
+        "the peers' WebSocket publishers, which never wait for an answer. An adaptive window "
+        "finds about capacity x (1 - publish-to-delivery latency / lag). The `@old` rows run "
+        f"again with `{' '.join(OLD_HARNESS)}`, the harness of issue 11's before figures."
     )
     w(
         "- Tether: `tether serve --config bench/tether.bench.toml` (namespace `bench`: history "

@@ -666,6 +666,14 @@ def issue11_verdicts(by: ByRow) -> list[str]:
                 f"Connects per server CPU-second on the {label} >= {goal:,}: "
                 f"**{judged(got >= goal)}** ({got:,.0f}, {1e6 / got:.0f} µs each)."
             )
+    old = issue11_figures(old_harness(by))
+    if by.get(("fanout", "tether@old")) and old["fanout_x_ceiling"] is not None:
+        cpu = old["fanout_x_ceiling_cpu"]
+        out.append(
+            "The same two with the harness of the before figures (the `@old` rows: 0.1 s "
+            f"lag, 4 requests in flight): {old['fanout_x_ceiling']:.2f}x by deliveries/s, "
+            + (f"{cpu:.2f}x per server CPU-second." if cpu is not None else "- per CPU-s.")
+        )
     if f["redis_x_memory_cpu"] is not None:
         x = f["redis_x_memory_cpu"]
         out.append(
@@ -717,9 +725,20 @@ def encoding_verdicts(by: ByRow) -> list[str]:
     return out
 
 
+def old_harness(by: ByRow) -> ByRow:
+    """``by`` with the fan-out rows measured again with the harness of the before figures
+    (rows ``NAME@old``) in the places of ``NAME``: what compares with those figures."""
+    out = dict(by)
+    for (scenario, row), r in by.items():
+        if scenario == "fanout" and row.endswith("@old"):
+            out[scenario, row.removesuffix("@old")] = r
+    return out
+
+
 def before_after_rows(before: Sequence[Report], after: ByRow) -> list[tuple[str, str, str]]:
     """(figure, before, after) for issue 11's figures: ``before`` is the raw reports of the
-    runs measured on main before the work (medians of their repeated runs)."""
+    runs measured on main before the work (medians of their repeated runs); the after
+    fan-out figures are those of the same harness (:func:`old_harness`) when measured."""
     grouped: dict[tuple[str, str], list[Report]] = {}
     for r in before:
         if "error" not in r:
@@ -737,7 +756,7 @@ def before_after_rows(before: Sequence[Report], after: ByRow) -> list[tuple[str,
         }
         for key in grouped
     }
-    fb, fa = issue11_figures(b), issue11_figures(after)
+    fb, fa = issue11_figures(b), issue11_figures(old_harness(after))
     names = [
         ("fanout_x_ceiling", "Tether ÷ per-tick ceiling, deliveries/s", "x"),
         ("fanout_x_ceiling_cpu", "Tether ÷ per-tick ceiling, per server CPU-s", "x"),
