@@ -409,7 +409,11 @@ def keep_median_runs(
 def fold_runs(results: list[Report]) -> list[Report]:
     """Repeated runs of one row folded into their median run (each run's figure kept)."""
     fan_dps = {
-        r["row"]: [x.get("deliveries_per_s") for x in results if x["row"] == r["row"]]
+        r["row"]: [
+            x.get("deliveries_per_s")
+            for x in results
+            if x["scenario"] == "fanout" and x["row"] == r["row"]
+        ]
         for r in results
         if r["scenario"] == "fanout"
     }
