@@ -676,9 +676,11 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     w("## Fan-out: one channel, 2,000 subscribers, one server process")
     w("")
     w(
-        "Publisher at the highest rate each target sustains (it keeps about 0.1 s of that "
-        "target's deliveries in flight: at least one batch, at most 400 publications ahead "
-        "of the average subscriber), 10 publications per publish call (Tether: one `/api/batch` "
+        "Publisher at the highest rate each target sustains (it keeps about "
+        f"{FAN_HARNESS[1]} s of that target's deliveries in flight: at least one batch, at "
+        "most 400 publications ahead of the average subscriber; Tether's HTTP publisher with "
+        f"up to {FAN_HARNESS[3]} requests in flight, see *How the numbers are made*), 10 "
+        "publications per publish call (Tether: one `/api/batch` "
         "request; peers: one message), as in the reference server's 10 frames per write. "
         "Deliveries/s is the median of 5 bursts. *Per server CPU-s* divides deliveries by the "
         "CPU seconds the server process used: it is the figure least disturbed by a busy machine."

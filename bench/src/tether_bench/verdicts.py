@@ -658,6 +658,14 @@ def issue11_verdicts(by: ByRow) -> list[str]:
             f"server CPU-s): **{judged(ok)}** ({f['fanout_x_ceiling']:.2f}x by deliveries/s, "
             f"{f['fanout_x_ceiling_cpu']:.2f}x per server CPU-second)."
         )
+    old = issue11_figures(old_harness(by))
+    if by.get(("fanout", "tether@old")) and old["fanout_x_ceiling"] is not None:
+        cpu = old["fanout_x_ceiling_cpu"]
+        out.append(
+            "The same ratios with the harness of the before figures (the `@old` rows: 0.1 s "
+            f"lag, 4 requests in flight): {old['fanout_x_ceiling']:.2f}x by deliveries/s, "
+            + (f"{cpu:.2f}x per server CPU-second." if cpu is not None else "- per CPU-s.")
+        )
     for row, label in (("tether", "memory broker"), ("tether-redis", "Redis")):
         got = f["connects_memory" if row == "tether" else "connects_redis"]
         if got is not None:
@@ -666,14 +674,6 @@ def issue11_verdicts(by: ByRow) -> list[str]:
                 f"Connects per server CPU-second on the {label} >= {goal:,}: "
                 f"**{judged(got >= goal)}** ({got:,.0f}, {1e6 / got:.0f} µs each)."
             )
-    old = issue11_figures(old_harness(by))
-    if by.get(("fanout", "tether@old")) and old["fanout_x_ceiling"] is not None:
-        cpu = old["fanout_x_ceiling_cpu"]
-        out.append(
-            "The same two with the harness of the before figures (the `@old` rows: 0.1 s "
-            f"lag, 4 requests in flight): {old['fanout_x_ceiling']:.2f}x by deliveries/s, "
-            + (f"{cpu:.2f}x per server CPU-second." if cpu is not None else "- per CPU-s.")
-        )
     if f["redis_x_memory_cpu"] is not None:
         x = f["redis_x_memory_cpu"]
         out.append(
