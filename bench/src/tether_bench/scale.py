@@ -1081,10 +1081,11 @@ def _render_workers(part: dict[str, Any]) -> list[str]:
     rooms = [r for r in runs if r.get("scenario") == "rooms"]
     if fan:
         w(
-            "Fan-out as in `make bench` (one channel, 2,000 subscribers, 10 publications per "
+            "Fan-out (one channel, 2,000 subscribers, 10 publications per "
             "`/api/batch`, median of 5 bursts of 2 s). *Window*: publications the publisher "
-            "keeps ahead of the average subscriber; `make bench` sizes it to 0.1 s of "
-            "deliveries, which starves the Redis path (publish-to-delivery takes ~100 ms or more "
+            "keeps ahead of the average subscriber; the adaptive one here is sized to 0.1 s of "
+            "deliveries (the harness `make bench` used before it moved to 0.5 s), which "
+            "starves the Redis path (publish-to-delivery takes ~100 ms or more "
             "there, so one batch is in flight at a time), hence a second series with a fixed "
             "window of 400, in interleaved rounds (median over rounds; each round's median "
             "listed). *Server CPU* is the sum over the worker processes during the "
