@@ -14,7 +14,6 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from tether.auth import (
-    VerifiedTokens,
     mint_connection_token,
     mint_subscription_token,
     verify_connection_token,
@@ -174,54 +173,6 @@ def test_subscription_token_signed_with_another_secret_is_rejected() -> None:
         verify_subscription_token(forged, SECRET)
 
 
-# -- verified connection tokens ----------------------------------------------------------
-
-
-def test_a_verified_token_is_remembered_until_its_exp() -> None:
-    exp = int(time.time()) + 3600
-    now = [float(exp - 10)]
-    verified = VerifiedTokens(clock=lambda: now[0])
-    t = token({"sub": "alice", "exp": exp})
-    first = verify_connection_token(t, SECRET, verified)
-    assert verify_connection_token(t, SECRET, verified) == first
-    assert verified.hits == 1
-    assert len(verified) == 1
-
-
-def test_a_remembered_token_is_verified_again_once_its_exp_has_passed() -> None:
-    exp = int(time.time()) + 3600
-    now = [float(exp - 1)]
-    verified = VerifiedTokens(clock=lambda: now[0])
-    t = token({"sub": "alice", "exp": exp})
-    verify_connection_token(t, SECRET, verified)
-    now[0] = float(exp)
-    assert verified.get(t, SECRET) is None  # never served past its exp
-    assert len(verified) == 0
-
-
-def test_only_the_same_token_with_the_same_secret_is_remembered() -> None:
-    verified = VerifiedTokens()
-    t = token({"sub": "alice"})
-    verify_connection_token(t, SECRET, verified)
-    with pytest.raises(TokenError):
-        verify_connection_token(t, OTHER_SECRET, verified)  # not a hit: checked, refused
-    tampered = t[:-2] + ("AA" if not t.endswith("AA") else "BB")
-    with pytest.raises(TokenError):
-        verify_connection_token(tampered, SECRET, verified)
-    assert verified.hits == 0
-    assert len(verified) == 1  # refused tokens are never remembered
-
-
-def test_the_verified_tokens_are_bounded_oldest_first() -> None:
-    verified = VerifiedTokens(max_entries=2)
-    tokens = [token({"sub": f"u{i}"}) for i in range(3)]
-    for t in tokens:
-        verify_connection_token(t, SECRET, verified)
-    assert len(verified) == 2
-    assert verified.get(tokens[0], SECRET) is None
-    assert verified.get(tokens[2], SECRET) is not None
-
-
 # -- the fast path agrees with PyJWT ------------------------------------------------------
 # verify_* take a fast path for the common token and ask PyJWT about everything else; the
 # verdict must be PyJWT's for every token, including the ones built to slip through.
@@ -320,7 +271,7 @@ def test_a_token_gets_pyjwts_verdict(case: str) -> None:
     expected = pyjwt_verdict(tok)
     verdict: tuple[str, str, int | None] | str
     try:
-        claims = verify_connection_token(tok, SECRET, VerifiedTokens())
+        claims = verify_connection_token(tok, SECRET)
     except TokenError as exc:
         verdict = "expired" if exc.expired else "invalid"
     else:
@@ -346,18 +297,18 @@ def test_a_subscription_token_gets_pyjwts_verdict(case: str) -> None:
 
 def test_a_rejected_token_says_what_pyjwt_says() -> None:
     with pytest.raises(TokenError, match="invalid token: Signature verification failed"):
-        verify_connection_token(EDGE_TOKENS["another secret"], SECRET, VerifiedTokens())
+        verify_connection_token(EDGE_TOKENS["another secret"], SECRET)
 
 
 def test_a_short_secret_still_gets_pyjwts_key_length_warning() -> None:
     short = "short"
     tok = signed({"alg": "HS256"}, b'{"sub": "u"}', short)
     with pytest.warns(InsecureKeyLengthWarning):
-        assert verify_connection_token(tok, short, VerifiedTokens()).user == "u"
+        assert verify_connection_token(tok, short).user == "u"
 
 
 def test_a_pem_key_as_secret_is_refused_as_pyjwt_refuses_it() -> None:
     pem = "-----BEGIN PUBLIC KEY-----\n" + "A" * 64 + "\n-----END PUBLIC KEY-----"
     tok = signed({"alg": "HS256"}, b'{"sub": "u"}', pem)
     with pytest.raises(TokenError, match="invalid token"):
-        verify_connection_token(tok, pem, VerifiedTokens())
+        verify_connection_token(tok, pem)
