@@ -28,7 +28,16 @@ PATH = "/connection/websocket"
 
 
 class WebSocketConnection(asyncio.Protocol):
-    __slots__ = ("_admitted_ip", "_binary", "_gateway", "_session", "_transport", "_ws", "remote")
+    __slots__ = (
+        "_abort_timer",
+        "_admitted_ip",
+        "_binary",
+        "_gateway",
+        "_session",
+        "_transport",
+        "_ws",
+        "remote",
+    )
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
@@ -36,6 +45,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._session: Session | None = None
         self._admitted_ip: str | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._binary = False
         """The connection speaks a binary encoding (Protobuf): text frames are refused."""
         self.remote = ""
@@ -54,6 +64,11 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._ws.connection_lost()
         self._transport = None
+        if self._abort_timer is not None:
+            # Closed in time: the timer would hold this connection until CLOSE_TIMEOUT (a
+            # storm of refused upgrades would pin each one's buffers that long).
+            self._abort_timer.cancel()
+            self._abort_timer = None
         if self._admitted_ip is not None:
             self._gateway.release(self._admitted_ip)
             self._admitted_ip = None
@@ -123,7 +138,8 @@ class WebSocketConnection(asyncio.Protocol):
             transport.write(out)
         if self._ws.state is wire.State.CLOSING:
             transport.close()  # after what is queued
-            asyncio.get_running_loop().call_later(wire.CLOSE_TIMEOUT, self._abort)
+            loop = asyncio.get_running_loop()
+            self._abort_timer = loop.call_later(wire.CLOSE_TIMEOUT, self._abort)
             self._end_session()
 
     def _end_session(self) -> None:
