@@ -14,6 +14,7 @@ from tether_bench.verdicts import (
     ceiling_note,
     client_storm_finding,
     cluster_rooms_finding,
+    delta_verdicts,
     encoding_verdicts,
     fifty_delivered_clause,
     fifty_verdict,
@@ -482,3 +483,27 @@ def test_an_encoding_more_than_ten_percent_below_json_misses_the_goal() -> None:
 
 def test_no_encoding_rows_give_no_encoding_verdict() -> None:
     assert encoding_verdicts({("fanout", "tether"): fanout(1e6)}) == []
+
+
+def delta_run(json_delta: int, protobuf_delta: int) -> dict[str, Any]:
+    return {
+        "updates": 100,
+        "document_bytes": 2123,
+        "bytes": {
+            "json": 200_000,
+            "json_delta": json_delta,
+            "protobuf": 200_000,
+            "protobuf_delta": protobuf_delta,
+        },
+    }
+
+
+def test_delta_is_met_at_five_times_fewer_bytes_in_each_encoding_and_missed_below() -> None:
+    json_line, protobuf_line = delta_verdicts(delta_run(40_000, 40_001))
+    assert "**met**" in json_line
+    assert "5.0x" in json_line
+    assert "**MISSED**" in protobuf_line
+
+
+def test_no_delta_run_gives_no_delta_verdict() -> None:
+    assert delta_verdicts(None) == []

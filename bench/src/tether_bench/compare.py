@@ -12,6 +12,7 @@ usage: tether-bench compare [--quick] [--out docs/benchmarks.md] [--only NAME ..
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import os
@@ -31,7 +32,7 @@ from typing import Any
 import msgspec
 
 from tether.config import Config, ProxyConfig
-from tether_bench import plots
+from tether_bench import deltabytes, plots
 from tether_bench.paths import checkout
 from tether_bench.verdicts import (
     ByRow,
@@ -40,6 +41,7 @@ from tether_bench.verdicts import (
     before_after_rows,
     ceiling_note,
     correctness,
+    delta_verdicts,
     encoding_verdicts,
     fmt,
     hook_outage_verdicts,
@@ -836,12 +838,21 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
     for line in meta["verdicts"]:
         w(f"- {line}")
     w("")
-    if encoding := encoding_verdicts(by):
+    if encoding := encoding_verdicts(by) + delta_verdicts(meta.get("delta_bytes")):
         w("## Targets of issue 10 (encodings)")
         w("")
         for line in encoding:
             w(f"- {line}")
         w("")
+        if meta.get("delta_bytes"):
+            w(
+                "Delta bytes: `python -m tether_bench.deltabytes --updates 100` (`make "
+                "bench-delta` alone), in `make bench`: a 2 KiB JSON document published 100 "
+                "times, each version changing one card; four subscribers of one channel "
+                '(JSON and Protobuf, each with and without `delta: "fossil"`) count the '
+                "bytes of every frame after their subscribe reply. Byte counts, not timings."
+            )
+            w("")
     L.extend(issue11_markdown(by, out))
     L.extend(hook_outage_markdown(by))
     L.extend(resilience_markdown(by, meta))
@@ -1475,6 +1486,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only the hook-outage scenario; every other section is kept from the .json",
     )
     section.add_argument(
+        "--delta",
+        action="store_true",
+        help="measure only the delta bytes; every other section is kept from the .json",
+    )
+    section.add_argument(
         "--no-resilience",
         action="store_true",
         help="do not run the resilience section; keep it from the .json",
@@ -1506,6 +1522,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
         for line in resilience_verdicts({(r["scenario"], r["row"]): r for r in results}):
+            print("  " + line.replace("**", ""), file=sys.stderr)
+        return 0
+    if args.delta:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        saved["meta"]["delta_bytes"] = measure_delta_bytes()
+        write_markdown(saved["results"], saved["meta"], out)
+        out.with_suffix(".json").write_text(json.dumps(saved, indent=1))
+        print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+        for line in delta_verdicts(saved["meta"]["delta_bytes"]):
             print("  " + line.replace("**", ""), file=sys.stderr)
         return 0
     if args.hooks:
@@ -1560,6 +1585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verdicts": verdicts(by),
         "fifty_k": fifty,
         "resilience": resilience_meta,
+        "delta_bytes": measure_delta_bytes(),
         "command": "make bench-main" if args.no_resilience else "make bench",
     }
     write_markdown(results, meta, out)
@@ -1569,6 +1595,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in meta["verdicts"] + resilience_verdicts(by) + hooks:
         print("  " + line.replace("**", ""), file=sys.stderr)
     return 0
+
+
+def measure_delta_bytes() -> dict[str, Any]:
+    """Bytes on the wire with and without delta (:mod:`tether_bench.deltabytes`: an
+    in-process node on real sockets; byte counts only, so a busy machine does not move
+    them)."""
+    return asyncio.run(deltabytes.measure(100))
 
 
 def run_resilience(quick: bool, logdir: Path) -> tuple[dict[str, Any], list[Report]]:

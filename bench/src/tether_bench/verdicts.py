@@ -695,6 +695,28 @@ def _runs_median(r: Mapping[str, Any], runs: str, single: str) -> float | None:
     return _median(values) if values else None
 
 
+DELTA_GOAL = 5.0
+"""Issue 10: delta compression sends at least 5x fewer bytes for a document updated in
+small parts."""
+
+
+def delta_verdicts(delta: Mapping[str, Any] | None) -> list[str]:
+    """Issue 10's delta goal from a ``tether_bench.deltabytes`` result (None: not run)."""
+    if not delta:
+        return []
+    out = []
+    for encoding, label in (("json", "JSON"), ("protobuf", "Protobuf")):
+        full, patched = delta["bytes"][encoding], delta["bytes"][f"{encoding}_delta"]
+        x = full / patched if patched else 0.0
+        out.append(
+            f"Delta compression, {label}: at least {DELTA_GOAL:g}x fewer bytes: "
+            f"**{'met' if x >= DELTA_GOAL else 'MISSED'}** ({x:.1f}x: {full:,} bytes "
+            f"without, {patched:,} with, {delta['updates']} updates of a "
+            f"{delta['document_bytes']:,}-byte document)."
+        )
+    return out
+
+
 def encoding_verdicts(by: ByRow) -> list[str]:
     """Issue 10's fan-out goal: each encoding row against Tether's JSON row of the same
     session, by the median of their interleaved runs' deliveries/s (and per server CPU-s,
