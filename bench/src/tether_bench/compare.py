@@ -80,8 +80,38 @@ HOOKS_CONFIG = Path(tempfile.gettempdir()) / "tether-bench-hooks.toml"
 """bench/tether.hooks.toml with its proxy url pointed at :data:`HOOK_BACKEND_PORT`."""
 
 
-def targets(port: int) -> dict[str, Target]:
+def _tether(label: str, config: str, port: int, *, redis: bool = False) -> Target:
+    """``tether serve --config CONFIG`` on ``port`` (its API on ``port + 1``), with the
+    bench's secrets; ``redis``: on ``BENCH_REDIS_URL`` under a prefix of its own."""
     http = port + 1
+    env = {
+        "TETHER_PORT": str(port),
+        "TETHER_HTTP_PORT": str(http),
+        "TETHER_HOST": "127.0.0.1",
+        "TETHER_TOKEN_SECRET": TOKEN_SECRET,
+        "TETHER_API_KEY": API_KEY,
+    }
+    if redis:
+        env["TETHER_REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "")
+        env["TETHER_REDIS_PREFIX"] = f"bench{port}"
+    return {
+        "label": label,
+        "protocol": "tether",
+        "cmd": [TETHER, "serve", "--config", config],
+        "env": env,
+        "url": f"ws://127.0.0.1:{port}/connection/websocket",
+        "extra": [
+            "--api-url",
+            f"http://127.0.0.1:{http}/api",
+            "--api-key",
+            API_KEY,
+            "--token-secret",
+            TOKEN_SECRET,
+        ],
+    }
+
+
+def targets(port: int) -> dict[str, Target]:
     out: dict[str, Target] = {
         # The headline ceiling coalesces as Tether does (one write per connection per loop
         # iteration); the reference's 10-frames-per-write server is the second row.
@@ -97,73 +127,16 @@ def targets(port: int) -> dict[str, Target]:
             "cmd": [PY, "-m", "tether_bench.peers.raw_ceiling", str(port), "batch"],
             "url": f"ws://127.0.0.1:{port}/",
         },
-        "tether": {
-            "label": "Tether",
-            "protocol": "tether",
-            "cmd": [TETHER, "serve", "--config", "bench/tether.bench.toml"],
-            "env": {
-                "TETHER_PORT": str(port),
-                "TETHER_HTTP_PORT": str(http),
-                "TETHER_HOST": "127.0.0.1",
-                "TETHER_TOKEN_SECRET": TOKEN_SECRET,
-                "TETHER_API_KEY": API_KEY,
-            },
-            "url": f"ws://127.0.0.1:{port}/connection/websocket",
-            "extra": [
-                "--api-url",
-                f"http://127.0.0.1:{http}/api",
-                "--api-key",
-                API_KEY,
-                "--token-secret",
-                TOKEN_SECRET,
-            ],
-        },
-        "tether-resilience": {
-            "label": "Tether (Redis broker, bench/tether.resilience.toml)",
-            "protocol": "tether",
-            "cmd": [TETHER, "serve", "--config", "bench/tether.resilience.toml"],
-            "env": {
-                "TETHER_PORT": str(port),
-                "TETHER_HTTP_PORT": str(http),
-                "TETHER_HOST": "127.0.0.1",
-                "TETHER_TOKEN_SECRET": TOKEN_SECRET,
-                "TETHER_API_KEY": API_KEY,
-                "TETHER_REDIS_URL": os.environ.get("BENCH_REDIS_URL", ""),
-                "TETHER_REDIS_PREFIX": f"bench{port}",
-            },
-            "url": f"ws://127.0.0.1:{port}/connection/websocket",
-            "extra": [
-                "--api-url",
-                f"http://127.0.0.1:{http}/api",
-                "--api-key",
-                API_KEY,
-                "--token-secret",
-                TOKEN_SECRET,
-            ],
-        },
-        "tether-redis": {
-            "label": "Tether over Redis",
-            "protocol": "tether",
-            "cmd": [TETHER, "serve", "--config", "bench/tether.bench-redis.toml"],
-            "env": {
-                "TETHER_PORT": str(port),
-                "TETHER_HTTP_PORT": str(http),
-                "TETHER_HOST": "127.0.0.1",
-                "TETHER_TOKEN_SECRET": TOKEN_SECRET,
-                "TETHER_API_KEY": API_KEY,
-                "TETHER_REDIS_URL": os.environ.get("BENCH_REDIS_URL", ""),
-                "TETHER_REDIS_PREFIX": f"bench{port}",
-            },
-            "url": f"ws://127.0.0.1:{port}/connection/websocket",
-            "extra": [
-                "--api-url",
-                f"http://127.0.0.1:{http}/api",
-                "--api-key",
-                API_KEY,
-                "--token-secret",
-                TOKEN_SECRET,
-            ],
-        },
+        "tether": _tether("Tether", "bench/tether.bench.toml", port),
+        "tether-resilience": _tether(
+            "Tether (Redis broker, bench/tether.resilience.toml)",
+            "bench/tether.resilience.toml",
+            port,
+            redis=True,
+        ),
+        "tether-redis": _tether(
+            "Tether over Redis", "bench/tether.bench-redis.toml", port, redis=True
+        ),
         # The same server, for the reconnect storm of 10,000 clients on one channel.
         "tether-resilience-10k": {},
         "websockets": {
