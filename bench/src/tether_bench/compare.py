@@ -836,7 +836,14 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
         "WebSocket client on `asyncio.Protocol`. Every connection counts deliveries with one "
         "`bytes.count` per read; a declared sample (64 of 2,000 in fan-out, 100 in latency, all "
         "in rooms) cuts frames and checks every offset (loss, duplicate, order) and latency. "
-        "Connections outside the sample add losses and duplicates by count."
+        "Connections outside the sample add losses and duplicates by count. That count is the "
+        "client's main cost per delivery, and in fan-out the client, not the server, is the "
+        "busiest process: each driver's marker is the cheapest constant needle measured for "
+        "its frames, and the heartbeat count runs only on reads that hold the heartbeat "
+        "frame's length byte (one `memchr`; `tests/unit/test_bench_counting.py` cuts every "
+        "driver's stream at every byte). Until 2026-12-02 Tether's stream cost the client "
+        "two substring scans per read (its marker and its heartbeat), the peers' one, which "
+        "alone held Tether's fan-out near 0.5x of the ceiling by deliveries/s."
     )
     w(
         f"- Fan-out publishes with `{' '.join(FAN_HARNESS)}` (every row): the adaptive window "

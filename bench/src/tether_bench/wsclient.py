@@ -7,7 +7,9 @@ one of two receive paths:
 * **counting** (every connection): one ``bytes.count(marker)`` per read, where the marker
   occurs exactly once per delivered publication, plus a few bytes of the previous read to
   catch a marker split between two reads. Server heartbeats are found the same way and
-  answered. No per-frame Python work, so a read of 50 frames costs about as much as one.
+  answered, on reads that hold the driver's ``ping_probe`` byte only. No per-frame Python
+  work, so a read of 50 frames costs about as much as one; the count itself is the cost
+  per delivery, so markers are the cheapest needles measured.
 * **checking** (a declared sample): frames are cut properly, and one regular-expression
   scan per read extracts ``(channel, offset, sent-at)`` of every publication, to count
   losses, duplicates and order violations per channel and to record latency.
@@ -231,7 +233,12 @@ class BenchConnection(asyncio.Protocol):
         n += seam.count(marker) - tail.count(marker) - head.count(marker)
         self._tail = data[-k:]
         ping, pong = driver.ping_frame, driver.pong_frame
-        if ping is not None and pong is not None:
+        probe = driver.ping_probe
+        if (
+            ping is not None
+            and pong is not None
+            and (probe is None or probe in data or probe in tail)
+        ):
             pings = data.count(ping) + seam.count(ping) - tail.count(ping) - head.count(ping)
             if pings:
                 self.send_raw(pong * pings)
