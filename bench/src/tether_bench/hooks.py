@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 
 from tether_bench.publisher import LeanHttpPublisher
-from tether_bench.resilience import _metrics_url, _paced
+from tether_bench.resilience import _metrics_url, _paced, measured_phase
 from tether_bench.scenarios import Run, _latency, _sample
 from tether_bench.wsclient import now_us
 
@@ -346,29 +346,13 @@ async def _fanout(
 ) -> dict[str, Any]:
     """Publish at ``rate`` for ``seconds``, wait for the deliveries; the raw latencies stay
     in ``run.stats.latencies`` (in the order they arrived)."""
-    run.stats.latencies.clear()
-    subscribers = len(run.conns)
-    before = run.stats.deliveries
-    accepted0 = pub.total_accepted
-    run.start_measure(profile=False)
 
     def fire(i: int, scheduled: int) -> None:
         pub.fire(channel, 1, sent_at=scheduled)
 
-    await _paced(rate, seconds, fire)
-    await pub.wait_idle()
-    accepted = pub.total_accepted - accepted0
-    drained = await run.drain(before + accepted * subscribers)
-    measure = run.stop_measure()
-    deliveries = run.stats.deliveries - before
-    return {
-        "publications": accepted,
-        "deliveries": deliveries,
-        "expected_deliveries": accepted * subscribers,
-        "drained": drained,
-        **run.server_report(measure, deliveries),
-        **measure,
-    }
+    return await measured_phase(
+        run, pub, len(run.conns), lambda: _paced(rate, seconds, fire), profile=False
+    )
 
 
 def _pool(parts: list[dict[str, Any]], latencies: list[int], seconds: float) -> dict[str, Any]:

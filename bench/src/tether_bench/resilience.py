@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -113,6 +113,37 @@ async def _paced(rate: float, seconds: float, fire: Callable[[int, int], None]) 
     return time.perf_counter() - start
 
 
+async def measured_phase(
+    run: Run,
+    pub: LeanHttpPublisher,
+    subscribers: int,
+    publishing: Callable[[], Awaitable[object]],
+    *,
+    profile: bool = True,
+) -> dict[str, Any]:
+    """Measure ``publishing()`` (the phase's publishers) until every publication the API
+    accepted has reached the ``subscribers``: counts, whether it drained, the server's
+    CPU and the client's (the raw latencies stay in ``run.stats.latencies``)."""
+    run.stats.latencies.clear()
+    before = run.stats.deliveries
+    accepted0 = pub.total_accepted
+    run.start_measure(profile=profile)
+    await publishing()
+    await pub.wait_idle()
+    accepted = pub.total_accepted - accepted0
+    drained = await run.drain(before + accepted * subscribers)
+    measure = run.stop_measure()
+    deliveries = run.stats.deliveries - before
+    return {
+        "publications": accepted,
+        "deliveries": deliveries,
+        "expected_deliveries": accepted * subscribers,
+        "drained": drained,
+        **run.server_report(measure, deliveries),
+        **measure,
+    }
+
+
 async def _steady_phase(
     run: Run,
     pub: LeanHttpPublisher,
@@ -123,30 +154,17 @@ async def _steady_phase(
 ) -> dict[str, Any]:
     """Publish to ``channel`` at ``rate`` for ``seconds`` (default: ``duration``);
     deliveries, latency (the raw values stay in ``run.stats.latencies``)."""
-    run.stats.latencies.clear()
-    before = run.stats.deliveries
-    accepted0 = pub.total_accepted
-    run.start_measure()
 
     def fire(i: int, scheduled: int) -> None:
         pub.fire(channel, 1, sent_at=scheduled)
 
-    await _paced(rate, run.o.duration if seconds is None else seconds, fire)
-    await pub.wait_idle()
-    accepted = pub.total_accepted - accepted0
-    drained = await run.drain(before + accepted * subscribers)
-    measure = run.stop_measure()
-    deliveries = run.stats.deliveries - before
+    duration = run.o.duration if seconds is None else seconds
+    phase = await measured_phase(run, pub, subscribers, lambda: _paced(rate, duration, fire))
     return {
         "rate": rate,
-        "publications": accepted,
-        "deliveries": deliveries,
-        "expected_deliveries": accepted * subscribers,
-        "deliveries_per_s": round(deliveries / max(measure["wall_s"], 1e-9)),
-        "drained": drained,
+        "deliveries_per_s": round(phase["deliveries"] / max(phase["wall_s"], 1e-9)),
         "latency": _latency(run.stats.latencies),
-        **run.server_report(measure, deliveries),
-        **measure,
+        **phase,
     }
 
 
@@ -300,25 +318,12 @@ async def typing_storm(run: Run) -> dict[str, Any]:
         pub.fire(chat, 1, sent_at=scheduled)
 
     async def storm_phase(seconds: float) -> dict[str, Any]:
-        run.stats.latencies.clear()
-        before = run.stats.deliveries
-        accepted0 = pub.total_accepted
-        run.start_measure()
-        await asyncio.gather(
-            _paced(rate, seconds, fire_chat), _paced(typing_rate, seconds, fire_typing)
-        )
-        await pub.wait_idle()
-        accepted = pub.total_accepted - accepted0
-        drained = await run.drain(before + accepted * subscribers)
-        measure = run.stop_measure()
-        deliveries = run.stats.deliveries - before
-        return {
-            "publications": accepted,
-            "deliveries": deliveries,
-            "expected_deliveries": accepted * subscribers,
-            "drained": drained,
-            **measure,
-        }
+        async def publishing() -> None:
+            await asyncio.gather(
+                _paced(rate, seconds, fire_chat), _paced(typing_rate, seconds, fire_typing)
+            )
+
+        return await measured_phase(run, pub, subscribers, publishing)
 
     # Interleaved rounds (calm, storm, calm, storm...): a disturbance from outside hits
     # both phases alike instead of deciding the comparison.
