@@ -22,6 +22,15 @@ server API's batch) go as one pipeline of script calls: one round trip, run by R
 the order given, and their pub/sub messages reach every node together, so a node
 delivers them in one loop iteration and writes them to each subscriber at once.
 
+Per-tick batching (:class:`~tether.brokers.batching.TickBatcher`). What a connect storm
+asks of Redis comes in thousands of small calls; those made during one event-loop
+iteration go together: the stream reads (the history script) as one pipeline of
+EVALSHAs on one pooled connection, and the subscriber connection's SUBSCRIBEs,
+UNSUBSCRIBEs and delivery barriers as one write (runs of (UN)SUBSCRIBE merged into one
+command of many channels, in call order, and one PING for every subscribe and barrier of
+the batch). Each caller gets exactly the reply it would have had alone, and its own
+errors; a broken connection fails every call of the batch as unavailable.
+
 The subscriber side is a dedicated connection this module drives itself (no silent
 reconnects inside the library): when it breaks, the broker is *deaf*, says so
 (:attr:`RedisBroker.healthy`, logs), reconnects with jittered backoff, resubscribes every
@@ -62,6 +71,7 @@ from tether.brokers.base import (
     PublishItem,
     PublishResult,
 )
+from tether.brokers.batching import TickBatcher
 from tether.brokers.redis_common import (
     HISTORY_SCRIPT,
     UNAVAILABLE,
@@ -79,6 +89,13 @@ from tether.errors import BrokerUnavailable
 log = structlog.get_logger("tether.redis")
 
 _UNAVAILABLE = UNAVAILABLE
+
+_SUBSCRIBE, _UNSUBSCRIBE, _PING = "SUBSCRIBE", "UNSUBSCRIBE", "PING"
+_Control = tuple[str, str]
+"""What the subscriber connection is asked to send: (SUBSCRIBE, channel), (UNSUBSCRIBE,
+channel), or (PING, "") for a delivery barrier."""
+_Script = tuple[list[str], list[Any]]
+"""KEYS and ARGV of one script call."""
 
 
 class Sentinels(NamedTuple):
@@ -200,6 +217,12 @@ class RedisBroker(StreamCommands):
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closing = False
+        self._control: TickBatcher[_Control, None] = TickBatcher(
+            self._send_controls, "redis-subscriber-commands"
+        )
+        self._reads: TickBatcher[_Script, Any] = TickBatcher(
+            self._read_streams, "redis-history-reads"
+        )
 
     # -- keys -------------------------------------------------------------------------
 
@@ -225,6 +248,8 @@ class RedisBroker(StreamCommands):
 
     async def close(self) -> None:
         self._closing = True
+        await self._control.close()
+        await self._reads.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -343,40 +368,80 @@ class RedisBroker(StreamCommands):
 
     async def _barrier(self) -> None:
         """Wait until the subscriber connection has handed over everything Redis sent it
-        before now (a PING answered in order after all earlier messages)."""
+        before now (a PING answered in order after all earlier messages; the barriers
+        and subscribes of one loop iteration share one PING, see :meth:`_send_controls`)."""
+        if self._conn is None:
+            raise BrokerUnavailable("redis subscriber connection is down")
+        await self._control.call((_PING, ""))
+
+    async def _send_controls(self, controls: list[_Control]) -> list[BaseException | None]:
+        """Send what the subscriber connection was asked for during one loop iteration,
+        in call order, as one write: runs of SUBSCRIBE (or UNSUBSCRIBE) merged into one
+        command of many channels, then one PING if anyone waits for a barrier. A
+        subscribe returns once that PING is answered: Redis answers it after confirming
+        every SUBSCRIBE before it, and after sending every message published before it
+        (which is also what a barrier waits for). An unsubscribe returns once written,
+        as it did alone. Raises BrokerUnavailable (for the whole batch) if it cannot be
+        sent; a PING that is not answered in time fails the subscribes and barriers."""
         conn = self._conn
         if conn is None:
             raise BrokerUnavailable("redis subscriber connection is down")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pongs.append(fut)
+        commands: list[list[str]] = []
+        for kind, channel in controls:
+            if kind == _PING:
+                continue
+            name = self._pubsub_channel(channel)
+            if commands and commands[-1][0] == kind:
+                commands[-1].append(name)
+            else:
+                commands.append([kind, name])
+        pong: asyncio.Future[None] | None = None
+        if any(kind != _UNSUBSCRIBE for kind, _ in controls):
+            commands.append([_PING])
+            pong = asyncio.get_running_loop().create_future()
+            # Appended in the same step as the write below (nothing awaits in between on
+            # a connected connection), so the pongs stay in the order of the PINGs.
+            self._pongs.append(pong)
         try:
-            await conn.send_command("PING")
-            await asyncio.wait_for(asyncio.shield(fut), self._timeout)
-        except (*_UNAVAILABLE, TimeoutError) as exc:
+            await conn.send_packed_command(conn.pack_commands(commands))
+        except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis subscriber: {exc}") from None
+        results: list[BaseException | None] = [None] * len(controls)
+        if pong is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(pong), self._timeout)
+            except (*_UNAVAILABLE, TimeoutError, BrokerUnavailable) as exc:
+                error = (
+                    exc
+                    if isinstance(exc, BrokerUnavailable)
+                    else BrokerUnavailable(f"redis subscriber: {exc}")
+                )
+                results = [None if kind == _UNSUBSCRIBE else error for kind, _ in controls]
+        return results
+
+    async def _read_stream(self, keys: list[str], args: list[str | int]) -> Any:
+        return await self._reads.call((keys, args))
+
+    async def _read_streams(self, calls: list[_Script]) -> list[Any]:
+        """The history script for every stream read asked for during one loop iteration,
+        in one pipeline (a connect storm reads thousands of streams: one round trip per
+        iteration instead of one per read). Each reply is exactly what the script alone
+        would have returned; an error reply stays its own caller's."""
+        return await self._run_scripts(self._history_script, calls)
 
     # -- Broker -----------------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             raise BrokerUnavailable("redis subscriber connection is down")
-        try:
-            await conn.send_command("SUBSCRIBE", self._pubsub_channel(channel))
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis subscribe: {exc}") from None
-        await self._barrier()
+        await self._control.call((_SUBSCRIBE, channel))
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             return  # resubscription after the reconnect leaves it out
-        try:
-            await conn.send_command("UNSUBSCRIBE", self._pubsub_channel(channel))
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis unsubscribe: {exc}") from None
+        await self._control.call((_UNSUBSCRIBE, channel))
 
     _label = "redis"
     _unavailable = _UNAVAILABLE
@@ -412,35 +477,34 @@ class RedisBroker(StreamCommands):
             )
             for item in items
         ]
-        replies = await self._run("publish", self._pipelined(calls))
-        return [publish_result(reply) for reply in replies]
-
-    async def _pipelined(self, calls: list[tuple[list[str], list[bytes | str | int]]]) -> list[Any]:
-        """Run the publish script once per call, in order, in one pipeline (EVALSHA: a
-        Script object in a pipeline costs a SCRIPT EXISTS round trip per execute). Calls
-        the server did not run for want of the script (a restarted or promoted server's
-        cache is empty) are sent again whole (EVAL), in order."""
-        sha = self._publish_script.sha
-        replies = await self._pipeline_evals(
-            [(sha, keys, args) for keys, args in calls], command="EVALSHA"
-        )
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            script = self._publish_script.script
-            again = await self._pipeline_evals(
-                [(script, *calls[i]) for i in missing], command="EVAL"
-            )
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
+        replies = await self._run("publish", self._run_scripts(self._publish_script, calls))
         for reply in replies:
             if isinstance(reply, ResponseError):
                 if refused_for_now(reply):
                     raise BrokerUnavailable(f"redis publish: {reply}")
                 raise reply
+        return [publish_result(reply) for reply in replies]
+
+    async def _run_scripts(self, script: Any, calls: Sequence[_Script]) -> list[Any]:
+        """Run ``script`` once per call, in order, in one pipeline (EVALSHA: a Script
+        object in a pipeline costs a SCRIPT EXISTS round trip per execute). Calls the
+        server did not run for want of the script (a restarted or promoted server's
+        cache is empty) are sent again whole (EVAL), in order. An error reply is left in
+        its call's place; a lost connection raises."""
+        replies = await self._pipeline_evals(
+            [(script.sha, keys, args) for keys, args in calls], command="EVALSHA"
+        )
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            again = await self._pipeline_evals(
+                [(script.script, *calls[i]) for i in missing], command="EVAL"
+            )
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
         return replies
 
     async def _pipeline_evals(
-        self, evals: list[tuple[Any, list[str], list[bytes | str | int]]], *, command: str
+        self, evals: list[tuple[Any, list[str], list[Any]]], *, command: str
     ) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for script, keys, args in evals:

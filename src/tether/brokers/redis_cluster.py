@@ -17,6 +17,11 @@ its slot. What a link sends is queued in order (``SSUBSCRIBE``, ``SUNSUBSCRIBE``
 broker knows which subscriptions Redis confirmed. The PING barrier of the Broker contract
 ("history never runs ahead of delivery") goes to the link of the channel asked about.
 
+Unlike :mod:`tether.brokers.redis`, nothing is batched per loop iteration here: stream
+reads go one by one through ``RedisCluster`` (which routes each by its slot and follows
+``MOVED``/``ASK`` per command), and each SSUBSCRIBE and PING is its own write on its
+link. A batch would have to be split per master and redone per slot on a redirect.
+
 Topology changes. A channel is *lost* when Redis tells us it is no longer subscribed
 (a ``sunsubscribe`` we did not ask for: its slot moved to another master, or the master
 became a replica), when its ``SSUBSCRIBE`` was refused (``MOVED``, ``CLUSTERDOWN``), or

@@ -336,6 +336,11 @@ class StreamCommands:
         except NoScriptError:
             return await self._redis.eval(script.script, len(keys), *keys, *args)
 
+    async def _read_stream(self, keys: list[str], args: list[str | int]) -> Any:
+        """The history script's reply for one stream (a subclass may batch the reads of
+        many streams: :class:`tether.brokers.redis.RedisBroker` does)."""
+        return await self._call_script(self._history_script, keys, args)
+
     async def _run(self, what: str, command: Awaitable[_T]) -> _T:
         """Await a command; what means "unavailable" (a lost connection, a refusal for
         now, see :func:`refused_for_now`) raises BrokerUnavailable."""
@@ -398,7 +403,7 @@ class StreamCommands:
         reverse: bool = False,
     ) -> HistoryPage:
         keys, args = history_call(self._keys, channel, self._meta_ttl_ms)
-        reply = await self._run("history", self._call_script(self._history_script, keys, args))
+        reply = await self._run("history", self._read_stream(keys, args))
         # Never run ahead of delivery: every publication up to the top read here must have
         # been handed over first. A stream at offset 0 has none (a new channel: half the
         # barriers of a connect storm), so there is nothing to wait for.
