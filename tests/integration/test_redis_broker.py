@@ -13,6 +13,7 @@ from functools import partial
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from tether.brokers.base import Broker, PresenceStore, PublishItem, PublishOptions, PublishResult
 from tether.brokers.redis import RedisBroker, RedisPresenceStore
@@ -291,6 +292,110 @@ async def test_publishes_sent_together_while_redis_is_down_raise_broker_unavaila
         items = [PublishItem(channel("a"), publication(i), _options()) for i in range(3)]
         with pytest.raises(BrokerUnavailable):
             await broker.publish_many(items)
+    finally:
+        await broker.close()
+
+
+async def test_stream_reads_made_together_each_get_their_own_stream(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    # Reads of one loop iteration share a pipeline: each still gets its own channel's
+    # publications and top, in whatever order they were asked.
+    broker = await _started(redis_server.url, _prefix(), RecordingHandler())
+    try:
+        channels = [channel(f"c{i}") for i in range(12)]
+        for i, ch in enumerate(channels):
+            for j in range(i):
+                await broker.publish(ch, publication(f"{i}-{j}"), _options())
+        pages = await asyncio.gather(*(broker.history(ch, limit=-1) for ch in reversed(channels)))
+        for i, page in zip(reversed(range(12)), pages, strict=True):
+            assert page.position.offset == i
+            assert [msgspec.json.decode(p.data) for p in page.publications] == [
+                f"{i}-{j}" for j in range(i)
+            ]
+    finally:
+        await broker.close()
+
+
+async def test_stream_reads_made_together_on_a_server_without_the_script_all_succeed(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    broker = await _started(own_redis.url, _prefix(), RecordingHandler())
+    try:
+        channels = [channel(f"c{i}") for i in range(5)]
+        for ch in channels:
+            await broker.publish(ch, publication(ch), _options())
+        admin = Redis.from_url(own_redis.url)
+        await admin.script_flush()  # what a restart does to the script cache
+        await admin.aclose()
+        pages = await asyncio.gather(*(broker.history(ch, limit=-1) for ch in channels))
+        assert [[msgspec.json.decode(p.data) for p in page.publications] for page in pages] == [
+            [ch] for ch in channels
+        ]
+    finally:
+        await broker.close()
+
+
+async def test_a_stream_read_refused_by_redis_fails_alone_among_reads_made_together(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    prefix = _prefix()
+    broker = await _started(redis_server.url, prefix, RecordingHandler())
+    try:
+        good, broken = channel("good"), channel("broken")
+        await broker.publish(good, publication("g"), _options())
+        admin = Redis.from_url(redis_server.url)
+        await admin.set(f"{prefix}.meta.{{{broken}}}", "not a hash")  # WRONGTYPE on read
+        await admin.aclose()
+        results = await asyncio.gather(
+            broker.history(good, limit=-1),
+            broker.history(broken, limit=-1),
+            broker.history(good, limit=0),
+            return_exceptions=True,
+        )
+        first, failed, last = results
+        assert not isinstance(first, BaseException)
+        assert first.position.offset == 1
+        assert isinstance(failed, ResponseError)
+        assert "WRONGTYPE" in str(failed)
+        assert not isinstance(last, BaseException)
+        assert last.position.offset == 1
+    finally:
+        await broker.close()
+
+
+async def test_subscribes_made_together_each_deliver_their_channel(
+    redis_server: RedisServer, channel: Callable[[str], str]
+) -> None:
+    handler = RecordingHandler()
+    broker = await _started(redis_server.url, _prefix(), handler)
+    try:
+        channels = [channel(f"c{i}") for i in range(20)]
+        await asyncio.gather(*(broker.subscribe(ch) for ch in channels))
+        for ch in channels:  # subscribed when subscribe returned: nothing to wait for
+            await broker.publish(ch, publication(ch), _options())
+        async with asyncio.timeout(5):
+            await handler.wait_until(lambda: all(handler.offsets(ch) == [1] for ch in channels))
+    finally:
+        await broker.close()
+
+
+async def test_subscribes_and_barriers_fail_as_unavailable_when_redis_goes_away(
+    own_redis: RedisServer, channel: Callable[[str], str]
+) -> None:
+    broker = await _started(own_redis.url, _prefix(), RecordingHandler())
+    try:
+        ch = channel("a")
+        await broker.subscribe(ch)
+        await broker.publish(ch, publication(1), _options())
+        await asyncio.to_thread(own_redis.kill)
+        results = await asyncio.gather(
+            broker.subscribe(channel("b")),
+            broker.subscribe(channel("c")),
+            broker.history(ch, limit=0),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, BrokerUnavailable) for r in results), results
     finally:
         await broker.close()
 

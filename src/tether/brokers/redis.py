@@ -28,8 +28,10 @@ iteration go together: the stream reads (the history script) as one pipeline of
 EVALSHAs on one pooled connection, and the subscriber connection's SUBSCRIBEs,
 UNSUBSCRIBEs and delivery barriers as one write (runs of (UN)SUBSCRIBE merged into one
 command of many channels, in call order, and one PING for every subscribe and barrier of
-the batch). Each caller gets exactly the reply it would have had alone, and its own
-errors; a broken connection fails every call of the batch as unavailable.
+the batch). One batch of each kind is out at a time, and the next one fills meanwhile,
+so under load a pipeline carries tens of reads. Each caller gets exactly the reply it
+would have had alone, and its own errors; a broken connection fails every call of the
+batch as unavailable.
 
 The subscriber side is a dedicated connection this module drives itself (no silent
 reconnects inside the library): when it breaks, the broker is *deaf*, says so
