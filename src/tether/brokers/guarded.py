@@ -80,6 +80,9 @@ class GuardedBroker(DelegatingBroker):
         self.breaker = breaker or CircuitBreaker("broker")
         self.budget = budget or RetryBudget()
         self.latency = latency_histogram()
+        self._timers: dict[tuple[str, str], Histogram] = {}
+        """The histogram's child per (op, outcome): ``labels()`` looks one up under a lock
+        on every call, two per connect in a connect storm."""
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
         start = time.perf_counter()
@@ -93,7 +96,12 @@ class GuardedBroker(DelegatingBroker):
             raise
         finally:
             elapsed = time.perf_counter() - start
-            self.latency.labels(self.breaker.name, op, outcome).observe(elapsed)
+            timer = self._timers.get((op, outcome))
+            if timer is None:
+                timer = self._timers[op, outcome] = self.latency.labels(
+                    self.breaker.name, op, outcome
+                )
+            timer.observe(elapsed)
 
     @property
     def healthy(self) -> bool:
