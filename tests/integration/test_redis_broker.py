@@ -364,6 +364,30 @@ async def test_a_stream_read_refused_by_redis_fails_alone_among_reads_made_toget
         await broker.close()
 
 
+async def test_stream_reads_made_together_on_a_replica_are_each_refused_as_unavailable(
+    own_redis: RedisServer,
+) -> None:
+    # A server demoted in a failover refuses the reads' first write (READONLY): each read
+    # is unavailable for now (the guard retries, the client gets error 100), none a bug.
+    replica = RedisServer()
+    await asyncio.to_thread(replica.start)
+    admin = Redis.from_url(replica.url)
+    try:
+        await admin.execute_command("REPLICAOF", "127.0.0.1", str(own_redis.port))
+        broker = await _started(replica.url, _prefix(), RecordingHandler())
+        try:
+            results = await asyncio.gather(
+                broker.history("a", limit=-1), broker.history("b", limit=0), return_exceptions=True
+            )
+            assert all(isinstance(r, BrokerUnavailable) for r in results), results
+            assert all("READONLY" in str(r) for r in results)
+        finally:
+            await broker.close()
+    finally:
+        await admin.aclose()
+        await asyncio.to_thread(replica.kill)
+
+
 async def test_subscribes_made_together_each_deliver_their_channel(
     redis_server: RedisServer, channel: Callable[[str], str]
 ) -> None:

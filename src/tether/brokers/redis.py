@@ -75,7 +75,7 @@ from tether.brokers.base import (
 )
 from tether.brokers.batching import TickBatcher
 from tether.brokers.redis_common import (
-    HISTORY_SCRIPT,
+    HISTORY_MANY_SCRIPT,
     UNAVAILABLE,
     PresenceCommands,
     StreamCommands,
@@ -98,6 +98,10 @@ _Control = tuple[str, str]
 channel), or (PING, "") for a delivery barrier."""
 _Script = tuple[list[str], list[Any]]
 """KEYS and ARGV of one script call."""
+_READS_PER_SCRIPT = 64
+"""Streams one call of the many-streams history script reads at most: a script holds the
+server while it runs (each stream is an LRANGE of up to its history size), so a batch of
+thousands goes as several calls, still in one pipeline."""
 
 
 class Sentinels(NamedTuple):
@@ -211,7 +215,7 @@ class RedisBroker(StreamCommands):
         )
         self._keys = StreamKeys(prefix)
         self._publish_script = self._redis.register_script(publish_script("publish"))
-        self._history_script = self._redis.register_script(HISTORY_SCRIPT)
+        self._history_many_script = self._redis.register_script(HISTORY_MANY_SCRIPT)
         self._handler: BrokerEventHandler | None = None
         self._channels: set[str] = set()
         self._conn: Connection | None = None
@@ -425,11 +429,30 @@ class RedisBroker(StreamCommands):
         return await self._reads.call((keys, args))
 
     async def _read_streams(self, calls: list[_Script]) -> list[Any]:
-        """The history script for every stream read asked for during one loop iteration,
-        in one pipeline (a connect storm reads thousands of streams: one round trip per
-        iteration instead of one per read). Each reply is exactly what the script alone
-        would have returned; an error reply stays its own caller's."""
-        return await self._run_scripts(self._history_script, calls)
+        """Every stream read of one batch (each a history script call, KEYS ``[history,
+        meta]``, ARGV ``[new epoch, meta ttl ms]``), as calls of the many-streams script
+        of up to ``_READS_PER_SCRIPT`` streams each, in one pipeline: a connect storm
+        reads thousands of streams, and each command costs redis-py a round of packing,
+        parsing and timeouts. Each stream's reply is exactly what the history script
+        alone returns (the same steps, fence included); a stream whose read failed gets
+        its own error, and a call that failed whole fails the reads it carried."""
+        chunks = [calls[i : i + _READS_PER_SCRIPT] for i in range(0, len(calls), _READS_PER_SCRIPT)]
+        scripts: list[_Script] = []
+        for chunk in chunks:
+            keys = [key for stream_keys, _ in chunk for key in stream_keys]
+            meta_ttl_ms = chunk[0][1][1]
+            scripts.append((keys, [meta_ttl_ms, *(args[0] for _, args in chunk)]))
+        replies = await self._run_scripts(self._history_many_script, scripts)
+        out: list[Any] = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, BaseException):
+                out.extend([reply] * len(chunk))
+            elif len(reply) != len(chunk):
+                error = ResponseError(f"history: {len(reply)} replies for {len(chunk)} reads")
+                out.extend([error] * len(chunk))
+            else:
+                out.extend(reply)
+        return out
 
     # -- Broker -----------------------------------------------------------------------
 

@@ -129,6 +129,36 @@ return {meta[1] or "0", epoch, redis.call("lrange", KEYS[1], 0, -1), meta[2] or 
 """
 )
 
+HISTORY_MANY_SCRIPT = (
+    _STREAM_EPOCH
+    + """
+-- What HISTORY_SCRIPT returns, for many streams of one server in one call (the stream
+-- reads of a connect storm: one command instead of one per stream).
+-- KEYS: per stream, its history list then its meta hash.
+-- ARGV: 1 meta ttl ms, then per stream the epoch for it if it is new.
+-- Returns one reply per stream, in order; a stream whose read failed gets its error
+-- reply in its place, and the others are read all the same.
+local function read(history, meta, new_epoch)
+  local epoch, created = stream_epoch(meta, new_epoch)
+  if created then redis.call("pexpire", meta, ARGV[1]) end
+  local m = redis.call("hmget", meta, "s", "pe", "pb")
+  return {m[1] or "0", epoch, redis.call("lrange", history, 0, -1), m[2] or "", m[3] or "0"}
+end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local ok, reply = pcall(read, KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 1])
+  if ok then
+    out[i] = reply
+  elseif type(reply) == "table" and reply.err then
+    out[i] = reply
+  else
+    out[i] = redis.error_reply("ERR " .. tostring(reply))
+  end
+end
+return out
+"""
+)
+
 encoder = msgspec.json.Encoder()
 
 
