@@ -24,12 +24,14 @@ delivers them in one loop iteration and writes them to each subscriber at once.
 
 Per-tick batching (:class:`~tether.brokers.batching.TickBatcher`). What a connect storm
 asks of Redis comes in thousands of small calls; those made during one event-loop
-iteration go together: the stream reads (the history script) as one pipeline of
-EVALSHAs on one pooled connection, and the subscriber connection's SUBSCRIBEs,
-UNSUBSCRIBEs and delivery barriers as one write (runs of (UN)SUBSCRIBE merged into one
-command of many channels, in call order, and one PING for every subscribe and barrier of
-the batch). One batch of each kind is out at a time, and the next one fills meanwhile,
-so under load a pipeline carries tens of reads. Each caller gets exactly the reply it
+iteration go together: the stream reads as one pipeline on one pooled connection, of
+one call of the many-streams history script per 64 streams (``HISTORY_MANY_SCRIPT``:
+the history script's steps for each stream, each failing alone), and the subscriber
+connection's SUBSCRIBEs, UNSUBSCRIBEs and delivery barriers as one write (runs of
+(UN)SUBSCRIBE merged into one command of many channels, in call order, and one PING for
+every subscribe and barrier of the batch). One batch of each kind is out at a time, and
+the next one fills meanwhile, so under load a batch carries tens of reads. Each caller
+gets exactly the reply it
 would have had alone, and its own errors; a broken connection fails every call of the
 batch as unavailable.
 
