@@ -31,9 +31,8 @@ connection's SUBSCRIBEs, UNSUBSCRIBEs and delivery barriers as one write (runs o
 (UN)SUBSCRIBE merged into one command of many channels, in call order, and one PING for
 every subscribe and barrier of the batch). One batch of each kind is out at a time, and
 the next one fills meanwhile, so under load a batch carries tens of reads. Each caller
-gets exactly the reply it
-would have had alone, and its own errors; a broken connection fails every call of the
-batch as unavailable.
+gets exactly the reply it would have had alone, and its own errors; a broken connection
+fails every call of the batch as unavailable.
 
 The subscriber side is a dedicated connection this module drives itself (no silent
 reconnects inside the library): when it breaks, the broker is *deaf*, says so
