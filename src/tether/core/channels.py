@@ -282,6 +282,11 @@ class Channels(Generic[M]):
         """Remove ``member`` from the channel now; presence, leave push and broker
         unsubscribe follow in a task the node owns."""
         self._hub.remove(sub.channel, member)
+        if not (sub.namespace.presence or sub.joined) and self._hub.has_local(sub.channel):
+            # Nothing to take back (no presence entry, no join pushed), and the broker
+            # subscription stays for the others: a reconnection storm leaves group
+            # channels this way thousands of times, without a task each.
+            return
         key = (sub.channel, member.id)
         task = self._spawn(self._after_leave(sub, member.id), "leave")
         self._leaving[key] = task
