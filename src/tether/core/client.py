@@ -170,7 +170,7 @@ class Client(OutboundQueue):
         self.connected_at = ctx.clock()
         self.awaiting_pong = False
         self._publish_bucket: TokenBucket | None = None  # made at the first publish
-        self._inbox: deque[Command] | None = None
+        self._inbox: deque[Command] | None = None  # while commands wait for the worker
         self._worker: asyncio.Task[None] | None = None
         self.headers: Mapping[str, str] = _forwarded(headers, ctx.forwarded_headers)
         """The upgrade request's headers that a backend hook forwards (lower-case names);
@@ -324,6 +324,10 @@ class Client(OutboundQueue):
                 await self._dispatch(self._inbox.popleft())
         finally:
             self._worker = None
+            if not self._inbox:
+                # An empty deque keeps its 64-slot block (760 B): an idle connection,
+                # which sent its commands long ago, holds none.
+                self._inbox = None
 
     def _violation(self, exc: ProtocolViolation) -> None:
         log.info("protocol violation", client=self.id, user=self.user, reason=str(exc))
