@@ -699,12 +699,7 @@ class Client(OutboundQueue):
                     raise ClientError(ErrorCode.PERMISSION_DENIED)
             elif not ns.allow_subscribe:
                 raise ClientError(ErrorCode.PERMISSION_DENIED)
-        info = ClientInfo(
-            user=self.user,
-            client=self.id,
-            conn_info=self.conn_info,
-            chan_info=msgspec.Raw(token_info) if token_info is not None else None,
-        )
+        info = self._client_info(token_info)
         sub = Subscription(
             channel=channel, namespace=ns, info=info, expire_at=expire_at, server_side=authorized
         )
@@ -730,6 +725,18 @@ class Client(OutboundQueue):
         else:
             self.ctx.registry.track_sub_expiry(self, channel, expire_at)  # then 3006
         return result, after
+
+    def _client_info(self, chan_info: bytes | None) -> ClientInfo:
+        """This connection as a new subscription's joins, leaves, presence and
+        publications name it. Subscriptions without channel info share one (a ClientInfo
+        is never changed): an idle connection would otherwise hold one per channel."""
+        if chan_info is None:
+            for sub in self.subs.values():
+                info = sub.info
+                if info.chan_info is None and info.conn_info is self.conn_info:
+                    return info  # a refresh that changed conn_info gets a new one
+        raw = msgspec.Raw(chan_info) if chan_info is not None else None
+        return ClientInfo(user=self.user, client=self.id, conn_info=self.conn_info, chan_info=raw)
 
     def go_live(self, channel: str, after_offset: int) -> None:
         sub = self.subs.get(channel)
