@@ -30,7 +30,7 @@ PATH = "/connection/websocket"
 class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
         "_abort_timer",
-        "_admitted_ip",
+        "_admitted",
         "_binary",
         "_gateway",
         "_session",
@@ -44,7 +44,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._ws = wire.ServerConnection(gateway.limits.max_message_size)
         self._transport: asyncio.Transport | None = None
         self._session: Session | None = None
-        self._admitted_ip: str | None = None
+        self._admitted = False
+        """Admission counted this connection against its IP (released when it ends)."""
         self._abort_timer: asyncio.TimerHandle | None = None
         self._binary = False
         """The connection speaks a binary encoding (Protobuf): text frames are refused."""
@@ -69,9 +70,9 @@ class WebSocketConnection(asyncio.Protocol):
             # storm of refused upgrades would pin each one's buffers that long).
             self._abort_timer.cancel()
             self._abort_timer = None
-        if self._admitted_ip is not None:
-            self._gateway.release(self._admitted_ip)
-            self._admitted_ip = None
+        if self._admitted:
+            self._gateway.release(self._ip())
+            self._admitted = False
         self._end_session()
 
     def pause_writing(self) -> None:
@@ -147,6 +148,11 @@ class WebSocketConnection(asyncio.Protocol):
         if session is not None:
             session.on_transport_closed()
 
+    def _ip(self) -> str:
+        """The peer's address without the port (made again at release rather than kept:
+        an idle connection holds ``remote`` only)."""
+        return self.remote.rpartition(":")[0]
+
     def _abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
@@ -163,11 +169,10 @@ class WebSocketConnection(asyncio.Protocol):
             negotiated = negotiate(request)
             if not gateway.accepting:
                 raise wire.HandshakeError(503, "Shutting Down", retry_after=1)
-            ip = self.remote.rpartition(":")[0]
-            retry_after = gateway.admit(ip)
+            retry_after = gateway.admit(self._ip())
             if retry_after is not None:
                 raise wire.HandshakeError(503, "Too Many Connections", retry_after)
-            self._admitted_ip = ip
+            self._admitted = True
         except wire.HandshakeError as exc:
             self._ws.reject(exc.status, exc.reason, exc.retry_after)
             self._send()
