@@ -393,15 +393,7 @@ class ServerConnection:
     are built once for every connection (see :func:`text_frame`) and written by the pump.
     """
 
-    __slots__ = (
-        "_buf",
-        "_fragment_text",
-        "_fragments",
-        "_fragments_size",
-        "_out",
-        "max_size",
-        "state",
-    )
+    __slots__ = ("_buf", "_fragmented", "_out", "max_size", "state")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -409,9 +401,8 @@ class ServerConnection:
         self.state = State.CONNECTING
         self._buf = b""
         self._out = b""
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
-        self._fragment_text = False
+        self._fragmented: _Fragmented | None = None
+        """The message whose fragments are arriving (None between messages)."""
 
     @property
     def buffered(self) -> int:
@@ -456,7 +447,7 @@ class ServerConnection:
     def connection_lost(self) -> None:
         self.state = State.CLOSED
         self._buf = b""
-        self._fragments = None
+        self._fragmented = None
 
     # -- internals --------------------------------------------------------------------
 
@@ -467,7 +458,7 @@ class ServerConnection:
     def _close(self, code: int, reason: str) -> None:
         self._out += close_frame(code, reason)
         self._buf = b""
-        self._fragments = None
+        self._fragmented = None
         self.state = State.CLOSING
 
     def _request(self, data: bytes) -> list[Event]:
@@ -512,7 +503,7 @@ class ServerConnection:
             if opcode >= 0x8:
                 if length > 125 or not fin:
                     raise WebSocketError(CLOSE_PROTOCOL_ERROR, "invalid control frame")
-            elif length + self._fragments_size > self.max_size:
+            elif length + (self._fragmented.size if self._fragmented else 0) > self.max_size:
                 raise WebSocketError(CLOSE_TOO_BIG, f"message larger than {self.max_size}")
             if end - pos < head + length:
                 break
@@ -539,26 +530,36 @@ class ServerConnection:
         if opcode == OP_CLOSE:
             return _parse_close(payload)
         if opcode in (OP_TEXT, OP_BINARY):
-            if self._fragments is not None:
+            if self._fragmented is not None:
                 raise WebSocketError(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
             if fin:
                 return _message(payload, opcode == OP_TEXT)
-            self._fragments = [payload]
-            self._fragments_size = len(payload)
-            self._fragment_text = opcode == OP_TEXT
+            self._fragmented = _Fragmented(payload, opcode == OP_TEXT)
             return None
         if opcode == OP_CONT:
-            if self._fragments is None:
+            fragmented = self._fragmented
+            if fragmented is None:
                 raise WebSocketError(CLOSE_PROTOCOL_ERROR, "continuation without a message")
-            self._fragments.append(payload)
-            self._fragments_size += len(payload)
+            fragmented.parts.append(payload)
+            fragmented.size += len(payload)
             if not fin:
                 return None
-            data = b"".join(self._fragments)
-            self._fragments = None
-            self._fragments_size = 0
-            return _message(data, self._fragment_text)
+            self._fragmented = None
+            return _message(b"".join(fragmented.parts), fragmented.text)
         raise WebSocketError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+
+
+class _Fragmented:
+    """A fragmented message while its fragments arrive (RFC 6455 5.4): kept apart from
+    :class:`ServerConnection` so that a connection between messages holds one slot for it."""
+
+    __slots__ = ("parts", "size", "text")
+
+    def __init__(self, first: bytes, text: bool) -> None:
+        self.parts = [first]
+        self.size = len(first)
+        """Bytes of ``parts`` together (the message size limit counts them all)."""
+        self.text = text
 
 
 def _message(data: bytes, text: bool) -> Message:
