@@ -434,6 +434,26 @@ async def test_guarded_broker_is_unhealthy_and_fails_fast_while_its_breaker_is_o
     assert broker.breaker.state is BreakerState.CLOSED
 
 
+async def test_guarded_broker_probe_answered_unrecoverable_lets_the_next_call_probe() -> None:
+    clock = FakeClock()
+    inner = FaultyBroker()
+    broker = _guarded(inner, clock, failure_threshold=1, reset_timeout=5)
+    inner.fail("history", times=1)  # opens the breaker: its retries are refused
+    with pytest.raises(BrokerUnavailable):
+        await broker.history("chat:room", limit=-1)
+    assert broker.breaker.state is BreakerState.OPEN
+    clock.advance(5)
+    inner.fail("history", times=1, exc=lambda: UnrecoverablePosition())
+
+    with pytest.raises(UnrecoverablePosition):  # the probe: an answer, not a failure
+        await broker.history("chat:room", since=StreamPosition(7, "gone"), limit=10)
+
+    assert broker.breaker.state is BreakerState.HALF_OPEN
+    assert broker.healthy  # the probe is over: the next call may probe
+    await broker.history("chat:room", limit=-1)
+    assert broker.breaker.state is BreakerState.CLOSED
+
+
 # -- RecoveryCache -------------------------------------------------------------------------
 
 
