@@ -85,11 +85,18 @@ class Plan:
         return out
 
 
-def _row(results: list[dict[str, Any]], scenario: str, label: str) -> dict[str, Any]:
-    for row in results:
-        if row.get("scenario") == scenario and row.get("label") == label:
-            return row
-    raise CapacityError(f"the bench JSON has no {scenario!r} run labelled {label!r}")
+def _row(
+    results: list[dict[str, Any]], scenario: str, label: str, name: str | None = None
+) -> dict[str, Any]:
+    """The run of ``scenario`` labelled ``label``; with ``name``, the one of that plan row
+    when the JSON says (a page has several latency runs labelled Tether: at equal load,
+    at fractions of the maximum; the model wants the one at half of it, row ``tether``)."""
+    found = [r for r in results if r.get("scenario") == scenario and r.get("label") == label]
+    if name is not None:
+        found = [r for r in found if r.get("row", name) == name] or found
+    if not found:
+        raise CapacityError(f"the bench JSON has no {scenario!r} run labelled {label!r}")
+    return found[0]
 
 
 def _number(row: dict[str, Any], key: str) -> float:
@@ -114,16 +121,22 @@ def costs_from_bench(bench: Any) -> Costs:
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):
         raise CapacityError("not a bench JSON: expected an object with a 'results' list")
     results: list[dict[str, Any]] = [r for r in bench["results"] if isinstance(r, dict)]
-    low = _per_publication_cpu(_row(results, "latency", "Tether"))
-    high = _per_publication_cpu(_row(results, "fanout", "Tether (1 publication/request)"))
+    low = _per_publication_cpu(_row(results, "latency", "Tether", "tether"))
+    high = _per_publication_cpu(
+        _row(results, "fanout", "Tether (1 publication/request)", "tether-batch1")
+    )
     if high[0] <= low[0]:
         raise CapacityError("the fanout run must have a larger fan-out than the latency run")
     per_delivery = (high[1] - low[1]) / (high[0] - low[0])
     per_publication = low[1] - per_delivery * low[0]
     if per_delivery <= 0 or per_publication <= 0:
         raise CapacityError(
-            "the latency and fanout runs give a non-positive cost per publication or per "
-            "delivery: rerun `make bench` on a quiet machine"
+            "no straight line with positive costs goes through the latency run "
+            f"({low[1] * 1e6:.0f} us per publication at fan-out {low[0]:.0f}) and the fanout "
+            f"run ({high[1] * 1e6:.0f} us at fan-out {high[0]:.0f}): they coalesced "
+            "publications differently (requests in flight let publications share each "
+            "subscriber's write), so this bench cannot separate the cost per publication "
+            "from the cost per delivery"
         )
     idle = _row(results, "idle", "Tether")
     connections = _number(idle, "connections")

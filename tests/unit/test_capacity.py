@@ -200,3 +200,16 @@ def test_cli_refuses_a_missing_bench_file_with_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--publications", "1", "--fanout", "1"])
     assert result.exit_code == 2
     assert "cannot read" in result.output
+
+
+def test_the_latency_run_at_half_of_the_maximum_is_the_one_used() -> None:
+    # make bench labels every latency run of Tether "Tether" (at equal load, at fractions
+    # of its maximum): the model takes the plan row "tether", wherever it stands.
+    data = bench()
+    equal = dict(_run("latency", "Tether", 1000, 40), row="tether@equal")
+    equal["deliveries_per_server_cpu_s"] /= 10  # idle costs dominate at 5/s
+    data["results"].insert(0, equal)
+    data["results"][1]["row"] = "tether"
+    costs = costs_from_bench(data)
+    assert costs.per_publication == pytest.approx(PUB)
+    assert costs.per_delivery == pytest.approx(DELIVERY)
