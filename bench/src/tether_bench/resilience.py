@@ -470,7 +470,6 @@ async def reconnect_storm(run: Run) -> dict[str, Any]:
             run.host,
             run.port,
             concurrency=max(o.connect_concurrency, clients),
-            retries=30,
             on_progress=progressed,
         )
         done_at = time.perf_counter()
