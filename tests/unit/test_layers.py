@@ -10,7 +10,8 @@
         |        tether.cluster, tether.saturation, and the interfaces the broker edge
         |        meets core on: tether.brokers.base (Broker, PresenceStore,
         |        BrokerEventHandler) and tether.brokers.addresses
-    protocol     tether.protocol (sans-I/O), tether.errors, the package root (version)
+    protocol     tether.protocol (sans-I/O), tether.errors, tether.randomness (ids),
+                 the package root (version)
 
 The rule (protocol <- core <- edges <- assembly): a module imports only modules of its
 own layer or of a lower one, and no module imports one that imports it back, directly or
@@ -35,6 +36,7 @@ SRC = Path(tether.__file__).parent
 LAYER_OF = {
     "tether": "protocol",
     "tether.errors": "protocol",
+    "tether.randomness": "protocol",
     "tether.protocol": "protocol",
     "tether.core": "core",
     "tether.config": "core",

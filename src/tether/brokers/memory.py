@@ -7,7 +7,6 @@ could not recover (``recovered: false``), never silently given a gap.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from tether.brokers.base import (
     select_history,
 )
 from tether.protocol.messages import ClientInfo, Publication
+from tether.randomness import random_hex
 
 Clock = Callable[[], float]
 
@@ -79,7 +79,7 @@ class MemoryBroker:
             elif stream.expire_at <= now:
                 stream.publications = ()
         if stream is None and create:
-            stream = self._streams[channel] = _Stream(secrets.token_hex(4))
+            stream = self._streams[channel] = _Stream(random_hex(4))
             stream.expire_at = now
             stream.meta_expire_at = now + self._meta_ttl
         return stream

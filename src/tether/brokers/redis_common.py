@@ -11,7 +11,6 @@ slot's master.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable
 from typing import Any, Literal, TypeVar
 
@@ -31,6 +30,7 @@ from tether.brokers.base import (
 )
 from tether.errors import BrokerUnavailable
 from tether.protocol.messages import ClientInfo, Publication
+from tether.randomness import random_hex
 
 log = structlog.get_logger("tether.redis")
 
@@ -207,7 +207,7 @@ def publish_call(
         options.history_size,
         max(1, int(options.history_ttl * 1000)),
         max(meta_ttl_ms, int(options.history_ttl * 1000)),
-        secrets.token_hex(4),
+        random_hex(4),
         max(1, int(options.idempotency_ttl * 1000)),
         "1" if idempotent else "0",
         "d" if options.delta else "",
@@ -226,7 +226,7 @@ def history_call(
     keys: StreamKeys, channel: str, meta_ttl_ms: int
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of the history script."""
-    return [keys.history(channel), keys.meta(channel)], [secrets.token_hex(4), meta_ttl_ms]
+    return [keys.history(channel), keys.meta(channel)], [random_hex(4), meta_ttl_ms]
 
 
 def history_page(

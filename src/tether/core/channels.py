@@ -45,6 +45,7 @@ from tether.brokers.base import (
     publish_all,
 )
 from tether.config import Config, NamespaceConfig
+from tether.core.flight import Flight
 from tether.core.hooks import Events
 from tether.core.hub import Hub, Member
 from tether.core.lanes import Lane, LaneGate
@@ -169,7 +170,7 @@ class Channels(Generic[M]):
         """Publishes in flight per lane; ``lanes.shed``: refused because it was full."""
         self.recoveries = dict.fromkeys(RECOVERY_OUTCOMES, 0)
         """Subscribes that asked to recover, by outcome (see RECOVERY_OUTCOMES)."""
-        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._subscribing: dict[str, Flight[None]] = {}
         self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
         """(channel, client id) -> the task finishing that subscription's leave."""
 
@@ -192,17 +193,17 @@ class Channels(Generic[M]):
 
     async def _ensure_broker_subscribed(self, channel: str, first: bool) -> None:
         if first:
-            waiter = asyncio.get_running_loop().create_future()
-            self._subscribing[channel] = waiter
+            flight: Flight[None] = Flight()
+            self._subscribing[channel] = flight
             try:
                 await self._broker.subscribe(channel)
             finally:
                 del self._subscribing[channel]
-                waiter.set_result(None)
-        elif channel in self._subscribing:
+                flight.finish(None)
+        elif (making := self._subscribing.get(channel)) is not None:
             # Another subscriber is making the broker subscription: reading the stream
             # before it is active could miss a publication.
-            await asyncio.shield(self._subscribing[channel])
+            await making.wait()
 
     async def join(
         self, member: M, sub: Subscription, request: SubscribeRequest

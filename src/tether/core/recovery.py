@@ -14,7 +14,6 @@ Rules (protocol v2, and docs/explanation/recovery.md):
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -26,6 +25,7 @@ from tether.brokers.base import (
     StreamPosition,
     select_history,
 )
+from tether.core.flight import Flight
 from tether.errors import BrokerUnavailable, UnrecoverablePosition
 from tether.protocol.messages import Publication
 
@@ -103,7 +103,7 @@ class RecoveryCache:
         self._broker = broker
         self._clock = clock
         self._tails: dict[str, _Tail] = {}
-        self._loading: dict[str, asyncio.Future[BaseException | None]] = {}
+        self._loading: dict[str, Flight[BaseException | None]] = {}
         self._heard: dict[str, list[Publication]] = {}
         self.broker_reads = 0
         """Stream reads that reached the broker (the rest were served here)."""
@@ -131,7 +131,7 @@ class RecoveryCache:
         BrokerUnavailable when the read failed: every waiter of that read gets the
         failure instead of reading the broker again, one by one, during an outage."""
         while (loading := self._loading.get(channel)) is not None:
-            failure = await asyncio.shield(loading)
+            failure = await loading.wait()
             if failure is None:
                 return
             if isinstance(failure, BrokerUnavailable):
@@ -139,8 +139,8 @@ class RecoveryCache:
             # The recovery that was reading went away (cancelled): one of us reads again.
             if channel in self._tails:
                 return  # another waiter already did
-        done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-        self._loading[channel] = done
+        flight: Flight[BaseException | None] = Flight()
+        self._loading[channel] = flight
         self._heard[channel] = []
         failure = None
         try:
@@ -160,7 +160,7 @@ class RecoveryCache:
         finally:
             del self._loading[channel]
             del self._heard[channel]
-            done.set_result(failure)
+            flight.finish(failure)
 
     async def position(self, channel: str, *, size: int, ttl: float) -> StreamPosition:
         """The stream's top (from the tail when there is one)."""
