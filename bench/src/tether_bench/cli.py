@@ -144,6 +144,7 @@ def run(
             "stacks to this file, a summary in the report."
         ),
     ] = "",
+    profile_rate: Annotated[int, typer.Option(help="--profile: py-spy samples per second.")] = 200,
     slow: Annotated[int, typer.Option(help="slow-consumers: clients that stop reading.")] = 20,
     payload: Annotated[
         int, typer.Option(help="Filler bytes per publication (0: scenario default).")
@@ -217,6 +218,7 @@ def run(
         source_addresses=source_addresses,
         start_file=start_file,
         profile=profile,
+        profile_rate=profile_rate,
         slow=slow,
         payload=payload,
         outage=outage,

@@ -113,6 +113,8 @@ class BenchOptions:
     profile: str = ""
     """Sample the server with py-spy while measuring, collapsed stacks to this file (a
     summary goes in the report as ``profile``)."""
+    profile_rate: int = 200
+    """py-spy's samples per second (``--profile``)."""
     slow: int = 20
     """slow-consumers: clients that stop reading."""
     payload: int = 0
@@ -371,6 +373,7 @@ class Run:
         profiler, self._profiler = self._profiler, None
         if profiler is None:
             return
+        from tether_bench.profile import CONNECT_STAGES
         from tether_bench.profile import report as profile_report
 
         profiler.send_signal(signal.SIGINT)
@@ -381,13 +384,16 @@ class Run:
             profiler.wait()
         path = Path(self.o.profile)
         if path.exists():
-            self.profile = profile_report(path)
+            parts = CONNECT_STAGES if self.o.scenario == "connect-cost" else ()
+            self.profile = profile_report(path, parts=parts)
 
     def start_measure(self, profile: bool = True) -> None:
         if profile and self.o.profile and self.o.server_pid and self._profiler is None:
             from tether_bench.profile import record
 
-            self._profiler = record(self.o.server_pid, 600, Path(self.o.profile))
+            self._profiler = record(
+                self.o.server_pid, 600, Path(self.o.profile), rate=self.o.profile_rate
+            )
         self.measuring = True
         self.stats.record_latency = True
         self.monitor.start()
