@@ -404,7 +404,7 @@ def fold_runs(results: list[Report]) -> list[Report]:
     }
     for r in results:
         if r["row"].endswith(PROFILE_RUN) and "profile" in r:
-            r["profile"]["run"] = "an extra run, counted in no median (py-spy slows it)"
+            r["profile"]["run"] = "an extra run that no median counts, since py-spy slows it"
     results = [r for r in results if not r["row"].endswith(PROFILE_RUN)]
     results = keep_median_runs(results, "latency", _p99, "run_p99_ms")
     results = keep_median_runs(
