@@ -1044,7 +1044,14 @@ def issue11_markdown(by: ByRow, page: Path) -> list[str]:
             "Before and after. *Before*: today's main before issue 11's changes "
             f"({saved['commit'][:7]}), measured {saved['date']} with `{saved['command']}` "
             f"({saved['rounds']} interleaved rounds, medians; raw reports in "
-            f"`docs/{before.name}`). *After*: this run.",
+            f"`docs/{before.name}`)"
+            + (
+                f"; its 10,000-client reconnect storm measured {saved['storm_date']} with "
+                f"`{saved['storm_command']}` (one run, as `make bench` makes it)"
+                if saved.get("storm_command")
+                else ""
+            )
+            + ". *After*: this run.",
             "",
             "| figure | before | after |",
             "|---|---|---|",

@@ -779,6 +779,9 @@ def before_after_rows(before: Sequence[Report], after: ByRow) -> list[tuple[str,
         for key in grouped
     }
     fb, fa = issue11_figures(b), issue11_figures(old_harness(after))
+    storm = ("reconnect-storm", "tether-resilience-10k")
+    fb["storm_s"] = med(storm, "time_to_full_recovery_s")
+    fa["storm_s"] = after.get(storm, {}).get("time_to_full_recovery_s")
     names = [
         ("fanout_x_ceiling", "Tether ÷ per-tick ceiling, deliveries/s", "x"),
         ("fanout_x_ceiling_cpu", "Tether ÷ per-tick ceiling, per server CPU-s", "x"),
@@ -787,11 +790,14 @@ def before_after_rows(before: Sequence[Report], after: ByRow) -> list[tuple[str,
         ("redis_x_memory_cpu", "Redis ÷ memory, per server CPU-s", "x"),
         ("connects_memory", "connects per server CPU-s, memory", ""),
         ("connects_redis", "connects per server CPU-s, Redis", ""),
+        ("storm_s", "10,000-client reconnect storm: time to full recovery", "s"),
     ]
 
     def show(v: float | None, unit: str) -> str:
         if v is None:
             return "-"
+        if unit == "s":
+            return f"{v:.2f} s"
         return f"{v:.2f}x" if unit == "x" else fmt(round(v))
 
     return [(label, show(fb[key], unit), show(fa[key], unit)) for key, label, unit in names]
