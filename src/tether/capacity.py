@@ -6,10 +6,16 @@ The model (docs/howto/autoscale.md#capacity-planning-tether-capacity):
 * **CPU.** One node is one event loop: at most one core. A publication costs
   ``per_publication`` CPU-seconds on a node where its channel has subscribers, plus
   ``per_delivery`` for each local subscriber; a connection costs ``per_connection_idle``
-  CPU-seconds per second (pings); a connect costs ``1 / connects_per_cpu_s``. The two
-  publication costs come from two bench runs at one publication per request with
-  different fan-outs (a straight line through both points); none of them is fitted on
-  the ``rooms`` run, which is kept to check the model against (:func:`check_rooms`).
+  CPU-seconds per second (pings; the ``idle`` run); a connect costs
+  ``1 / connects_per_cpu_s`` (the ``connect-cost`` run over the memory broker: upgrade,
+  JWT connect, two recovering subscribes, measured in server CPU, admission control
+  lifted). The two publication costs come from the bench's capacity runs (latency
+  scenario rows ``tether@capacity-N``): the same paced rate and publish shape (one
+  publication per request), fan-outs N; a straight line through the smallest and the
+  largest fan-out. Runs at the maximum rate are not used: there several publications
+  share each subscriber's write, and how many depends on the rate and the requests in
+  flight. None of the figures is fitted on the ``rooms`` run, which is kept to check the
+  model against (:func:`check_rooms`).
 * **Steady load** runs at ``utilization`` of a core (default 0.6, the autoscalers'
   target), leaving the rest for bursts and a node's share of a reconnection storm.
 * **Reconnection storm.** ``storm_clients`` reconnect within ``storm_seconds``: spread
@@ -28,6 +34,7 @@ Pure arithmetic: no I/O (the CLI reads the bench JSON and passes the parsed obje
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -85,15 +92,9 @@ class Plan:
         return out
 
 
-def _row(
-    results: list[dict[str, Any]], scenario: str, label: str, name: str | None = None
-) -> dict[str, Any]:
-    """The run of ``scenario`` labelled ``label``; with ``name``, the one of that plan row
-    when the JSON says (a page has several latency runs labelled Tether: at equal load,
-    at fractions of the maximum; the model wants the one at half of it, row ``tether``)."""
+def _row(results: list[dict[str, Any]], scenario: str, label: str) -> dict[str, Any]:
+    """The first run of ``scenario`` labelled ``label``."""
     found = [r for r in results if r.get("scenario") == scenario and r.get("label") == label]
-    if name is not None:
-        found = [r for r in found if r.get("row", name) == name] or found
     if not found:
         raise CapacityError(f"the bench JSON has no {scenario!r} run labelled {label!r}")
     return found[0]
@@ -109,10 +110,84 @@ def _number(row: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+CAPACITY_ROW = "tether@capacity-"
+"""Prefix of the plan rows (``tether-bench compare``) of the capacity runs: latency
+scenario, one rate, fan-out N (the suffix)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationLine:
+    """CPU per publication and per delivery: a straight line through two runs at one
+    publication per request, each ``(fan-out, CPU-seconds per publication)``."""
+
+    per_publication: float
+    per_delivery: float
+    low: tuple[float, float]
+    high: tuple[float, float]
+    rate: float  # publications/s of both runs
+
+
 def _per_publication_cpu(row: dict[str, Any]) -> tuple[float, float]:
     """(fan-out, CPU-seconds per publication) of a one-publication-per-request run."""
     fanout = _number(row, "deliveries") / _number(row, "publications")
     return fanout, fanout / _number(row, "deliveries_per_server_cpu_s")
+
+
+def publication_line(results: list[dict[str, Any]]) -> PublicationLine:
+    """The line through the capacity runs of a bench JSON's results (latency rows
+    ``tether@capacity-N``: at least two fan-outs, one rate). Raises
+    :class:`CapacityError` when they are missing, disagree on the rate, or give no line
+    with positive costs."""
+    runs = [
+        r
+        for r in results
+        if r.get("scenario") == "latency" and str(r.get("row", "")).startswith(CAPACITY_ROW)
+    ]
+    usable = [r for r in runs if "error" not in r]
+    if len({r["row"] for r in usable}) < 2:
+        failed = ", ".join(sorted(r["row"] for r in runs if "error" in r)) or "none"
+        raise CapacityError(
+            f"the bench JSON lacks the capacity runs (latency rows {CAPACITY_ROW}1000 and "
+            f"{CAPACITY_ROW}250: one paced rate, two fan-outs; failed runs: {failed}), "
+            "it predates them: re-run `make bench`"
+        )
+    points = sorted(((_per_publication_cpu(r), r) for r in usable), key=lambda p: p[0][0])
+    (low, low_run), (high, high_run) = points[0], points[-1]
+    rates = (_number(low_run, "rate"), _number(high_run, "rate"))
+    if abs(rates[0] - rates[1]) > 0.05 * max(rates):
+        raise CapacityError(
+            f"the capacity runs {low_run['row']} and {high_run['row']} published at "
+            f"different rates ({rates[0]:g}/s, {rates[1]:g}/s): the line needs one rate"
+        )
+    if high[0] <= low[0]:
+        raise CapacityError(
+            f"the capacity runs {low_run['row']} and {high_run['row']} have the same "
+            f"fan-out ({low[0]:.0f}): the line needs two"
+        )
+    per_delivery = (high[1] - low[1]) / (high[0] - low[0])
+    per_publication = low[1] - per_delivery * low[0]
+    if per_delivery <= 0 or per_publication <= 0:
+        raise CapacityError(
+            "no straight line with positive costs goes through the capacity runs "
+            f"({low[1] * 1e6:.0f} us per publication at fan-out {low[0]:.0f}, "
+            f"{high[1] * 1e6:.0f} us at fan-out {high[0]:.0f}), so this bench cannot "
+            "separate the cost per publication from the cost per delivery: one of them was "
+            "disturbed (see their load averages) or coalesced publications; re-run them"
+        )
+    return PublicationLine(per_publication, per_delivery, low, high, rates[0])
+
+
+def _connects_per_cpu_s(results: list[dict[str, Any]]) -> float:
+    """Connects per server CPU-second of the connect-cost run over the memory broker
+    (row ``tether``): the stored run (``make bench`` keeps the median of its runs), or
+    the lower median of several stored runs (the conservative one)."""
+    runs = [r for r in results if r.get("scenario") == "connect-cost" and r.get("row") == "tether"]
+    if not runs:
+        raise CapacityError(
+            "the bench JSON has no 'connect-cost' run of row 'tether' (memory broker): "
+            "re-run `make bench`"
+        )
+    return statistics.median_low([_number(r, "connects_per_server_cpu_s") for r in runs])
 
 
 def costs_from_bench(bench: Any) -> Costs:
@@ -121,35 +196,22 @@ def costs_from_bench(bench: Any) -> Costs:
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):
         raise CapacityError("not a bench JSON: expected an object with a 'results' list")
     results: list[dict[str, Any]] = [r for r in bench["results"] if isinstance(r, dict)]
-    low = _per_publication_cpu(_row(results, "latency", "Tether", "tether"))
-    high = _per_publication_cpu(
-        _row(results, "fanout", "Tether (1 publication/request)", "tether-batch1")
-    )
-    if high[0] <= low[0]:
-        raise CapacityError("the fanout run must have a larger fan-out than the latency run")
-    per_delivery = (high[1] - low[1]) / (high[0] - low[0])
-    per_publication = low[1] - per_delivery * low[0]
-    if per_delivery <= 0 or per_publication <= 0:
-        raise CapacityError(
-            "no straight line with positive costs goes through the latency run "
-            f"({low[1] * 1e6:.0f} us per publication at fan-out {low[0]:.0f}) and the fanout "
-            f"run ({high[1] * 1e6:.0f} us at fan-out {high[0]:.0f}): they coalesced "
-            "publications differently (requests in flight let publications share each "
-            "subscriber's write), so this bench cannot separate the cost per publication "
-            "from the cost per delivery"
-        )
+    line = publication_line(results)
     idle = _row(results, "idle", "Tether")
     connections = _number(idle, "connections")
     meta = bench.get("meta")
     date = meta.get("date", "undated") if isinstance(meta, dict) else "undated"
     return Costs(
-        per_publication=per_publication,
-        per_delivery=per_delivery,
+        per_publication=line.per_publication,
+        per_delivery=line.per_delivery,
         per_connection_idle=_number(idle, "server_cpu_percent") / 100 / connections,
-        connects_per_cpu_s=_number(idle, "connect_per_s"),
+        connects_per_cpu_s=_connects_per_cpu_s(results),
         kib_per_connection=_number(idle, "rss_per_connection_kib"),
         base_rss_mib=_number(idle, "server_rss_before_mib"),
-        source=f"bench of {date}: Tether latency, fanout (1 publication/request), idle runs",
+        source=(
+            f"bench of {date}: Tether capacity runs ({line.rate:g} publications/s, fan-outs "
+            f"{line.low[0]:.0f} and {line.high[0]:.0f}), connect-cost and idle runs"
+        ),
     )
 
 
@@ -226,12 +288,15 @@ def plan(costs: Costs, target: Target) -> Plan:
         f"a publication costs {costs.per_publication * 1e6:.0f} us of CPU on each node "
         f"holding a subscriber of its channel (min(nodes, fanout) nodes), plus "
         f"{costs.per_delivery * 1e6:.3f} us per delivery: a straight line through the "
-        "latency and fanout runs, one publication per API request (batching publications "
-        "costs less)",
+        "capacity runs (one paced rate, two fan-outs), one publication per API request and "
+        "each flushed on its own (batching publications, or rates high enough that they "
+        "share writes, cost less)",
         f"an idle connection costs {costs.per_connection_idle * 1e6:.2f} us of CPU per "
         "second (pings; idle run)",
-        f"a connect costs {1e6 / costs.connects_per_cpu_s:.0f} us of CPU (the idle run's "
-        f"connect rate, {costs.connects_per_cpu_s:.0f}/s, taken as CPU-bound: conservative)",
+        f"a connect costs {1e6 / costs.connects_per_cpu_s:.0f} us of CPU "
+        f"({costs.connects_per_cpu_s:.0f} connects per server CPU-second, connect-cost run "
+        "over the memory broker: upgrade, JWT, two recovering subscribes; a Redis broker "
+        "costs more)",
         "one node = one process = one event loop = at most one core (request 1 CPU per pod)",
         f"at least {target.min_nodes} nodes, so that a lost node's clients have somewhere to go",
         f"steady load at most {target.utilization:.0%} of a core per node (the autoscalers' "

@@ -25,16 +25,32 @@ from tether.cli import app
 PUB, DELIVERY = 100e-6, 1e-6
 
 
-def _run(scenario: str, label: str, fanout: int, publications: int) -> dict[str, Any]:
+def _capacity_run(fanout: int, rate: float = 200, seconds: float = 6) -> dict[str, Any]:
+    """A paced capacity run (tether-bench compare's row ``tether@capacity-N``) whose server
+    CPU the round costs above account for exactly."""
+    publications = int(rate * seconds)
     deliveries = fanout * publications
     cpu = publications * (PUB + fanout * DELIVERY)
     return {
-        "scenario": scenario,
-        "label": label,
+        "scenario": "latency",
+        "row": f"tether@capacity-{fanout}",
+        "label": "Tether",
         "connections": fanout,
+        "rate": rate,
         "publications": publications,
         "deliveries": deliveries,
+        "server_cpu_s": cpu,
         "deliveries_per_server_cpu_s": deliveries / cpu,
+    }
+
+
+def _connect_cost(connects_per_cpu_s: float, row: str = "tether") -> dict[str, Any]:
+    return {
+        "scenario": "connect-cost",
+        "row": row,
+        "label": "Tether" if row == "tether" else "Tether over Redis",
+        "connect_per_s": 7000,  # wall clock: not what the model reads
+        "connects_per_server_cpu_s": connects_per_cpu_s,
     }
 
 
@@ -53,14 +69,16 @@ def bench() -> dict[str, Any]:
     return {
         "meta": {"date": "2026-01-01 00:00 UTC"},
         "results": [
-            _run("latency", "Tether", 1000, 5000),
-            _run("fanout", "Tether (1 publication/request)", 2000, 4000),
+            _capacity_run(1000),
+            _capacity_run(250),
+            _connect_cost(2000),
+            _connect_cost(1000, row="tether-redis"),
             {
                 "scenario": "idle",
                 "label": "Tether",
                 "connections": 10000,
                 "server_cpu_percent": 1.0,
-                "connect_per_s": 2000,
+                "connect_per_s": 2500,
                 "rss_per_connection_kib": 5.0,
                 "server_rss_before_mib": 50.0,
             },
@@ -69,13 +87,63 @@ def bench() -> dict[str, Any]:
     }
 
 
-def test_costs_are_a_straight_line_through_the_two_fanout_runs() -> None:
+def test_costs_are_a_straight_line_through_the_two_capacity_runs() -> None:
     costs = costs_from_bench(bench())
     assert costs.per_publication == pytest.approx(PUB)
     assert costs.per_delivery == pytest.approx(DELIVERY)
     assert costs.per_connection_idle == pytest.approx(1e-6)
-    assert costs.connects_per_cpu_s == 2000
+    assert costs.connects_per_cpu_s == 2000  # memory broker, per server CPU-second
     assert "2026-01-01" in costs.source
+    assert "fan-outs 250 and 1000" in costs.source
+
+
+def test_runs_at_the_maximum_rate_are_not_fitted_on() -> None:
+    # The half-of-maximum latency run and the batch1 fan-out run coalesce publications
+    # into shared writes: had the line gone through them, the costs would move.
+    data = bench()
+    for scenario, row in (("latency", "tether"), ("fanout", "tether-batch1")):
+        coalesced = dict(_capacity_run(2000), scenario=scenario, row=row)
+        coalesced["deliveries_per_server_cpu_s"] *= 3
+        data["results"].insert(0, coalesced)
+    costs = costs_from_bench(data)
+    assert costs.per_publication == pytest.approx(PUB)
+    assert costs.per_delivery == pytest.approx(DELIVERY)
+
+
+def test_connect_cost_is_the_lower_median_of_several_stored_runs() -> None:
+    data = bench()
+    data["results"] += [_connect_cost(1500), _connect_cost(2500), _connect_cost(3000)]
+    assert costs_from_bench(data).connects_per_cpu_s == 2000
+
+
+def test_a_bench_without_the_capacity_runs_is_refused_saying_to_rerun_it() -> None:
+    data = bench()
+    data["results"] = [r for r in data["results"] if r["scenario"] != "latency"]
+    with pytest.raises(CapacityError, match=r"tether@capacity-1000 .*re-run `make bench`"):
+        costs_from_bench(data)
+
+
+def test_a_failed_capacity_run_is_named_in_the_refusal() -> None:
+    data = bench()
+    data["results"][1] = {"scenario": "latency", "row": "tether@capacity-250", "error": "x"}
+    with pytest.raises(CapacityError, match="failed runs: tether@capacity-250"):
+        costs_from_bench(data)
+
+
+def test_capacity_runs_at_different_rates_are_refused() -> None:
+    data = bench()
+    data["results"][1] = _capacity_run(250, rate=400)
+    with pytest.raises(CapacityError, match="different rates"):
+        costs_from_bench(data)
+
+
+def test_capacity_runs_that_fit_no_line_with_positive_costs_are_refused() -> None:
+    # The fan-out 1000 run cheaper per publication than the fan-out 250 one: a negative
+    # cost per delivery.
+    data = bench()
+    data["results"][0]["deliveries_per_server_cpu_s"] *= 10
+    with pytest.raises(CapacityError, match="no straight line with positive costs"):
+        costs_from_bench(data)
 
 
 def test_the_model_predicts_the_rooms_run_it_was_not_fitted_on() -> None:
@@ -159,8 +227,9 @@ def test_every_assumption_is_stated() -> None:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda b: b["results"].pop(0), "no 'latency' run"),
-        (lambda b: b["results"][2].pop("connect_per_s"), "'connect_per_s'"),
+        (lambda b: b["results"].pop(2), "no 'connect-cost' run of row 'tether'"),
+        (lambda b: b["results"][2].pop("connects_per_server_cpu_s"), "connects_per_server"),
+        (lambda b: b["results"][4].pop("rss_per_connection_kib"), "'rss_per_connection_kib'"),
         (lambda b: b.pop("results"), "not a bench JSON"),
     ],
 )
@@ -200,16 +269,3 @@ def test_cli_refuses_a_missing_bench_file_with_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--publications", "1", "--fanout", "1"])
     assert result.exit_code == 2
     assert "cannot read" in result.output
-
-
-def test_the_latency_run_at_half_of_the_maximum_is_the_one_used() -> None:
-    # make bench labels every latency run of Tether "Tether" (at equal load, at fractions
-    # of its maximum): the model takes the plan row "tether", wherever it stands.
-    data = bench()
-    equal = dict(_run("latency", "Tether", 1000, 40), row="tether@equal")
-    equal["deliveries_per_server_cpu_s"] /= 10  # idle costs dominate at 5/s
-    data["results"].insert(0, equal)
-    data["results"][1]["row"] = "tether"
-    costs = costs_from_bench(data)
-    assert costs.per_publication == pytest.approx(PUB)
-    assert costs.per_delivery == pytest.approx(DELIVERY)

@@ -5,7 +5,7 @@ runs `tether-bench run SCENARIO --json` against it with `--server-pid`, stops it
 docs/benchmarks.md (and the raw reports to docs/benchmarks.json). Every process it starts
 runs in its own session and is stopped by its process-group id, whatever happens.
 
-usage: tether-bench compare [--quick] [--out docs/benchmarks.md] [--only NAME ...]
+usage: tether-bench compare [--quick] [--out docs/benchmarks.md] [--only ROW ...]
        [--render-only | --resilience | --no-resilience | --hooks]
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from tether.capacity import CAPACITY_ROW, CapacityError, publication_line
 from tether.config import Config, ProxyConfig
 from tether_bench import deltabytes, plots
 from tether_bench.paths import checkout
@@ -217,6 +218,17 @@ EQUAL_RATE = 5
 sustains it (python-socketio, the slowest, tops out near 20/s here)."""
 CURVE_FRACTIONS = (0.25,)
 """Fractions of each target's own maximum for the latency curve, besides 0.5."""
+CAPACITY_RATE = 50
+"""Publications/s of the two capacity-model runs (``tether@capacity-N``): low enough that
+each publication is flushed on its own (on this machine a flush to 1,000 sockets takes
+about 8 ms; from 100/s on, publications arriving during a flush join the next one and
+share its writes, which a planned fleet at its target load may not do), high enough
+that publications, not idle connections, take the server's CPU (about 40 % of a core at
+fan-out 1,000)."""
+CAPACITY_FANOUTS = (1000, 250)
+"""Subscribers of the two capacity-model runs: one rate and publish shape (one
+publication per request), two fan-outs, so that a straight line through the two points
+separates the CPU per publication from the CPU per delivery (``tether capacity``)."""
 HOOKS_RATE = 20
 """Publications/s of the hook-outage fan-out (x 1,000 subscribers): a moderate load, the
 same in every phase."""
@@ -274,6 +286,9 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
     for _ in range(1 if quick else LATENCY_RUNS):  # rounds, targets interleaved
         for name in MAIN_PEERS:
             out.append(("latency", name, lat))
+    for n in CAPACITY_FANOUTS:  # the cost model of `tether capacity` (src/tether/capacity.py)
+        capacity = ["-n", str(n // 5 if quick else n), "--duration", "2" if quick else "8"]
+        out.append(("latency", f"{CAPACITY_ROW}{n}", [*capacity, "--rate", str(CAPACITY_RATE)]))
     for name in MAIN_PEERS:
         out.append(("rooms", name, rooms))
     for name in MAIN_PEERS:
@@ -769,6 +784,7 @@ def write_markdown(results: list[Report], meta: dict[str, Any], out: Path) -> No
         )
     w("")
     L.extend(latency_equal_markdown(by, out))
+    L.extend(capacity_markdown(by))
     w("## Rooms: 2,000 connections, personal channel + 10-member group channel")
     w("")
     w(
@@ -998,6 +1014,54 @@ def latency_equal_markdown(by: ByRow, page: Path) -> list[str]:
             "load above: p99 (solid) and p50 (dashed) against deliveries/s.",
             "",
             "![Latency against throughput](benchmarks-latency.svg)",
+            "",
+        ]
+    return out
+
+
+def capacity_markdown(by: ByRow) -> list[str]:
+    """The capacity runs and the line `tether capacity` draws through them."""
+    rows = [r for n in CAPACITY_FANOUTS if (r := by.get(("latency", f"{CAPACITY_ROW}{n}")))]
+    if not rows:
+        return []
+    out = [
+        "### CPU per publication and per delivery (`tether capacity`)",
+        "",
+        "Tether paced well below its maximum, one publication per request, at two fan-outs "
+        "(so that each publication is flushed on its own): the CPU per publication against "
+        "the fan-out is the straight line `tether capacity` plans with "
+        "(docs/howto/autoscale.md).",
+        "",
+        "| row | publications/s | fan-out | server CPU-s (measured s) | server CPU "
+        "| deliveries per server CPU-s | CPU per publication | p99 | loss / dup / order |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['row']} | error: {r['error'][:80]!r} | | | | | | | |")
+            continue
+        pubs, dels, per_cpu = (
+            r.get("publications"),
+            r.get("deliveries"),
+            r.get("deliveries_per_server_cpu_s"),
+        )
+        fanout = f"{dels / pubs:.0f}" if pubs and dels else "-"
+        per_pub = f"{1e6 * dels / pubs / per_cpu:.0f} µs" if pubs and dels and per_cpu else "-"
+        out.append(
+            f"| `{r['row']}` | {r.get('rate')} | {fanout} | {r.get('server_cpu_s', '-')} s "
+            f"({r.get('measured_s', '-')} s) | {r.get('server_cpu_percent', '-')}% | "
+            f"{fmt(per_cpu)} | {per_pub} | {(r.get('latency') or {}).get('p99_ms', '-')} ms | "
+            f"{correctness(r)} |"
+        )
+    out.append("")
+    try:
+        line = publication_line(rows)
+    except CapacityError as exc:
+        out += [f"No line: {exc}.", ""]
+    else:
+        out += [
+            f"The line: **{line.per_publication * 1e6:.0f} µs per publication** on each node "
+            f"holding a subscriber, plus **{line.per_delivery * 1e6:.3f} µs per delivery**.",
             "",
         ]
     return out
@@ -1484,7 +1548,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny runs (a smoke test of the harness)"
     )
     parser.add_argument("--out", default="docs/benchmarks.md")
-    parser.add_argument("--only", nargs="*", help="rows to run (default: all)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="rows to run: a target (tether: every row of it) or one row "
+        "(tether@capacity-250); default: all",
+    )
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the page from its .json, run nothing"
     )
@@ -1563,7 +1632,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     t0 = time.time()
     load_start = loadavg()
-    steps = [s for s in plan(args.quick) if not args.only or s[1].split("@")[0] in args.only]
+    steps = [
+        s
+        for s in plan(args.quick)
+        if not args.only or s[1] in args.only or s[1].split("@")[0] in args.only
+    ]
     PROFILE_DIR.mkdir(exist_ok=True)
     results = fold_runs(run_main_steps(steps, logdir))
     resilience_meta = None

@@ -871,6 +871,8 @@ async def latency(run: Run) -> dict[str, Any]:
         deliveries_per_s=round(deliveries / max(measure["wall_s"], 1e-9)),
         drained=drained,
         latency=_latency(run.stats.latencies),
+        measured_s=measure["wall_s"],
+        server_cpu_s=measure["server_cpu_s"],
         **run.correctness(lambda conn: total_pubs),
         **run.server_report(measure, deliveries),
     )
