@@ -211,7 +211,7 @@ OLD_HARNESS = ["--lag", "0.1", "--concurrency", "4"]
 ceiling, Tether and Tether over Redis with it again, so that before and after compare
 like with like."""
 OLD_HARNESS_ROWS = ("ceiling", "tether", "tether-redis")
-CONNECT_RUNS = 3
+CONNECT_RUNS = 5
 """connect-cost runs per broker (interleaved): the median connects per server CPU-s."""
 EQUAL_RATE = 5
 """Publications/s of the equal-load latency run (x 1,000 subscribers): every peer
