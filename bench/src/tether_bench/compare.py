@@ -445,13 +445,20 @@ def run_main_steps(steps: list[tuple[str, str, list[str]]], logdir: Path) -> lis
     """The main plan; a private redis-server for the rows over Redis."""
     if not any(row.startswith("tether-redis") for _, row, _ in steps):
         return run_steps(steps, logdir)
+    return run_steps_on_private_redis(steps, logdir)
+
+
+def run_steps_on_private_redis(
+    steps: list[tuple[str, str, list[str]]], logdir: Path, first_port: int = BASE_PORT
+) -> list[Report]:
+    """:func:`run_steps` with ``BENCH_REDIS_URL`` on a redis-server of their own."""
     from tether_bench.redisserver import RedisServer
 
     redis = RedisServer()
     redis.start()
     os.environ["BENCH_REDIS_URL"] = redis.url
     try:
-        return run_steps(steps, logdir)
+        return run_steps(steps, logdir, first_port)
     finally:
         redis.kill()
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -62,15 +61,9 @@ def storm(argv: list[str]) -> int:
     if saved.get("commit") != _commit(checkout):
         raise SystemExit(f"{out} holds {saved.get('commit')}, not {checkout}'s commit")
     step = next(s for s in compare.resilience_plan(quick=False) if s[1] == STORM_ROW)
-    from tether_bench.redisserver import RedisServer
-
-    redis = RedisServer()
-    redis.start()
-    os.environ["BENCH_REDIS_URL"] = redis.url
-    try:
-        (report,) = compare.run_steps([step], _logdir(), first_port=compare.BASE_PORT + 100)
-    finally:
-        redis.kill()
+    (report,) = compare.run_steps_on_private_redis(
+        [step], _logdir(), first_port=compare.BASE_PORT + 100
+    )
     results = [r for r in saved["results"] if r.get("row") != STORM_ROW]
     saved.update(
         results=[*results, report],
@@ -91,7 +84,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "storm":
         return storm(argv)
     rounds, out = int(argv[0]), Path(argv[1])
-    checkout = _server(argv)  # every Tether target of the plan starts its server
+    checkout = _server(argv)
     fan = ["-n", "2000", "--duration", "10", "--bursts", "5"]
     steps: list[tuple[str, str, list[str]]] = []
     for _ in range(rounds):
